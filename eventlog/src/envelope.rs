@@ -1,0 +1,142 @@
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Who did it, why, and as part of what: stored with every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The JWT `sub`, or `system:<process>`.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub correlation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl Metadata {
+    /// Metadata for work a process does on its own behalf.
+    pub fn system(process: &str) -> Self {
+        Metadata {
+            actor: format!("system:{process}"),
+            role: None,
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+            request_id: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// An event on its way into the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: Metadata,
+    pub data: serde_json::Value,
+}
+
+/// An event as the log stores and publishes it: the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub global_position: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: Metadata,
+    pub data: serde_json::Value,
+}
+
+/// What a write expects of its stream's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Whatever it is: appends after the current end.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream whose last version is `actual` satisfies this.
+    pub fn admits(self, actual: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::Exact(v) => actual == Some(v),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Events for one stream within an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamWrite {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppended {
+    pub stream_id: String,
+    /// The stream's last version after the append (`None`: it has no events).
+    pub version: Option<u64>,
+    /// Global position of this stream's last appended event, if any.
+    pub position: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// One entry per write, in the order given.
+    pub streams: Vec<StreamAppended>,
+    /// The highest global position written (0 when nothing was).
+    pub position: u64,
+}
+
+/// Checks what every adapter refuses before touching storage.
+pub(crate) fn validate(writes: &[StreamWrite]) -> Result<(), crate::EventLogError> {
+    let total: usize = writes.iter().map(|w| w.events.len()).sum();
+    if total > crate::MAX_EVENTS_PER_APPEND {
+        return Err(crate::EventLogError::InvalidAppend(format!(
+            "{total} events exceed the limit of {} per append",
+            crate::MAX_EVENTS_PER_APPEND
+        )));
+    }
+    for (i, w) in writes.iter().enumerate() {
+        let valid_id = w
+            .stream_id
+            .split_once('-')
+            .is_some_and(|(category, id)| !category.is_empty() && !category.contains('-') && Uuid::parse_str(id).is_ok());
+        if !valid_id {
+            return Err(crate::EventLogError::InvalidAppend(format!("stream id {:?} is not <category>-<uuid>", w.stream_id)));
+        }
+        if writes[..i].iter().any(|o| o.stream_id == w.stream_id) {
+            return Err(crate::EventLogError::InvalidAppend(format!("stream {} appears twice in one append", w.stream_id)));
+        }
+    }
+    Ok(())
+}

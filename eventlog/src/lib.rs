@@ -1,0 +1,62 @@
+//! The event log port and its adapters.
+//!
+//! `EventLog` is the one trait every backend implements; the shared contract
+//! suite (`tests/contract.rs`) holds each adapter to the same guarantees:
+//! optimistic concurrency per stream, atomic multi-stream appends, gapless
+//! per-stream versions, and a global order in which a tailing reader never
+//! skips an event.
+
+mod envelope;
+mod memory;
+mod postgres;
+mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppended, StreamWrite};
+pub use memory::InMemoryEventLog;
+pub use postgres::{PgEventLog, migrate};
+pub use subscription::Subscription;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventLogError {
+    #[error("stream {stream_id} expected {expected}, but its current version is {}", actual.map_or("none (no stream)".to_string(), |v| v.to_string()))]
+    VersionConflict { stream_id: String, expected: ExpectedVersion, actual: Option<u64> },
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    #[error("event log backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<sqlx::Error> for EventLogError {
+    fn from(e: sqlx::Error) -> Self {
+        EventLogError::Backend(Box::new(e))
+    }
+}
+
+/// The append-only log of events.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends to one or more streams, atomically: every write's expected
+    /// version holds and all events are stored, or nothing is. Acknowledged
+    /// only once durable.
+    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError>;
+
+    /// Events of one stream with `stream_version >= from_version`, in order.
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError>;
+
+    /// Events with a global position above `after` (0 reads from the
+    /// start), in global order. Never returns an event while one with a
+    /// lower position may still appear: what it skips past is final.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError>;
+
+    /// A counter that moves after every append this process makes, so that
+    /// local subscribers wake at once instead of at their next poll.
+    fn appends(&self) -> watch::Receiver<u64>;
+}
+
+/// The largest number of events one append takes.
+pub const MAX_EVENTS_PER_APPEND: usize = 10_000;

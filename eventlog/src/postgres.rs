@@ -1,0 +1,205 @@
+//! The PostgreSQL event log.
+//!
+//! Writers lock their streams with transaction-scoped advisory locks before
+//! their first write, so a transaction id is only assigned once every
+//! earlier writer of those streams has committed. Positions are derived from
+//! that id, and readers only read below the oldest transaction still
+//! running: together these make `read_all` skip nothing and keep per-stream
+//! order, without serialising writers of different streams.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::envelope::validate;
+use crate::{AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, RecordedEvent, StreamAppended, StreamWrite};
+
+/// Applies the event log's migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
+}
+
+pub struct PgEventLog {
+    pool: PgPool,
+    appended: watch::Sender<u64>,
+}
+
+impl PgEventLog {
+    pub fn new(pool: PgPool) -> Self {
+        PgEventLog { pool, appended: watch::Sender::new(0) }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+const COLUMNS: &str =
+    "event_id, stream_id, stream_version, global_position, event_type, schema_version, occurred_at, recorded_at, metadata, data";
+
+fn decode_row(row: PgRow) -> Result<RecordedEvent, EventLogError> {
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let metadata: Metadata = serde_json::from_value(metadata).map_err(|e| EventLogError::Backend(Box::new(e)))?;
+    Ok(RecordedEvent {
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get::<i64, _>("stream_version")? as u64,
+        global_position: row.try_get::<i64, _>("global_position")? as u64,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get::<i32, _>("schema_version")? as u32,
+        occurred_at: row.try_get("occurred_at")?,
+        recorded_at: row.try_get("recorded_at")?,
+        metadata,
+        data: row.try_get("data")?,
+    })
+}
+
+fn map_insert_error(e: sqlx::Error, writes: &[StreamWrite]) -> EventLogError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.constraint() {
+            // Unreachable while every writer takes the stream locks; kept so
+            // that a writer that does not can still never fork a stream.
+            Some("events_stream_version_unique") => {
+                return EventLogError::VersionConflict {
+                    stream_id: writes.first().map(|w| w.stream_id.clone()).unwrap_or_default(),
+                    expected: writes.first().map_or(ExpectedVersion::Any, |w| w.expected),
+                    actual: None,
+                };
+            }
+            Some("events_event_id_key") => {
+                return EventLogError::InvalidAppend("an event with this event_id is already stored".into());
+            }
+            _ => {}
+        }
+    }
+    e.into()
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    #[tracing::instrument(skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
+    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError> {
+        validate(&writes)?;
+        let mut locked: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
+        locked.sort_unstable();
+
+        let mut tx = self.pool.begin().await?;
+        // Sorted, so that two multi-stream appends cannot deadlock. No row is
+        // written before this: see the module docs.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS t(id)")
+            .bind(&locked)
+            .execute(&mut *tx)
+            .await?;
+        let ids: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
+        let current: Vec<Option<i64>> = sqlx::query_scalar(
+            "SELECT (SELECT max(stream_version) FROM events e WHERE e.stream_id = t.id)
+             FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let total: usize = writes.iter().map(|w| w.events.len()).sum();
+        let mut index = Vec::with_capacity(total);
+        let mut stream_ids = Vec::with_capacity(total);
+        let mut versions = Vec::with_capacity(total);
+        let mut event_ids: Vec<Uuid> = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        let mut schema_versions = Vec::with_capacity(total);
+        let mut occurred: Vec<DateTime<Utc>> = Vec::with_capacity(total);
+        let mut metadata = Vec::with_capacity(total);
+        let mut data = Vec::with_capacity(total);
+        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0 };
+        for (w, actual) in writes.iter().zip(&current) {
+            let actual = actual.map(|v| v as u64);
+            if !w.expected.admits(actual) {
+                return Err(EventLogError::VersionConflict { stream_id: w.stream_id.clone(), expected: w.expected, actual });
+            }
+            let mut version = actual;
+            for e in &w.events {
+                let next = version.map_or(0, |v| v + 1);
+                index.push(index.len() as i64);
+                stream_ids.push(w.stream_id.as_str());
+                versions.push(next as i64);
+                event_ids.push(e.event_id);
+                types.push(e.event_type.as_str());
+                schema_versions.push(e.schema_version as i32);
+                occurred.push(e.occurred_at);
+                metadata.push(serde_json::to_value(&e.metadata).map_err(|e| EventLogError::Backend(Box::new(e)))?);
+                data.push(&e.data);
+                version = Some(next);
+            }
+            result.streams.push(StreamAppended { stream_id: w.stream_id.clone(), version, position: None });
+        }
+        if total > 0 {
+            let positions: Vec<(String, i64)> = sqlx::query_as(
+                "INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, metadata, data)
+                 SELECT (pg_current_xact_id()::text::bigint << 20) + t.n, t.stream_id, t.stream_version, t.event_id,
+                        t.event_type, t.schema_version, t.occurred_at, t.metadata, t.data
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+                      AS t(n, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, metadata, data)
+                 RETURNING stream_id, global_position",
+            )
+            .bind(&index)
+            .bind(&stream_ids)
+            .bind(&versions)
+            .bind(&event_ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&occurred)
+            .bind(&metadata)
+            .bind(&data)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| map_insert_error(e, &writes))?;
+            for (stream_id, position) in positions {
+                let position = position as u64;
+                result.position = result.position.max(position);
+                if let Some(s) = result.streams.iter_mut().find(|s| s.stream_id == stream_id) {
+                    s.position = Some(s.position.map_or(position, |p| p.max(position)));
+                }
+            }
+        }
+        tx.commit().await?;
+        if total > 0 {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        Ok(result)
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream_id)
+        .bind(from_version.min(i64::MAX as u64) as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(decode_row).collect()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        // Below the oldest running transaction every position is final.
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events
+             WHERE global_position > $1
+               AND global_position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
+             ORDER BY global_position LIMIT $2"
+        ))
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(decode_row).collect()
+    }
+
+    fn appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+}

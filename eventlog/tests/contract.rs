@@ -1,0 +1,261 @@
+//! The contract every event log adapter passes. Each test runs once per
+//! adapter: in memory, and on PostgreSQL (a fresh database per test).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamWrite, Subscription};
+use serde_json::json;
+use uuid::Uuid;
+
+fn stream() -> String {
+    format!("thing-{}", Uuid::now_v7())
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "ThingHappened".into(),
+        schema_version: 1,
+        occurred_at: Utc::now(),
+        metadata: Metadata::system("contract-test"),
+        data: json!({ "n": n }),
+    }
+}
+
+fn write(stream_id: &str, expected: ExpectedVersion, count: u64) -> StreamWrite {
+    StreamWrite { stream_id: stream_id.to_owned(), expected, events: (0..count).map(event).collect() }
+}
+
+async fn appends_get_gapless_versions_and_increasing_positions(log: Arc<dyn EventLog>) {
+    let s = stream();
+    let first = log.append(vec![write(&s, ExpectedVersion::NoStream, 3)]).await.unwrap();
+    assert_eq!(first.streams[0].version, Some(2));
+    let second = log.append(vec![write(&s, ExpectedVersion::Exact(2), 2)]).await.unwrap();
+    assert_eq!(second.streams[0].version, Some(4));
+    assert!(second.position > first.position);
+    let events = log.read_stream(&s, 0, 100).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert!(events.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert_eq!(events.last().unwrap().global_position, second.position);
+    assert_eq!(events[3].data, json!({ "n": 0 }));
+    assert_eq!(events[0].metadata.actor, "system:contract-test");
+}
+
+async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(log: Arc<dyn EventLog>) {
+    let s = stream();
+    log.append(vec![write(&s, ExpectedVersion::NoStream, 2)]).await.unwrap();
+    match log.append(vec![write(&s, ExpectedVersion::Exact(0), 1)]).await {
+        Err(EventLogError::VersionConflict { actual: Some(1), expected: ExpectedVersion::Exact(0), .. }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match log.append(vec![write(&s, ExpectedVersion::NoStream, 1)]).await {
+        Err(EventLogError::VersionConflict { actual: Some(1), .. }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match log.append(vec![write(&stream(), ExpectedVersion::Exact(0), 1)]).await {
+        Err(EventLogError::VersionConflict { actual: None, .. }) => {}
+        other => panic!("expected a conflict on a missing stream, got {other:?}"),
+    }
+    assert_eq!(log.read_stream(&s, 0, 100).await.unwrap().len(), 2);
+    let any = log.append(vec![write(&s, ExpectedVersion::Any, 1)]).await.unwrap();
+    assert_eq!(any.streams[0].version, Some(2));
+}
+
+async fn a_multi_stream_append_is_all_or_nothing(log: Arc<dyn EventLog>) {
+    let (a, b) = (stream(), stream());
+    log.append(vec![write(&b, ExpectedVersion::NoStream, 1)]).await.unwrap();
+    let conflict = log.append(vec![write(&a, ExpectedVersion::NoStream, 2), write(&b, ExpectedVersion::NoStream, 1)]).await;
+    assert!(matches!(conflict, Err(EventLogError::VersionConflict { ref stream_id, .. }) if *stream_id == b), "{conflict:?}");
+    assert!(log.read_stream(&a, 0, 10).await.unwrap().is_empty(), "nothing of the failed append is stored");
+    let both = log.append(vec![write(&a, ExpectedVersion::NoStream, 2), write(&b, ExpectedVersion::Exact(0), 1)]).await.unwrap();
+    assert_eq!(both.streams.iter().map(|s| s.version).collect::<Vec<_>>(), vec![Some(1), Some(1)]);
+    assert_eq!(both.position, both.streams.iter().filter_map(|s| s.position).max().unwrap());
+}
+
+async fn bad_appends_are_refused(log: Arc<dyn EventLog>) {
+    for bad in ["nocategory", "thing-not-a-uuid", "-0190f3c4-0000-7000-8000-000000000000"] {
+        assert!(matches!(log.append(vec![write(bad, ExpectedVersion::Any, 1)]).await, Err(EventLogError::InvalidAppend(_))));
+    }
+    let s = stream();
+    let twice = vec![write(&s, ExpectedVersion::Any, 1), write(&s, ExpectedVersion::Any, 1)];
+    assert!(matches!(log.append(twice).await, Err(EventLogError::InvalidAppend(_))));
+    let e = event(1);
+    log.append(vec![StreamWrite { stream_id: s.clone(), expected: ExpectedVersion::Any, events: vec![e.clone()] }]).await.unwrap();
+    let again = log.append(vec![StreamWrite { stream_id: stream(), expected: ExpectedVersion::Any, events: vec![e] }]).await;
+    assert!(matches!(again, Err(EventLogError::InvalidAppend(_))), "event ids are unique: {again:?}");
+}
+
+async fn read_stream_pages_by_version(log: Arc<dyn EventLog>) {
+    let s = stream();
+    log.append(vec![write(&s, ExpectedVersion::NoStream, 10)]).await.unwrap();
+    let page = log.read_stream(&s, 4, 3).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert!(log.read_stream(&s, 10, 3).await.unwrap().is_empty());
+    assert!(log.read_stream(&stream(), 0, 3).await.unwrap().is_empty());
+}
+
+async fn read_all_follows_the_global_order_from_a_position(log: Arc<dyn EventLog>) {
+    let (a, b) = (stream(), stream());
+    let first = log.append(vec![write(&a, ExpectedVersion::Any, 2)]).await.unwrap();
+    log.append(vec![write(&b, ExpectedVersion::Any, 2), write(&a, ExpectedVersion::Any, 1)]).await.unwrap();
+    // Other transactions on the server may hold the tail back for a moment.
+    let all = read_all_until(&*log, 5).await;
+    assert!(all.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    let rest = log.read_all(first.position, 1000).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    assert_eq!(log.read_all(all[1].global_position, 2).await.unwrap(), all[2..4].to_vec());
+}
+
+async fn a_subscription_catches_up_then_goes_live(log: Arc<dyn EventLog>) {
+    let s = stream();
+    log.append(vec![write(&s, ExpectedVersion::NoStream, 5)]).await.unwrap();
+    let mut sub = Subscription::new(log.clone(), 0).with_batch_size(2);
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.extend(sub.next_batch().await.unwrap());
+    }
+    let writer = {
+        let (log, s) = (log.clone(), s.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            log.append(vec![write(&s, ExpectedVersion::Exact(4), 1)]).await.unwrap()
+        })
+    };
+    let live = tokio::time::timeout(Duration::from_secs(5), sub.next_batch()).await.expect("the live event arrives").unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].stream_version, 5);
+    assert_eq!(sub.position(), writer.await.unwrap().position);
+    // Resuming from a checkpoint hands out only what came after it.
+    let mut resumed = Subscription::new(log.clone(), seen[2].global_position);
+    let rest = resumed.next_batch().await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![3, 4, 5]);
+}
+
+/// 16 writers append 20,000 events over 200 streams, some in multi-stream
+/// appends, while a subscriber tails the log: it must see every event
+/// exactly once and each stream in version order.
+async fn concurrent_writers_and_a_tailing_subscriber(log: Arc<dyn EventLog>) {
+    const WRITERS: usize = 16;
+    const EVENTS: usize = 20_000;
+    const STREAMS: usize = 200;
+    let streams: Arc<Vec<String>> = Arc::new((0..STREAMS).map(|_| stream()).collect());
+    let start = log.read_all(0, usize::MAX).await.unwrap().last().map_or(0, |e| e.global_position);
+
+    let subscriber = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut sub = Subscription::new(log, start).with_batch_size(500);
+            let mut seen = Vec::with_capacity(EVENTS);
+            while seen.len() < EVENTS {
+                let batch = tokio::time::timeout(Duration::from_secs(30), sub.next_batch()).await.expect("the subscriber stalled").unwrap();
+                seen.extend(batch);
+            }
+            seen
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (log, streams) = (log.clone(), streams.clone());
+        writers.push(tokio::spawn(async move {
+            let mut written = 0;
+            let mut i = w;
+            while written < EVENTS / WRITERS {
+                let size = 1 + (i % 4).min(EVENTS / WRITERS - written - 1);
+                let mut appends = vec![write(&streams[(i * 7) % STREAMS], ExpectedVersion::Any, size as u64)];
+                if i % 5 == 0 && written + size < EVENTS / WRITERS {
+                    appends.push(write(&streams[(i * 13 + 1) % STREAMS], ExpectedVersion::Any, 1));
+                }
+                if appends.len() == 2 && appends[0].stream_id == appends[1].stream_id {
+                    appends.pop();
+                }
+                written += appends.iter().map(|a| a.events.len()).sum::<usize>();
+                log.append(appends).await.unwrap();
+                i += WRITERS;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = subscriber.await.unwrap();
+
+    assert_eq!(seen.len(), EVENTS);
+    let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), EVENTS, "no event is seen twice");
+    assert!(seen.windows(2).all(|w| w[0].global_position < w[1].global_position), "global order");
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for e in &seen {
+        let expected = next.entry(&e.stream_id).or_insert(0);
+        assert_eq!(e.stream_version, *expected, "{} out of order", e.stream_id);
+        *expected += 1;
+    }
+    let stored: usize = {
+        let mut n = 0;
+        for s in streams.iter() {
+            n += log.read_stream(s, 0, usize::MAX).await.unwrap().len();
+        }
+        n
+    };
+    assert_eq!(stored, EVENTS);
+}
+
+/// Reads the whole log once it holds `count` events.
+async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::RecordedEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = log.read_all(0, usize::MAX).await.unwrap();
+        if all.len() >= count || tokio::time::Instant::now() > deadline {
+            assert_eq!(all.len(), count);
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+macro_rules! contract {
+    ($adapter:ident, $make:expr) => {
+        mod $adapter {
+            use super::*;
+
+            #[tokio::test]
+            async fn appends_get_gapless_versions_and_increasing_positions() {
+                super::appends_get_gapless_versions_and_increasing_positions($make).await
+            }
+            #[tokio::test]
+            async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
+                super::a_stale_expected_version_is_a_conflict_and_appends_nothing($make).await
+            }
+            #[tokio::test]
+            async fn a_multi_stream_append_is_all_or_nothing() {
+                super::a_multi_stream_append_is_all_or_nothing($make).await
+            }
+            #[tokio::test]
+            async fn bad_appends_are_refused() {
+                super::bad_appends_are_refused($make).await
+            }
+            #[tokio::test]
+            async fn read_stream_pages_by_version() {
+                super::read_stream_pages_by_version($make).await
+            }
+            #[tokio::test]
+            async fn read_all_follows_the_global_order_from_a_position() {
+                super::read_all_follows_the_global_order_from_a_position($make).await
+            }
+            #[tokio::test]
+            async fn a_subscription_catches_up_then_goes_live() {
+                super::a_subscription_catches_up_then_goes_live($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_writers_and_a_tailing_subscriber() {
+                super::concurrent_writers_and_a_tailing_subscriber($make).await
+            }
+        }
+    };
+}
+
+contract!(in_memory, Arc::new(eventlog::InMemoryEventLog::new()) as Arc<dyn EventLog>);
+contract!(postgres, Arc::new(eventlog::PgEventLog::new(eventlog::testing::fresh_event_log_database().await)) as Arc<dyn EventLog>);

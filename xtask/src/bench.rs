@@ -1,0 +1,5 @@
+use anyhow::{Result, bail};
+
+pub fn write(_args: &[&str]) -> Result<()> {
+    bail!("the write benchmark is not built yet")
+}

@@ -1,0 +1,124 @@
+//! Project automation: `cargo xtask test` runs every check and test against
+//! real components it starts itself; `cargo xtask bench write` measures the
+//! write path. Nothing here is needed at run time.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["test", rest @ ..] => test(rest),
+        ["bench", "write", rest @ ..] => bench::write(rest),
+        _ => {
+            eprintln!(
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Installs what the tests need from the machine's package manager when it
+/// is missing: the PostgreSQL server binaries.
+fn ensure_postgres() -> Result<()> {
+    if pgcluster::find_bindir().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: PostgreSQL server binaries not found; installing Debian's postgresql package");
+    let mut update = Command::new("apt-get");
+    update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
+    run(update).context("apt-get update (the tests need PostgreSQL; install it or set DATABASE_URL)")?;
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y", "--no-install-recommends", "postgresql"]).env("DEBIAN_FRONTEND", "noninteractive");
+    run(install).context("apt-get install postgresql")?;
+    pgcluster::find_bindir().context("PostgreSQL binaries after installing")?;
+    Ok(())
+}
+
+/// A throwaway cluster for one test run, or `DATABASE_URL` when given.
+pub struct TestDatabase {
+    pub url: String,
+    _cluster: Option<pgcluster::Cluster>,
+    dir: Option<PathBuf>,
+}
+
+impl TestDatabase {
+    pub fn start(durable: bool, purpose: &str) -> Result<Self> {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            eprintln!("xtask: using DATABASE_URL for {purpose}");
+            return Ok(TestDatabase { url, _cluster: None, dir: None });
+        }
+        ensure_postgres()?;
+        let dir = std::env::temp_dir().join(format!("storekeeper-{purpose}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut options = pgcluster::Options::new(&dir);
+        options.durable = durable;
+        options.max_connections = 400;
+        let cluster = pgcluster::Cluster::start(&options).context("start a throwaway PostgreSQL")?;
+        eprintln!("xtask: throwaway PostgreSQL for {purpose} on 127.0.0.1:{}", cluster.port());
+        Ok(TestDatabase { url: cluster.url("postgres"), _cluster: Some(cluster), dir: Some(dir) })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(mut cluster) = self._cluster.take() {
+            let _ = cluster.stop();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn test(rest: &[&str]) -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt).context("formatting (run `cargo fmt --all`)")?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy)?;
+
+    let db = TestDatabase::start(false, "test")?;
+    let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());
+    let mut tests = cargo();
+    if nextest {
+        tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        tests.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    tests.args(rest.iter().skip_while(|a| **a == "--")).env("DATABASE_URL", &db.url);
+    run(tests)
+}

@@ -1,1 +1,274 @@
-fn main() {}
+//! `storekeeper`: one binary for every role. Configuration comes from flags
+//! with environment fallbacks; `anyhow` is used here, at the edge, only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use command_api::process_manager::ProcessManager;
+use command_api::{AppState, CommandService, JwtKeys, Role};
+use eventlog::PgEventLog;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::watch;
+
+/// Development secrets: accepted only by `serve` on a loopback address,
+/// and announced in its log.
+const DEV_JWT_SECRET: &str = "storekeeper-development-jwt-secret-not-for-production";
+const DEV_WEBHOOK_SECRET: &str = "storekeeper-development-webhook-secret-not-for-production";
+
+#[derive(Parser)]
+#[command(name = "storekeeper", version, about = "Event-sourced CQRS commerce backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything in one process: the command API and the order process
+    /// manager, on DATABASE_URL or a private PostgreSQL it starts itself.
+    Serve(ServeArgs),
+    /// Only the command API (no process manager), on DATABASE_URL.
+    CommandApi(ServeArgs),
+    /// Mints a JWT signed with the configured secret and prints it alone.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// PostgreSQL for the event log. Unset: `serve` starts a private cluster
+    /// under the data directory from the installed server binaries.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where `serve` keeps its private PostgreSQL cluster.
+    #[arg(long, env = "STOREKEEPER_DATA_DIR", default_value = "./.storekeeper")]
+    data_dir: PathBuf,
+    /// Address of the command API.
+    #[arg(long, env = "STOREKEEPER_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
+    command_addr: SocketAddr,
+    /// HS256 secret for bearer tokens. `serve` on loopback falls back to a
+    /// development secret and says so.
+    #[arg(long, env = "STOREKEEPER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// HMAC-SHA256 secret of the payment webhook. Same fallback rule.
+    #[arg(long, env = "STOREKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "STOREKEEPER_DB_POOL_SIZE", default_value_t = 40)]
+    db_pool_size: u32,
+    /// Log format.
+    #[arg(long, env = "STOREKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long, value_enum)]
+    role: TokenRole,
+    /// Subject: an admin's name, or the customer's id.
+    #[arg(long)]
+    sub: String,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 24)]
+    ttl_hours: i64,
+    #[arg(long, env = "STOREKEEPER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TokenRole {
+    Admin,
+    Customer,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Serve(args) => serve(args, true).await,
+            Cmd::CommandApi(args) => serve(args, false).await,
+            Cmd::Token(args) => token(args),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storekeeper: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    let secret = match args.jwt_secret {
+        Some(secret) => secret,
+        None => {
+            eprintln!("storekeeper: STOREKEEPER_JWT_SECRET is not set; signing with the development secret that `serve` uses on loopback");
+            DEV_JWT_SECRET.to_owned()
+        }
+    };
+    let role = match args.role {
+        TokenRole::Admin => Role::Admin,
+        TokenRole::Customer => {
+            uuid::Uuid::parse_str(&args.sub).context("a customer token's --sub must be the customer id (a UUID)")?;
+            Role::Customer
+        }
+    };
+    println!("{}", JwtKeys::new(secret.as_bytes()).mint(&args.sub, role, chrono::Duration::hours(args.ttl_hours)));
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A secret from configuration, or the development default when allowed.
+fn secret(given: Option<String>, name: &str, dev_default: &str, dev_allowed: bool) -> Result<String> {
+    match given {
+        Some(s) if s.len() >= 16 => Ok(s),
+        Some(_) => bail!("{name} must be at least 16 characters"),
+        None if dev_allowed => {
+            tracing::warn!("{name} is not set: using the built-in DEVELOPMENT secret. Set {name} before exposing this server.");
+            Ok(dev_default.to_owned())
+        }
+        None => bail!("{name} must be set (a development default exists only for `storekeeper serve` on a loopback address)"),
+    }
+}
+
+async fn connect(url: &str, pool_size: u32) -> Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let target = format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("(default)"));
+    PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {target}"))
+}
+
+/// Starts (or attaches to) the private cluster and makes sure the
+/// `storekeeper` database exists.
+async fn embedded_postgres(data_dir: PathBuf) -> Result<(pgcluster::Cluster, String)> {
+    let dir = data_dir.join("postgres");
+    tracing::info!("DATABASE_URL is not set: using a private PostgreSQL cluster in {}", dir.display());
+    let cluster = tokio::task::spawn_blocking(move || pgcluster::Cluster::start(&pgcluster::Options::new(dir)))
+        .await
+        .context("starting PostgreSQL")?
+        .context("cannot start the private PostgreSQL cluster")?;
+    let admin = connect(&cluster.url("postgres"), 1).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = 'storekeeper')")
+        .fetch_one(&admin)
+        .await
+        .context("inspect the private cluster")?;
+    if !exists {
+        sqlx::query("CREATE DATABASE storekeeper").execute(&admin).await.context("create the storekeeper database")?;
+    }
+    admin.close().await;
+    let url = cluster.url("storekeeper");
+    Ok((cluster, url))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+async fn serve(args: ServeArgs, everything: bool) -> Result<()> {
+    init_tracing(args.log_format);
+    let loopback = args.command_addr.ip().is_loopback();
+    let jwt_secret = secret(args.jwt_secret.clone(), "STOREKEEPER_JWT_SECRET", DEV_JWT_SECRET, everything && loopback)?;
+    let webhook_secret = secret(args.webhook_secret.clone(), "STOREKEEPER_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET, everything && loopback)?;
+
+    // Bind first: a taken port should fail before anything else starts.
+    let listener = tokio::net::TcpListener::bind(args.command_addr).await.with_context(|| {
+        format!("cannot listen on {} for the command API (is another server using it? set STOREKEEPER_COMMAND_ADDR)", args.command_addr)
+    })?;
+
+    let (cluster, url) = match &args.database_url {
+        Some(url) => (None, url.clone()),
+        None if everything => {
+            let (cluster, url) = embedded_postgres(args.data_dir.clone()).await?;
+            (Some(cluster), url)
+        }
+        None => bail!("DATABASE_URL must be set (only `storekeeper serve` starts its own PostgreSQL)"),
+    };
+    let pool = connect(&url, args.db_pool_size).await?;
+    eventlog::migrate(&pool).await.context("migrate the event log")?;
+    command_api::migrate(&pool).await.context("migrate the command API tables")?;
+
+    let log: Arc<dyn eventlog::EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let service = CommandService::new(log);
+    let state = AppState {
+        service: service.clone(),
+        pool: pool.clone(),
+        jwt: JwtKeys::new(jwt_secret.as_bytes()),
+        webhook_secret: webhook_secret.into(),
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    if everything {
+        let manager = ProcessManager::new(service.clone(), pool.clone());
+        let stop = stop_rx.clone();
+        background.spawn(async move { manager.run(stop).await.context("order process manager") });
+    }
+    {
+        let pool = pool.clone();
+        let mut stop = stop_rx.clone();
+        background.spawn(async move {
+            loop {
+                match command_api::idempotency::purge_expired(&pool).await {
+                    Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                }
+                tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
+    tracing::info!(addr = %args.command_addr, "command API listening");
+    let server = axum::serve(listener, command_api::router(state)).with_graceful_shutdown(shutdown_signal());
+    let result = tokio::select! {
+        served = server => served.context("command API server"),
+        Some(Ok(Err(e))) = background.join_next() => Err(e),
+    };
+    let _ = stop_tx.send(true);
+    while let Some(done) = background.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!("{e:#}");
+        }
+    }
+    pool.close().await;
+    if let Some(mut cluster) = cluster {
+        tokio::task::spawn_blocking(move || cluster.stop()).await.ok();
+    }
+    result
+}

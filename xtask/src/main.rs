@@ -3,6 +3,7 @@
 //! write path. Nothing here is needed at run time.
 
 mod bench;
+mod schemas;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,9 +15,10 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["test", rest @ ..] => test(rest),
         ["bench", "write", rest @ ..] => bench::write(rest),
+        ["schemas"] => schemas::write(),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)"
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
             );
             return ExitCode::from(2);
         }

@@ -1,7 +1,8 @@
 //! The PostgreSQL event log.
 //!
-//! Writers lock their streams with transaction-scoped advisory locks before
-//! their first write, so a transaction id is only assigned once every
+//! An append is one call of the `append_events` function (see the
+//! migrations). Writers lock their streams with transaction-scoped advisory
+//! locks before their first write, so a transaction id is only assigned once every
 //! earlier writer of those streams has committed. Positions are derived from
 //! that id, and readers only read below the oldest transaction still
 //! running: together these make `read_all` skip nothing and keep per-stream
@@ -85,87 +86,60 @@ impl EventLog for PgEventLog {
     #[tracing::instrument(skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError> {
         validate(&writes)?;
-        let mut locked: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
-        locked.sort_unstable();
-
-        let mut tx = self.pool.begin().await?;
-        // Sorted, so that two multi-stream appends cannot deadlock. No row is
-        // written before this: see the module docs.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS t(id)")
-            .bind(&locked)
-            .execute(&mut *tx)
-            .await?;
-        let ids: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
-        let current: Vec<Option<i64>> = sqlx::query_scalar(
-            "SELECT (SELECT max(stream_version) FROM events e WHERE e.stream_id = t.id)
-             FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-
         let total: usize = writes.iter().map(|w| w.events.len()).sum();
-        let mut index = Vec::with_capacity(total);
-        let mut stream_ids = Vec::with_capacity(total);
-        let mut versions = Vec::with_capacity(total);
+        let streams: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
+        let expected: Vec<i64> = writes
+            .iter()
+            .map(|w| match w.expected {
+                ExpectedVersion::Any => -1,
+                ExpectedVersion::NoStream => -2,
+                ExpectedVersion::Exact(v) => v.min(i64::MAX as u64) as i64,
+            })
+            .collect();
+        let mut stream_idx = Vec::with_capacity(total);
         let mut event_ids: Vec<Uuid> = Vec::with_capacity(total);
         let mut types = Vec::with_capacity(total);
         let mut schema_versions = Vec::with_capacity(total);
         let mut occurred: Vec<DateTime<Utc>> = Vec::with_capacity(total);
         let mut metadata = Vec::with_capacity(total);
         let mut data = Vec::with_capacity(total);
-        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0 };
-        for (w, actual) in writes.iter().zip(&current) {
-            let actual = actual.map(|v| v as u64);
-            if !w.expected.admits(actual) {
-                return Err(EventLogError::VersionConflict { stream_id: w.stream_id.clone(), expected: w.expected, actual });
-            }
-            let mut version = actual;
+        for (i, w) in writes.iter().enumerate() {
             for e in &w.events {
-                let next = version.map_or(0, |v| v + 1);
-                index.push(index.len() as i64);
-                stream_ids.push(w.stream_id.as_str());
-                versions.push(next as i64);
+                stream_idx.push(i as i32 + 1);
                 event_ids.push(e.event_id);
                 types.push(e.event_type.as_str());
                 schema_versions.push(e.schema_version as i32);
                 occurred.push(e.occurred_at);
                 metadata.push(serde_json::to_value(&e.metadata).map_err(|e| EventLogError::Backend(Box::new(e)))?);
                 data.push(&e.data);
-                version = Some(next);
-            }
-            result.streams.push(StreamAppended { stream_id: w.stream_id.clone(), version, position: None });
-        }
-        if total > 0 {
-            let positions: Vec<(String, i64)> = sqlx::query_as(
-                "INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, metadata, data)
-                 SELECT (pg_current_xact_id()::text::bigint << 20) + t.n, t.stream_id, t.stream_version, t.event_id,
-                        t.event_type, t.schema_version, t.occurred_at, t.metadata, t.data
-                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
-                      AS t(n, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, metadata, data)
-                 RETURNING stream_id, global_position",
-            )
-            .bind(&index)
-            .bind(&stream_ids)
-            .bind(&versions)
-            .bind(&event_ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&occurred)
-            .bind(&metadata)
-            .bind(&data)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| map_insert_error(e, &writes))?;
-            for (stream_id, position) in positions {
-                let position = position as u64;
-                result.position = result.position.max(position);
-                if let Some(s) = result.streams.iter_mut().find(|s| s.stream_id == stream_id) {
-                    s.position = Some(s.position.map_or(position, |p| p.max(position)));
-                }
             }
         }
-        tx.commit().await?;
+        // One statement, so one round trip and its own transaction.
+        let rows: Vec<(String, Option<i64>, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT out_stream, out_version, out_position, out_conflict FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&streams)
+        .bind(&expected)
+        .bind(&stream_idx)
+        .bind(&event_ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&occurred)
+        .bind(&metadata)
+        .bind(&data)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_insert_error(e, &writes))?;
+        if let Some((stream_id, actual, _, _)) = rows.iter().find(|r| r.3) {
+            let expected = writes.iter().find(|w| w.stream_id == *stream_id).map_or(ExpectedVersion::Any, |w| w.expected);
+            return Err(EventLogError::VersionConflict { stream_id: stream_id.clone(), expected, actual: actual.map(|v| v as u64) });
+        }
+        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0 };
+        for (stream_id, version, position, _) in rows {
+            let position = position.map(|p| p as u64);
+            result.position = result.position.max(position.unwrap_or(0));
+            result.streams.push(StreamAppended { stream_id, version: version.map(|v| v as u64), position });
+        }
         if total > 0 {
             self.appended.send_modify(|n| *n += 1);
         }

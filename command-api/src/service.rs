@@ -5,13 +5,22 @@
 //! When another writer got there first the whole cycle runs again on fresh
 //! state, a bounded number of times, unless the client pinned a version with
 //! `If-Match`, in which case it learns of the conflict.
+//!
+//! Folded states are cached per stream. A cached state is only trusted when
+//! the decision appends, because the append's expected version proves it
+//! current; a refusal, a no-op or an `If-Match` mismatch decided on cached
+//! state is decided again on state read from the log. So the common command
+//! costs one round trip to the database, and the cache can never make an
+//! answer wrong, even with other processes writing to the same log.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, sku_claim_stream};
-use domain::customer::{CustomerAggregate, CustomerCommand};
+use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
 use domain::events::{DecodeError, EventCodec};
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
@@ -27,6 +36,8 @@ const MAX_ATTEMPTS: u32 = 20;
 const STRIPES: usize = 1024;
 /// Streams longer than this are read in pages.
 const PAGE: usize = 1000;
+/// Folded states kept in memory.
+const CACHE_ENTRIES: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -65,6 +76,8 @@ pub struct Loaded<A: Aggregate> {
     pub state: A::State,
     pub version: Option<u64>,
     pub position: u64,
+    /// Whether it came from the cache rather than the log.
+    pub cached: bool,
 }
 
 impl<A: Aggregate> Loaded<A> {
@@ -73,10 +86,17 @@ impl<A: Aggregate> Loaded<A> {
     }
 }
 
+struct CacheEntry {
+    state: Arc<dyn Any + Send + Sync>,
+    version: Option<u64>,
+    position: u64,
+}
+
 #[derive(Clone)]
 pub struct CommandService {
     log: Arc<dyn EventLog>,
     stripes: Arc<[tokio::sync::Mutex<()>]>,
+    cache: Arc<Mutex<HashMap<String, CacheEntry>>>,
 }
 
 fn encode<E: EventCodec>(events: &[E], metadata: &Metadata) -> Vec<NewEvent> {
@@ -101,17 +121,42 @@ fn write<A: Aggregate>(stream_id: &str, loaded: &Loaded<A>, events: &[A::Event],
     StreamWrite { stream_id: stream_id.to_owned(), expected: loaded.expected(), events: encode(events, metadata) }
 }
 
-/// A decision ready to append, with the stream the client asked about.
+/// A decision ready to append, about the stream the client asked about.
 struct Decision {
     primary: String,
     writes: Vec<StreamWrite>,
-    loaded_version: Option<u64>,
-    loaded_position: u64,
+    version: Option<u64>,
+    position: u64,
+    cached: bool,
+    /// The primary stream's state once the writes are in.
+    after: Arc<dyn Any + Send + Sync>,
+}
+
+impl Decision {
+    fn new<A: Aggregate>(stream: &str, loaded: Loaded<A>, events: &[A::Event], writes: Vec<StreamWrite>) -> Self {
+        let after = events.iter().fold(loaded.state, A::evolve);
+        Decision {
+            primary: stream.to_owned(),
+            writes,
+            version: loaded.version,
+            position: loaded.position,
+            cached: loaded.cached,
+            after: Arc::new(after),
+        }
+    }
 }
 
 impl CommandService {
     pub fn new(log: Arc<dyn EventLog>) -> Self {
-        CommandService { log, stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect() }
+        CommandService {
+            log,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
     }
 
     fn stripe(&self, stream_id: &str) -> &tokio::sync::Mutex<()> {
@@ -121,13 +166,20 @@ impl CommandService {
         &self.stripes[hasher.finish() as usize % STRIPES]
     }
 
-    pub fn log(&self) -> &Arc<dyn EventLog> {
-        &self.log
+    fn remember(&self, stream_id: &str, state: Arc<dyn Any + Send + Sync>, version: Option<u64>, position: u64) {
+        let mut cache = self.cache.lock().expect("cache poisoned");
+        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(stream_id) {
+            let victim = cache.keys().next().cloned();
+            if let Some(victim) = victim {
+                cache.remove(&victim);
+            }
+        }
+        cache.insert(stream_id.to_owned(), CacheEntry { state, version, position });
     }
 
-    /// Reads and folds a whole stream.
+    /// Reads and folds a whole stream from the log.
     pub async fn load<A: Aggregate>(&self, stream_id: &str) -> Result<Loaded<A>, ServiceError> {
-        let mut loaded = Loaded::<A> { state: A::State::default(), version: None, position: 0 };
+        let mut loaded = Loaded::<A> { state: A::State::default(), version: None, position: 0, cached: false };
         loop {
             let from = loaded.version.map_or(0, |v| v + 1);
             let page = self.log.read_stream(stream_id, from, PAGE).await?;
@@ -144,42 +196,71 @@ impl CommandService {
         }
     }
 
-    /// Runs `decide` on fresh state until its append wins, or the client's
-    /// pinned version (`if_match`) no longer holds.
+    /// The cached state when allowed and present, else the log's.
+    async fn state<A: Aggregate>(&self, stream_id: &str, cached: bool) -> Result<Loaded<A>, ServiceError> {
+        if cached {
+            let cache = self.cache.lock().expect("cache poisoned");
+            if let Some(entry) = cache.get(stream_id)
+                && let Some(state) = entry.state.downcast_ref::<A::State>()
+            {
+                return Ok(Loaded { state: state.clone(), version: entry.version, position: entry.position, cached: true });
+            }
+        }
+        let loaded = self.load::<A>(stream_id).await?;
+        self.remember(stream_id, Arc::new(loaded.state.clone()), loaded.version, loaded.position);
+        Ok(loaded)
+    }
+
+    /// Runs `decide` until its append wins, or the client's pinned version
+    /// (`if_match`) no longer holds. `decide` is told whether it may use
+    /// cached state.
     async fn run<F, Fut>(&self, id: Uuid, stream: &str, if_match: Option<u64>, mut decide: F) -> Result<Outcome, ServiceError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(bool) -> Fut,
         Fut: Future<Output = Result<Decision, ServiceError>>,
     {
         let _turn = self.stripe(stream).lock().await;
+        let mut use_cache = true;
         for attempt in 0..MAX_ATTEMPTS {
-            let decision = decide().await?;
-            if let Some(expected) = if_match
-                && decision.loaded_version != Some(expected)
-            {
-                return Err(ServiceError::VersionConflict { stream_id: decision.primary, expected, current: decision.loaded_version });
-            }
+            let decision = match decide(use_cache).await {
+                // A refusal may come from stale cached state: decide again.
+                Err(ServiceError::Domain(_)) if use_cache => {
+                    use_cache = false;
+                    continue;
+                }
+                other => other?,
+            };
             let appends = decision.writes.iter().any(|w| !w.events.is_empty());
+            let pinned_elsewhere = if_match.is_some_and(|expected| decision.version != Some(expected));
+            if decision.cached && (pinned_elsewhere || !appends) {
+                use_cache = false;
+                continue;
+            }
+            if let Some(expected) = if_match
+                && pinned_elsewhere
+            {
+                return Err(ServiceError::VersionConflict { stream_id: decision.primary, expected, current: decision.version });
+            }
             if !appends {
-                let version = decision.loaded_version.ok_or(DomainError::NotFound("stream"))?;
-                return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.loaded_position, appended: false });
+                let version = decision.version.ok_or(DomainError::NotFound("stream"))?;
+                return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.position, appended: false });
             }
             let writes: Vec<StreamWrite> = decision.writes.into_iter().filter(|w| !w.events.is_empty()).collect();
             match self.log.append(writes).await {
                 Ok(result) => {
                     let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
-                    return Ok(Outcome {
-                        id,
-                        stream_id: decision.primary.clone(),
-                        version: primary.and_then(|s| s.version).or(decision.loaded_version).unwrap_or(0),
-                        position: primary.and_then(|s| s.position).unwrap_or(decision.loaded_position),
-                        appended: true,
-                    });
+                    let version = primary.and_then(|s| s.version).or(decision.version);
+                    let position = primary.and_then(|s| s.position).unwrap_or(decision.position);
+                    self.remember(&decision.primary, decision.after, version, position);
+                    return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
                 }
                 Err(EventLogError::VersionConflict { .. }) => {
                     metrics::counter!("storekeeper_command_conflicts_total").increment(1);
                     tracing::debug!(attempt, stream_id = %decision.primary, "lost a race; deciding again");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    if !decision.cached {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    use_cache = false;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -200,20 +281,17 @@ impl CommandService {
     {
         let stream = &stream_id::<A>(id);
         let command = &command;
-        self.run(id, stream, if_match, || async move {
-            let loaded = self.load::<A>(stream).await?;
+        self.run(id, stream, if_match, |cached| async move {
+            let loaded = self.state::<A>(stream, cached).await?;
             let events = A::decide(&loaded.state, command.clone())?;
-            Ok(Decision {
-                writes: vec![write(stream, &loaded, &events, metadata)],
-                primary: stream.clone(),
-                loaded_version: loaded.version,
-                loaded_position: loaded.position,
-            })
+            let writes = vec![write(stream, &loaded, &events, metadata)];
+            Ok(Decision::new(stream, loaded, &events, writes))
         })
         .await
     }
 
     /// Claims (or releases) a unique value alongside the owner's events.
+    /// Claim streams are always read from the log.
     async fn claim(&self, command: ClaimCommand, stream: &str, metadata: &Metadata) -> Result<StreamWrite, ServiceError> {
         let loaded = self.load::<ClaimAggregate>(stream).await?;
         let events = ClaimAggregate::decide(&loaded.state, command)?;
@@ -231,15 +309,14 @@ impl CommandService {
     ) -> Result<Outcome, ServiceError> {
         let stream = &stream_id::<CustomerAggregate>(id);
         let command = &command;
-        self.run(id, stream, if_match, || async move {
-            let loaded = self.load::<CustomerAggregate>(stream).await?;
+        self.run(id, stream, if_match, |cached| async move {
+            let loaded = self.state::<CustomerAggregate>(stream, cached).await?;
             let events = CustomerAggregate::decide(&loaded.state, command.clone())?;
             let mut writes = vec![write(stream, &loaded, &events, metadata)];
             for event in &events {
-                use domain::customer::CustomerEvent as E;
                 let (claim, release) = match event {
-                    E::Registered(e) => (Some(&e.email), None),
-                    E::EmailChanged(e) => (Some(&e.email), Some(&e.previous_email)),
+                    CustomerEvent::Registered(e) => (Some(&e.email), None),
+                    CustomerEvent::EmailChanged(e) => (Some(&e.email), Some(&e.previous_email)),
                     _ => (None, None),
                 };
                 if let Some(email) = claim {
@@ -251,7 +328,7 @@ impl CommandService {
                     writes.push(self.claim(command, &email_claim_stream(email), metadata).await?);
                 }
             }
-            Ok(Decision { writes, primary: stream.clone(), loaded_version: loaded.version, loaded_position: loaded.position })
+            Ok(Decision::new(stream, loaded, &events, writes))
         })
         .await
     }
@@ -271,12 +348,12 @@ impl CommandService {
         let claim_stream = &sku_claim_stream(sku);
         let sku_key = &sku.key();
         let command = &command;
-        self.run(id, stream, if_match, || async move {
-            let loaded = self.load::<ProductAggregate>(stream).await?;
+        self.run(id, stream, if_match, |cached| async move {
+            let loaded = self.state::<ProductAggregate>(stream, cached).await?;
             let events = ProductAggregate::decide(&loaded.state, command.clone())?;
             let claim = ClaimCommand::Claim { kind: ClaimKind::Sku, value: sku_key.clone(), owner_stream_id: stream.clone() };
             let writes = vec![write(stream, &loaded, &events, metadata), self.claim(claim, claim_stream, metadata).await?];
-            Ok(Decision { writes, primary: stream.clone(), loaded_version: loaded.version, loaded_position: loaded.position })
+            Ok(Decision::new(stream, loaded, &events, writes))
         })
         .await
     }
@@ -313,5 +390,5 @@ impl CommandService {
 fn backoff(attempt: u32) -> Duration {
     let cap_us = 500u64 << attempt.min(7);
     let random = u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"));
-    Duration::from_micros(random % cap_us.max(1))
+    Duration::from_micros(random % cap_us)
 }

@@ -40,3 +40,44 @@ async fn of_concurrent_registrations_with_one_email_exactly_one_wins() {
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'CustomerRegistered'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(registered, 5);
 }
+
+/// Another process writing to the same log makes this one's cached state
+/// stale: answers must still be those of the log.
+#[tokio::test]
+async fn cached_state_never_makes_an_answer_wrong_when_another_process_writes() {
+    use domain::product::{ProductAggregate, ProductCommand};
+    use domain::{Currency, Money};
+
+    let app = spawn_app().await;
+    let other = command_api::CommandService::new(std::sync::Arc::new(eventlog::PgEventLog::new(app.pool.clone())));
+    let metadata = eventlog::Metadata::system("other-process");
+    let id = app.add_product("KET-1", 1000, 10).await;
+    let path = format!("/v1/products/{id}");
+
+    // A conflict on stale state is retried on fresh state.
+    other.execute::<ProductAggregate>(id, ProductCommand::Restock { quantity: 5 }, None, &metadata).await.unwrap();
+    assert_eq!(app.post_json(format!("{path}/restock"), &app.admin, json!({"quantity": 1})).await.status(), 200);
+    assert_eq!(app.product(id).await.stock, 16);
+
+    // If-Match is checked against the log, not the cache.
+    let newer = other.execute::<ProductAggregate>(id, ProductCommand::Restock { quantity: 1 }, None, &metadata).await.unwrap();
+    let pinned = app
+        .post(&format!("{path}/restock"), &app.admin)
+        .header("if-match", format!("\"{}\"", newer.version))
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pinned.status(), 200, "{}", pinned.text().await.unwrap());
+
+    // A no-op on stale state is not a no-op.
+    let usd = |amount| Money::new(amount, Currency::usd());
+    other.execute::<ProductAggregate>(id, ProductCommand::ChangePrice { price: usd(1500) }, None, &metadata).await.unwrap();
+    let back = app.post_json(format!("{path}/price"), &app.admin, json!({"price": {"amount_minor": 1000, "currency": "USD"}})).await;
+    assert_eq!(back.status(), 200);
+    assert_eq!(app.product(id).await.price, usd(1000));
+
+    // A refusal the cache would not give.
+    other.execute::<ProductAggregate>(id, ProductCommand::Discontinue, None, &metadata).await.unwrap();
+    problem(app.post_json(format!("{path}/restock"), &app.admin, json!({"quantity": 1})).await, 409, "invalid_state").await;
+}

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use command_api::process_manager::ProcessManager;
 use command_api::{AppState, CommandService, JwtKeys, Role};
 use eventlog::PgEventLog;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
 
@@ -153,8 +153,19 @@ fn secret(given: Option<String>, name: &str, dev_default: &str, dev_allowed: boo
 }
 
 async fn connect(url: &str, pool_size: u32) -> Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)");
+    }
     let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
     let target = format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("(default)"));
+    // One plain connection first: its error says what is wrong, where the
+    // pool would only say it timed out.
+    let probe = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot connect to PostgreSQL at {target}"))?;
+    probe.close().await.ok();
     PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(10))

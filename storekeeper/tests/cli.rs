@@ -1,0 +1,170 @@
+//! The `storekeeper` binary as a newcomer runs it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_storekeeper");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn storekeeper(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("STOREKEEPER_JWT_SECRET")
+        .env_remove("STOREKEEPER_WEBHOOK_SECRET")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(data_dir: &Path) -> Serve {
+        let port = free_port();
+        let child = storekeeper(&["serve"])
+            .env("STOREKEEPER_DATA_DIR", data_dir)
+            .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Serve { child, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base)).await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("storekeeper serve exited early: {status}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "storekeeper serve did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, as an orchestrator stops it.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "storekeeper did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("storekeeper-cli-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn admin_token() -> String {
+    let out = run(&mut storekeeper(&["token", "--role", "admin", "--sub", "alice"]));
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn token_prints_a_jwt_alone_on_stdout() {
+    let token = admin_token();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert!(!token.contains(char::is_whitespace));
+    let out = run(&mut storekeeper(&["token", "--role", "customer", "--sub", "not-a-uuid"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("customer id"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_starts_its_own_postgres_keeps_data_across_restarts_and_stops_on_sigterm() {
+    let dir = temp_dir("serve");
+    let token = admin_token();
+    let http = reqwest::Client::new();
+
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let product = uuid::Uuid::now_v7();
+    let created = http
+        .post(format!("{}/v1/products", serve.base))
+        .bearer_auth(&token)
+        .json(&json!({"id": product, "sku": "KET-1", "name": "Kettle", "description": "Boils water", "category": "kitchen",
+                      "price": {"amount_minor": 1999, "currency": "USD"}, "initial_stock": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(serve.terminate().success(), "a clean exit on SIGTERM");
+    assert!(!dir.join("postgres/pgdata/postmaster.pid").exists(), "the private PostgreSQL stopped with it");
+
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let restock = |version: &str| {
+        http.post(format!("{}/v1/products/{product}/restock", serve.base))
+            .bearer_auth(&token)
+            .header("if-match", version)
+            .json(&json!({"quantity": 5}))
+            .send()
+    };
+    assert_eq!(restock("\"0\"").await.unwrap().status(), 200, "the product survived the restart");
+    assert_eq!(restock("\"0\"").await.unwrap().status(), 409);
+    assert!(serve.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_database_url_fails_with_a_clear_message() {
+    let out = run(storekeeper(&["serve"])
+        .env("DATABASE_URL", "postgres://nobody:secret@127.0.0.1:1/storekeeper")
+        .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{}", free_port())));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1/storekeeper"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password is not printed: {stderr}");
+    let out =
+        run(storekeeper(&["serve"]).env("DATABASE_URL", "mysql://x").env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{}", free_port())));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL is not a valid PostgreSQL URL"));
+}
+
+#[test]
+fn a_taken_port_fails_with_a_clear_message() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(storekeeper(&["serve"]).env("STOREKEEPER_COMMAND_ADDR", &addr).env("STOREKEEPER_DATA_DIR", temp_dir("port")));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+}
+
+#[test]
+fn roles_other_than_serve_need_explicit_secrets() {
+    let out = run(storekeeper(&["command-api"]).env("DATABASE_URL", "postgres://x@127.0.0.1:1/x"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STOREKEEPER_JWT_SECRET must be set"));
+}

@@ -32,7 +32,7 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("the request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
-    #[error("the stream is at version {current:?}, not the expected {expected}")]
+    #[error("the stream is at version {}, not the expected {expected}", current.map_or_else(|| "none (it does not exist)".to_owned(), |v| v.to_string()))]
     VersionConflict { expected: u64, current: Option<u64> },
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,

@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use command_api::process_manager::ProcessManager;
 use command_api::{AppState, CommandService, JwtKeys, Role};
 use eventlog::PgEventLog;
-use sqlx::{Connection, PgConnection, PgPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 /// Development secrets: accepted only by `serve` on a loopback address,
@@ -193,6 +193,20 @@ async fn embedded_postgres(data_dir: PathBuf) -> Result<(pgcluster::Cluster, Str
     }
     admin.close().await;
     let url = cluster.url("storekeeper");
+    // For psql and other tools: `psql "$(cat .storekeeper/postgres/url)"`.
+    let url_file = data_dir.join("postgres/url");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&url_file)
+            .with_context(|| format!("write {}", url_file.display()))?;
+        writeln!(file, "{url}").with_context(|| format!("write {}", url_file.display()))?;
+    }
     Ok((cluster, url))
 }
 

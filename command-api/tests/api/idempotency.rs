@@ -63,3 +63,23 @@ async fn a_failed_request_does_not_burn_its_key() {
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&app.pool).await.unwrap();
     assert_eq!(rows, 0);
 }
+
+#[tokio::test]
+async fn a_key_expires_after_24_hours() {
+    let app = spawn_app().await;
+    let id = app.add_product("KET-1", 100, 0).await;
+    let send = |quantity: u32| {
+        app.post(&format!("/v1/products/{id}/restock"), &app.admin)
+            .header("idempotency-key", "daily")
+            .json(&json!({"quantity": quantity}))
+            .send()
+    };
+    assert_eq!(send(1).await.unwrap().status(), 200);
+    problem(send(2).await.unwrap(), 422, "idempotency_key_reused").await;
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(&app.pool).await.unwrap();
+    let fresh = send(2).await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert!(fresh.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.product(id).await.stock, 3);
+    assert_eq!(command_api::idempotency::purge_expired(&app.pool).await.unwrap(), 0, "the renewed key is not expired");
+}

@@ -205,21 +205,25 @@ pub struct Reason {
     pub reason: String,
 }
 
+impl Reason {
+    fn checked(self) -> Result<String, ApiError> {
+        let mut check = Check::default();
+        let reason = check.ok(domain::values::text("reason", &self.reason, 1000).map(|()| self.reason));
+        check.finish(reason)
+    }
+}
+
 impl TryFrom<Reason> for CustomerCommand {
     type Error = ApiError;
     fn try_from(dto: Reason) -> Result<Self, ApiError> {
-        let mut check = Check::default();
-        let reason = check.ok(domain::values::text("reason", &dto.reason, 1000).map(|()| dto.reason));
-        check.finish(reason.map(|reason| CustomerCommand::Deactivate { reason }))
+        dto.checked().map(|reason| CustomerCommand::Deactivate { reason })
     }
 }
 
 impl TryFrom<Reason> for OrderCommand {
     type Error = ApiError;
     fn try_from(dto: Reason) -> Result<Self, ApiError> {
-        let mut check = Check::default();
-        let reason = check.ok(domain::values::text("reason", &dto.reason, 1000).map(|()| dto.reason));
-        check.finish(reason.map(|reason| OrderCommand::Cancel { reason }))
+        dto.checked().map(|reason| OrderCommand::Cancel { reason })
     }
 }
 

@@ -72,15 +72,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-async fn track(request: Request, next: Next) -> Response {
+/// Counts and times requests per route, for `/metrics`.
+pub async fn track_requests(api: &'static str, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = request.method().to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("storekeeper_http_request_duration_seconds", "api" => "command", "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!("storekeeper_http_request_duration_seconds", "api" => api, "route" => route.clone(), "method" => method.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("storekeeper_http_requests_total", "api" => "command", "route" => route, "method" => method, "status" => status)
+    metrics::counter!("storekeeper_http_requests_total", "api" => api, "route" => route, "method" => method, "status" => status)
         .increment(1);
     response
 }
@@ -136,7 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(track))
+        .layer(middleware::from_fn(|request, next| track_requests("command", request, next)))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");

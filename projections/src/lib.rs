@@ -1,5 +1,56 @@
-//! Projection workers that build the read models from the event stream.
+//! Projections: read models built from the log.
 //!
-//! Empty for now: the read side (relay, projections, read models) is the
-//! next piece of work. The order process manager, the one consumer of the
-//! log so far, lives in `command-api` because it issues commands.
+//! A projection applies events to its PostgreSQL tables. The runner feeds
+//! it batches from an event source and writes the projection's checkpoint
+//! in the same transaction as its rows, so a crash or a redelivery never
+//! applies an event twice or skips one. An event that cannot be applied is
+//! retried a bounded number of times, then parked in `dead_letters` with
+//! its error while the projection goes on.
+
+mod models;
+mod runner;
+mod source;
+
+pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
+pub use runner::{ProjectionStatus, Runner, retry_parked, status};
+pub use source::{EventSource, InProcessSource};
+
+use async_trait::async_trait;
+use domain::events::DomainEvent;
+use eventlog::RecordedEvent;
+use sqlx::PgConnection;
+
+/// Applies the read side's migrations.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One read model.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Bumped when the projection's shape or logic changes.
+    fn version(&self) -> i32;
+    /// Applies one event inside the runner's transaction.
+    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError>;
+    /// Empties the projection's tables, for a rebuild from the log.
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error>;
+}
+
+/// The entity id of a `<category>-<uuid>` stream.
+pub fn entity_id(stream_id: &str) -> Result<uuid::Uuid, ApplyError> {
+    stream_id
+        .split_once('-')
+        .and_then(|(_, id)| uuid::Uuid::parse_str(id).ok())
+        .ok_or_else(|| ApplyError::Invalid(format!("stream id {stream_id} is not <category>-<uuid>")))
+}

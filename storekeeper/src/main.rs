@@ -29,11 +29,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Everything in one process: the command API and the order process
-    /// manager, on DATABASE_URL or a private PostgreSQL it starts itself.
+    /// Everything in one process: command API, query API, projections and
+    /// the order process manager, on DATABASE_URL or a private PostgreSQL it
+    /// starts itself.
     Serve(ServeArgs),
-    /// Only the command API (no process manager), on DATABASE_URL.
+    /// Only the command API, on DATABASE_URL.
     CommandApi(ServeArgs),
+    /// Only the query API, on DATABASE_URL.
+    QueryApi(ServeArgs),
+    /// The projection workers and the order process manager, on
+    /// DATABASE_URL; or `list` their states, or `retry NAME`'s parked events.
+    Projections {
+        #[command(subcommand)]
+        action: Option<ProjectionsAction>,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
     /// Mints a JWT signed with the configured secret and prints it alone.
     Token(TokenArgs),
 }
@@ -50,6 +61,9 @@ struct ServeArgs {
     /// Address of the command API.
     #[arg(long, env = "STOREKEEPER_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     command_addr: SocketAddr,
+    /// Address of the query API.
+    #[arg(long, env = "STOREKEEPER_QUERY_ADDR", default_value = "127.0.0.1:8081")]
+    query_addr: SocketAddr,
     /// HS256 secret for bearer tokens. `serve` on loopback falls back to a
     /// development secret and says so.
     #[arg(long, env = "STOREKEEPER_JWT_SECRET", hide_env_values = true)]
@@ -63,6 +77,14 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "STOREKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Subcommand, Clone)]
+enum ProjectionsAction {
+    /// Every projection's version, position, lag, state and parked events.
+    List,
+    /// Applies a projection's parked (dead-lettered) events again.
+    Retry { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,8 +118,11 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Serve(args) => serve(args, true).await,
-            Cmd::CommandApi(args) => serve(args, false).await,
+            Cmd::Serve(args) => serve(args, Roles::ALL).await,
+            Cmd::CommandApi(args) => serve(args, Roles { command: true, ..Roles::NONE }).await,
+            Cmd::QueryApi(args) => serve(args, Roles { query: true, ..Roles::NONE }).await,
+            Cmd::Projections { action: None, args } => serve(args, Roles { workers: true, ..Roles::NONE }).await,
+            Cmd::Projections { action: Some(action), args } => projections_admin(args, action).await,
             Cmd::Token(args) => token(args),
         }
     });
@@ -222,20 +247,34 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
-async fn serve(args: ServeArgs, everything: bool) -> Result<()> {
-    init_tracing(args.log_format);
-    let loopback = args.command_addr.ip().is_loopback();
-    let jwt_secret = secret(args.jwt_secret.clone(), "STOREKEEPER_JWT_SECRET", DEV_JWT_SECRET, everything && loopback)?;
-    let webhook_secret = secret(args.webhook_secret.clone(), "STOREKEEPER_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET, everything && loopback)?;
+/// Which parts of the system a process runs.
+#[derive(Clone, Copy)]
+struct Roles {
+    command: bool,
+    query: bool,
+    /// Projections and the order process manager.
+    workers: bool,
+    /// Only `serve`: may start its own PostgreSQL and use development secrets.
+    embedded: bool,
+}
 
-    // Bind first: a taken port should fail before anything else starts.
-    let listener = tokio::net::TcpListener::bind(args.command_addr).await.with_context(|| {
-        format!("cannot listen on {} for the command API (is another server using it? set STOREKEEPER_COMMAND_ADDR)", args.command_addr)
-    })?;
+impl Roles {
+    const ALL: Roles = Roles { command: true, query: true, workers: true, embedded: true };
+    const NONE: Roles = Roles { command: false, query: false, workers: false, embedded: false };
+}
 
+async fn bind(addr: SocketAddr, what: &str, variable: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} (is another server using it? set {variable})"))
+}
+
+/// Connects to DATABASE_URL (or, for `serve`, the private cluster) and
+/// applies every migration.
+async fn database(args: &ServeArgs, embedded: bool) -> Result<(Option<pgcluster::Cluster>, PgPool)> {
     let (cluster, url) = match &args.database_url {
         Some(url) => (None, url.clone()),
-        None if everything => {
+        None if embedded => {
             let (cluster, url) = embedded_postgres(args.data_dir.clone()).await?;
             (Some(cluster), url)
         }
@@ -244,27 +283,87 @@ async fn serve(args: ServeArgs, everything: bool) -> Result<()> {
     let pool = connect(&url, args.db_pool_size).await?;
     eventlog::migrate(&pool).await.context("migrate the event log")?;
     command_api::migrate(&pool).await.context("migrate the command API tables")?;
+    projections::migrate(&pool).await.context("migrate the read models")?;
+    Ok((cluster, pool))
+}
 
-    let log: Arc<dyn eventlog::EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log);
-    let state = AppState {
-        service: service.clone(),
-        pool: pool.clone(),
-        jwt: JwtKeys::new(jwt_secret.as_bytes()),
-        webhook_secret: webhook_secret.into(),
+async fn projections_admin(args: ServeArgs, action: ProjectionsAction) -> Result<()> {
+    let (_cluster, pool) = database(&args, false).await?;
+    match action {
+        ProjectionsAction::List => {
+            println!("{:<12} {:>7} {:>20} {:>10} {:>10} {:>9} {:>7}", "NAME", "VERSION", "POSITION", "LAG", "LAG (s)", "STATE", "PARKED");
+            for p in projections::status(&pool).await.context("read projection states")? {
+                println!(
+                    "{:<12} {:>7} {:>20} {:>10} {:>10.1} {:>9} {:>7}",
+                    p.name, p.version, p.position, p.lag_events, p.lag_seconds, p.state, p.parked
+                );
+                if let Some(error) = p.last_error {
+                    println!("             last error: {error}");
+                }
+            }
+        }
+        ProjectionsAction::Retry { name } => {
+            let projection =
+                projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
+            let log = PgEventLog::new(pool.clone());
+            let applied = projections::retry_parked(&pool, &log, &*projection).await.context("retry parked events")?;
+            println!("{applied} parked event(s) of {name} applied");
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
+    init_tracing(args.log_format);
+    let loopback = args.command_addr.ip().is_loopback() && args.query_addr.ip().is_loopback();
+    let dev = roles.embedded && loopback;
+    let jwt_secret = secret(args.jwt_secret.clone(), "STOREKEEPER_JWT_SECRET", DEV_JWT_SECRET, dev)?;
+    let webhook_secret = if roles.command {
+        secret(args.webhook_secret.clone(), "STOREKEEPER_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET, dev)?
+    } else {
+        String::new()
     };
 
+    // Bind first: a taken port should fail before anything else starts.
+    let command_listener = match roles.command {
+        true => Some(bind(args.command_addr, "command API", "STOREKEEPER_COMMAND_ADDR").await?),
+        false => None,
+    };
+    let query_listener = match roles.query {
+        true => Some(bind(args.query_addr, "query API", "STOREKEEPER_QUERY_ADDR").await?),
+        false => None,
+    };
+    let (cluster, pool) = database(&args, roles.embedded).await?;
+
+    let log: Arc<dyn eventlog::EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let service = CommandService::new(log.clone());
+    let jwt = JwtKeys::new(jwt_secret.as_bytes());
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut background = tokio::task::JoinSet::new();
-    if everything {
+    let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+    if roles.workers {
         let manager = ProcessManager::new(service.clone(), pool.clone());
         let stop = stop_rx.clone();
-        background.spawn(async move { manager.run(stop).await.context("order process manager") });
+        tasks.spawn(async move { manager.run(stop).await.context("order process manager") });
+        let runner = projections::Runner::new(pool.clone(), log.clone(), projections::all());
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { runner.run(stop).await.context("projections") });
     }
-    {
+    if let Some(listener) = command_listener {
+        let state = AppState { service: service.clone(), pool: pool.clone(), jwt: jwt.clone(), webhook_secret: webhook_secret.into() };
+        let mut stop = stop_rx.clone();
+        tracing::info!(addr = %args.command_addr, "command API listening");
+        tasks.spawn(async move {
+            axum::serve(listener, command_api::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("command API server")
+        });
         let pool = pool.clone();
         let mut stop = stop_rx.clone();
-        background.spawn(async move {
+        tasks.spawn(async move {
             loop {
                 match command_api::idempotency::purge_expired(&pool).await {
                     Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
@@ -278,15 +377,32 @@ async fn serve(args: ServeArgs, everything: bool) -> Result<()> {
             }
         });
     }
+    if let Some(listener) = query_listener {
+        let state = query_api::AppState { pool: pool.clone(), log: log.clone(), jwt: jwt.clone() };
+        let mut stop = stop_rx.clone();
+        tracing::info!(addr = %args.query_addr, "query API listening");
+        tasks.spawn(async move {
+            axum::serve(listener, query_api::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("query API server")
+        });
+    }
 
-    tracing::info!(addr = %args.command_addr, "command API listening");
-    let server = axum::serve(listener, command_api::router(state)).with_graceful_shutdown(shutdown_signal());
+    // Run until a signal, or until a part fails.
     let result = tokio::select! {
-        served = server => served.context("command API server"),
-        Some(Ok(Err(e))) = background.join_next() => Err(e),
+        _ = shutdown_signal() => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a part of the server stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        },
     };
+    // Servers drain in-flight requests, workers finish their batch.
     let _ = stop_tx.send(true);
-    while let Some(done) = background.join_next().await {
+    while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             tracing::error!("{e:#}");
         }

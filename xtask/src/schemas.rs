@@ -34,6 +34,8 @@ pub fn write() -> Result<()> {
     fs::create_dir_all(&openapi).context("create schemas/openapi")?;
     let document = serde_json::to_string_pretty(&command_api::openapi::document())? + "\n";
     fs::write(openapi.join("command-api.json"), document).context("write command-api.json")?;
-    println!("wrote schemas/events/*.json and schemas/openapi/command-api.json");
+    let document = serde_json::to_string_pretty(&query_api::openapi::document())? + "\n";
+    fs::write(openapi.join("query-api.json"), document).context("write query-api.json")?;
+    println!("wrote schemas/events/*.json and schemas/openapi/{{command,query}}-api.json");
     Ok(())
 }

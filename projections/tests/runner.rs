@@ -1,0 +1,204 @@
+//! The projection runner against a real PostgreSQL: checkpoints, restarts,
+//! rebuilds and poison events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use command_api::CommandService;
+use domain::events::DomainEvent;
+use domain::product::{ProductAggregate, ProductCommand};
+use domain::{Currency, Money, Sku};
+use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, PgEventLog, RecordedEvent, StreamWrite};
+use projections::{ApplyError, Projection, Runner};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+async fn setup() -> (PgPool, Arc<dyn EventLog>, CommandService) {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    command_api::migrate(&pool).await.unwrap();
+    projections::migrate(&pool).await.unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let service = CommandService::new(log.clone());
+    (pool, log, service)
+}
+
+fn start(
+    pool: &PgPool,
+    log: &Arc<dyn EventLog>,
+    projections: Vec<Arc<dyn Projection>>,
+    batch: usize,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(false);
+    let runner = Runner::new(pool.clone(), log.clone(), projections).with_batch_size(batch);
+    (tx, tokio::spawn(async move { runner.run(rx).await.unwrap() }))
+}
+
+async fn stop((tx, handle): (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
+    tx.send(true).unwrap();
+    handle.await.unwrap();
+}
+
+async fn caught_up(pool: &PgPool, log: &Arc<dyn EventLog>, name: &str) {
+    let last = log.read_all(0, usize::MAX).await.unwrap().last().map_or(0, |e| e.global_position);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        if position.is_some_and(|p| p as u64 >= last) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn products_table(pool: &PgPool) -> Vec<(Uuid, i64, i64, String, i64)> {
+    sqlx::query_as("SELECT id, stock, price_minor, status, version FROM rm_products ORDER BY id").fetch_all(pool).await.unwrap()
+}
+
+fn metadata() -> Metadata {
+    Metadata::system("test")
+}
+
+async fn add_products(service: &CommandService, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = Uuid::now_v7();
+        let add = ProductCommand::Add {
+            product_id: id,
+            sku: Sku::parse(&format!("SKU-{i}")).unwrap(),
+            name: format!("Product {i}"),
+            description: String::new(),
+            category: "c".into(),
+            price: Money::new(100, Currency::usd()),
+            initial_stock: 10,
+        };
+        service.product(id, add, None, &metadata()).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
+    let (pool, log, service) = setup().await;
+    let ids = add_products(&service, 20).await;
+    let writer = {
+        let (service, ids) = (service.clone(), ids.clone());
+        tokio::spawn(async move {
+            for round in 0..15u32 {
+                for id in &ids {
+                    let command = if round % 3 == 0 {
+                        ProductCommand::ChangePrice { price: Money::new(100 + i64::from(round), Currency::usd()) }
+                    } else {
+                        ProductCommand::Restock { quantity: round + 1 }
+                    };
+                    service.execute::<ProductAggregate>(*id, command, None, &metadata()).await.unwrap();
+                }
+            }
+        })
+    };
+    // Start and stop the runner several times while the writes go on.
+    for _ in 0..4 {
+        let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 7);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        stop(running).await;
+    }
+    writer.await.unwrap();
+    let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 7);
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+    let incremental = products_table(&pool).await;
+    assert_eq!(incremental.len(), 20);
+    for (id, stock, ..) in &incremental {
+        let product = service.load::<ProductAggregate>(&domain::stream_id::<ProductAggregate>(*id)).await.unwrap().state.unwrap();
+        assert_eq!(*stock, i64::from(product.stock), "the read model agrees with the log");
+    }
+
+    // Forget the checkpoint: the projection rebuilds from the log.
+    sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();
+    let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 500);
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+    assert_eq!(products_table(&pool).await, incremental);
+}
+
+/// A projection that fails while a switch is on.
+struct Flaky;
+
+#[async_trait]
+impl Projection for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, _: &DomainEvent) -> Result<(), ApplyError> {
+        let failing: bool = sqlx::query_scalar("SELECT failing FROM flaky_switch").fetch_one(&mut *tx).await?;
+        if failing && event.event_type == "ProductRestocked" {
+            return Err(ApplyError::Invalid("the switch is on".into()));
+        }
+        sqlx::query("INSERT INTO flaky_seen (position) VALUES ($1)").bind(event.global_position as i64).execute(tx).await?;
+        Ok(())
+    }
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("TRUNCATE flaky_seen").execute(tx).await.map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() {
+    let (pool, log, service) = setup().await;
+    sqlx::query("CREATE TABLE flaky_switch (failing boolean NOT NULL)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO flaky_switch VALUES (true)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE flaky_seen (position bigint PRIMARY KEY)").execute(&pool).await.unwrap();
+    let id = add_products(&service, 1).await[0];
+    service.execute::<ProductAggregate>(id, ProductCommand::Restock { quantity: 1 }, None, &metadata()).await.unwrap();
+    service.execute::<ProductAggregate>(id, ProductCommand::Discontinue, None, &metadata()).await.unwrap();
+    // And an event no projection can read.
+    let garbage = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "ProductAdded".into(),
+        schema_version: 2,
+        occurred_at: chrono::Utc::now(),
+        metadata: metadata(),
+        data: serde_json::json!({"not": "a product"}),
+    };
+    log.append(vec![StreamWrite {
+        stream_id: format!("product-{}", Uuid::now_v7()),
+        expected: ExpectedVersion::NoStream,
+        events: vec![garbage],
+    }])
+    .await
+    .unwrap();
+
+    let flaky: Arc<dyn Projection> = Arc::new(Flaky);
+    let running = start(&pool, &log, vec![flaky.clone(), Arc::new(projections::ProductsProjection)], 100);
+    caught_up(&pool, &log, "flaky").await;
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM flaky_seen").fetch_one(&pool).await.unwrap();
+    assert_eq!(seen, 3, "the events around the poison ones were applied (added, claim, discontinued)");
+    let status = projections::status(&pool).await.unwrap();
+    let flaky_status = status.iter().find(|s| s.name == "flaky").unwrap();
+    assert_eq!((flaky_status.state.as_str(), flaky_status.parked), ("degraded", 2));
+    assert!(flaky_status.last_error.is_some());
+    let products_status = status.iter().find(|s| s.name == "products").unwrap();
+    assert_eq!(products_status.parked, 1, "the undecodable event is parked");
+    assert_eq!(products_table(&pool).await[0].3, "discontinued");
+
+    sqlx::query("UPDATE flaky_switch SET failing = false").execute(&pool).await.unwrap();
+    let applied = projections::retry_parked(&pool, &*log, &*flaky).await.unwrap();
+    assert_eq!(applied, 1, "the restock applies now; the undecodable event stays parked");
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM flaky_seen").fetch_one(&pool).await.unwrap();
+    assert_eq!(seen, 4);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = 'flaky'").fetch_one(&pool).await.unwrap();
+    assert_eq!(parked, 1);
+}

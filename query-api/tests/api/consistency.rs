@@ -1,0 +1,61 @@
+//! Read-your-writes through consistency tokens.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_with_the_token_of_a_write_sees_that_write() {
+    let app = spawn_app().await;
+    let (id, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;
+    let product = app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
+    assert_eq!(product["stock"], 10);
+    for i in 1..=20u32 {
+        let (_, token) = app.write(&format!("/v1/products/{id}/restock"), json!({"quantity": 1})).await;
+        let product = app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
+        assert_eq!(product["stock"], 10 + i, "the read saw the write it waited for");
+        assert_eq!(product["version"], i);
+    }
+    // Tokens of several writes: the read waits for the latest of them.
+    let (customer, t1) = app.write("/v1/customers", json!({"email": "ada@example.com", "name": "Ada"})).await;
+    let (_, t2) = app.write(&format!("/v1/products/{id}/price"), json!({"price": {"amount_minor": 2499, "currency": "USD"}})).await;
+    let response = app
+        .http
+        .get(format!("{}/v1/customers/{}", app.query, customer["id"].as_str().unwrap()))
+        .bearer_auth(&app.admin)
+        .header("x-consistency-token", &t1)
+        .header("x-consistency-token", &t2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["email"], "ada@example.com");
+}
+
+#[tokio::test]
+async fn with_the_projections_stopped_a_read_answers_503_not_yet_consistent() {
+    let mut app = spawn_app().await;
+    let (id, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;
+    app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
+    app.stop_workers().await;
+    let (_, token) = app.write(&format!("/v1/products/{id}/restock"), json!({"quantity": 1})).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .get(format!("{}/v1/products/{id}", app.query))
+        .header("x-consistency-token", &token)
+        .header("x-consistency-timeout", "300")
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not_yet_consistent");
+    // Without a token the (stale) read model answers at once.
+    assert_eq!(app.get_json(&format!("/v1/products/{id}"), None, None).await["stock"], 10);
+    let bad = app.get(&format!("/v1/products/{id}"), None, Some("yesterday")).await;
+    assert_eq!(bad.status(), 400);
+}

@@ -1,0 +1,8 @@
+//! The query API over real HTTP, fed by the real write side, projections
+//! and process manager on a fresh PostgreSQL database per test.
+
+mod support;
+
+mod consistency;
+mod reads;
+mod schema;

@@ -9,6 +9,7 @@
 
 mod models;
 mod runner;
+pub mod search;
 mod source;
 
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{ApiError, AppState, principal, wait_for_tokens};
+use crate::{ApiError, AppState, principal, wait_for_index, wait_for_tokens};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -142,6 +142,54 @@ pub async fn list_products(
     .await?;
     let last = rows.last().map(|r| r.id.to_string());
     Ok(page(rows.iter().map(ProductRow::json).collect(), limit, last))
+}
+
+// --- search ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    q: Option<String>,
+    category: Option<String>,
+    in_stock: Option<bool>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+    sort: Option<String>,
+    limit: Option<i64>,
+    offset: Option<usize>,
+}
+
+pub async fn search_products(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<Value>, ApiError> {
+    use projections::search::{SearchRequest, Sort};
+    let sort = match q.sort.as_deref().unwrap_or("relevance") {
+        "relevance" => Sort::Relevance,
+        "price_asc" => Sort::PriceAsc,
+        "price_desc" => Sort::PriceDesc,
+        _ => return Err(ApiError::malformed("sort", "must be relevance, price_asc or price_desc")),
+    };
+    let offset = q.offset.unwrap_or(0);
+    if offset > 10_000 {
+        return Err(ApiError::malformed("offset", "must be at most 10000"));
+    }
+    let request = SearchRequest {
+        q: q.q.unwrap_or_default(),
+        category: q.category,
+        in_stock: q.in_stock,
+        min_price: q.min_price,
+        max_price: q.max_price,
+        sort,
+        limit: limit(q.limit)? as usize,
+        offset,
+    };
+    wait_for_index(&state, &headers).await?;
+    let index = state.search.clone();
+    let results =
+        tokio::task::spawn_blocking(move || index.search(&request)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    Ok(Json(serde_json::to_value(results).map_err(ApiError::internal)?))
 }
 
 // --- customers ---

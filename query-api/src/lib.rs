@@ -33,6 +33,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub log: Arc<dyn EventLog>,
     pub jwt: JwtKeys,
+    /// This node's product index, fed by its own indexer.
+    pub search: Arc<projections::search::SearchIndex>,
 }
 
 /// The caller, when the request carries a bearer token. A token that is
@@ -50,9 +52,9 @@ pub fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Princip
 const DEFAULT_WAIT_MS: u64 = 2000;
 const MAX_WAIT_MS: u64 = 30_000;
 
-/// Waits until `projections` have applied the log up to every consistency
-/// token the request carries.
-pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
+/// The highest consistency token a request carries, and how long it may
+/// wait for it.
+fn requested_token(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
     let mut token: Option<u64> = None;
     for value in headers.get_all("x-consistency-token") {
         let text = value.to_str().map_err(|_| ApiError::malformed("X-Consistency-Token", "must be a token from a write"))?;
@@ -61,7 +63,7 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
             token = Some(token.map_or(position, |t| t.max(position)));
         }
     }
-    let Some(token) = token else { return Ok(()) };
+    let Some(token) = token else { return Ok(None) };
     let timeout = match headers.get("x-consistency-timeout") {
         None => DEFAULT_WAIT_MS,
         Some(v) => v
@@ -71,6 +73,13 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
             .ok_or_else(|| ApiError::malformed("X-Consistency-Timeout", "must be a number of milliseconds"))?
             .min(MAX_WAIT_MS),
     };
+    Ok(Some((token, timeout)))
+}
+
+/// Waits until `projections` have applied the log up to every consistency
+/// token the request carries.
+pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
+    let Some((token, timeout)) = requested_token(headers)? else { return Ok(()) };
     let names: Vec<String> = projections.iter().map(|p| p.to_string()).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let started = std::time::Instant::now();
@@ -92,6 +101,21 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
     }
 }
 
+/// Waits until this node's search index has applied the request's tokens.
+pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some((token, timeout)) = requested_token(headers)? else { return Ok(()) };
+    let mut positions = state.search.positions();
+    let reached = tokio::time::timeout(Duration::from_millis(timeout), positions.wait_for(|p| *p >= token)).await;
+    match reached {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(ApiError::Unavailable),
+        Err(_) => {
+            metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
+            Err(ApiError::NotYetConsistent(timeout))
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     use handlers::*;
     command_api::prometheus();
@@ -105,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders", get(list_orders))
         .route("/v1/orders/{id}", get(get_order))
         .route("/v1/orders/{id}/at", get(order_at))
+        .route("/v1/search/products", get(search_products))
         .route("/v1/reports/sales", get(sales_report))
         .route("/v1/streams/{stream_id}/events", get(stream_events))
         .route("/v1/audit", get(audit))

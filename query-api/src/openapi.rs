@@ -31,6 +31,22 @@ pub fn document() -> Value {
         ),
         ("/v1/products/{id}", "A product", "public", vec![param("id", "path", uuid.clone()), token.clone()]),
         (
+            "/v1/search/products",
+            "Full-text product search (typo tolerant) with category facet counts",
+            "public",
+            vec![
+                param("q", "query", string.clone()),
+                param("category", "query", string.clone()),
+                param("in_stock", "query", json!({"type": "boolean"})),
+                param("min_price", "query", integer.clone()),
+                param("max_price", "query", integer.clone()),
+                param("sort", "query", json!({"enum": ["relevance", "price_asc", "price_desc"]})),
+                param("limit", "query", integer.clone()),
+                param("offset", "query", integer.clone()),
+                token.clone(),
+            ],
+        ),
+        (
             "/v1/products/{id}/at",
             "A product as it was at a version or time",
             "public",

@@ -378,7 +378,13 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
         });
     }
     if let Some(listener) = query_listener {
-        let state = query_api::AppState { pool: pool.clone(), log: log.clone(), jwt: jwt.clone() };
+        // Each query API node keeps its own product index, fed by its own indexer.
+        let index_dir = args.data_dir.join("index");
+        let search = projections::search::SearchIndex::open(&index_dir)
+            .with_context(|| format!("open the product index in {}", index_dir.display()))?;
+        let indexer = search.clone().run(log.clone(), stop_rx.clone());
+        tasks.spawn(async move { indexer.await.context("product search indexer") });
+        let state = query_api::AppState { pool: pool.clone(), log: log.clone(), jwt: jwt.clone(), search };
         let mut stop = stop_rx.clone();
         tracing::info!(addr = %args.query_addr, "query API listening");
         tasks.spawn(async move {

@@ -6,3 +6,4 @@ mod support;
 mod consistency;
 mod reads;
 mod schema;
+mod search;

@@ -1,0 +1,331 @@
+//! The product search index (tantivy), fed from the log.
+//!
+//! For every batch it re-reads the products the batch touched from the log
+//! and replaces their documents (delete, then add, by product id);
+//! discontinued products leave the index. The log position the index has
+//! applied rides in the commit payload, so the index and its checkpoint can
+//! never disagree after a crash. One reader serves searches and is reloaded
+//! after each commit.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::Aggregate;
+use domain::events::EventCodec;
+use domain::product::{Product, ProductAggregate, ProductEvent};
+use eventlog::{EventLog, EventLogError, Subscription};
+use serde::Serialize;
+use tantivy::collector::{Count, FacetCollector, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{FAST, Facet, FacetOptions, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tokio::sync::watch;
+
+/// Bumped when the schema or what is indexed changes: the index is then
+/// rebuilt from the log.
+const INDEX_VERSION: &str = "products-v1";
+const WRITER_MEMORY: usize = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("search index directory: {0}")]
+    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error(transparent)]
+    Log(#[from] EventLogError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    sku: Field,
+    name: Field,
+    description: Field,
+    category: Field,
+    category_facet: Field,
+    price: Field,
+    currency: Field,
+    in_stock: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let fields = Fields {
+        id: b.add_text_field("id", STRING | STORED),
+        sku: b.add_text_field("sku", TEXT | STORED),
+        name: b.add_text_field("name", TEXT | STORED),
+        description: b.add_text_field("description", TEXT),
+        category: b.add_text_field("category", STRING | STORED),
+        category_facet: b.add_facet_field("category_facet", FacetOptions::default()),
+        price: b.add_i64_field("price", INDEXED | FAST | STORED),
+        currency: b.add_text_field("currency", STORED),
+        in_stock: b.add_u64_field("in_stock", INDEXED | FAST | STORED),
+    };
+    (b.build(), fields)
+}
+
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    position: AtomicU64,
+    positions: watch::Sender<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub q: String,
+    pub category: Option<String>,
+    pub in_stock: Option<bool>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    pub sort: Sort,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub price: serde_json::Value,
+    pub in_stock: bool,
+    pub score: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResults {
+    pub hits: Vec<Hit>,
+    pub total: usize,
+    pub facets: serde_json::Value,
+}
+
+fn payload(position: u64) -> String {
+    format!("{INDEX_VERSION}:{position}")
+}
+
+fn parse_payload(payload: Option<&str>) -> Option<u64> {
+    payload?.strip_prefix(INDEX_VERSION)?.strip_prefix(':')?.parse().ok()
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating it, or recreating it when it was
+    /// built by another index version.
+    pub fn open(dir: &Path) -> Result<Arc<SearchIndex>, SearchError> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = schema();
+        let existing = Index::open_in_dir(dir).ok().filter(|index| {
+            index.schema() == schema && parse_payload(index.load_metas().ok().and_then(|m| m.payload).as_deref()).is_some()
+        });
+        let index = match existing {
+            Some(index) => index,
+            None => {
+                for entry in std::fs::read_dir(dir)? {
+                    let path = entry?.path();
+                    if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+                }
+                let index = Index::create_in_dir(dir, schema)?;
+                let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+                let mut commit = writer.prepare_commit()?;
+                commit.set_payload(&payload(0));
+                commit.commit()?;
+                index
+            }
+        };
+        let position = parse_payload(index.load_metas()?.payload.as_deref()).unwrap_or(0);
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        Ok(Arc::new(SearchIndex {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            position: AtomicU64::new(position),
+            positions: watch::Sender::new(position),
+        }))
+    }
+
+    /// The log position the index has applied and committed.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Follows the index's position.
+    pub fn positions(&self) -> watch::Receiver<u64> {
+        self.positions.subscribe()
+    }
+
+    fn document(&self, p: &Product) -> TantivyDocument {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.id, p.id.to_string());
+        doc.add_text(f.sku, p.sku.as_str());
+        doc.add_text(f.name, &p.name);
+        doc.add_text(f.description, &p.description);
+        doc.add_text(f.category, &p.category);
+        doc.add_facet(f.category_facet, Facet::from_path([p.category.as_str()]));
+        doc.add_i64(f.price, p.price.amount_minor);
+        doc.add_text(f.currency, p.price.currency.as_str());
+        doc.add_u64(f.in_stock, u64::from(p.stock > 0));
+        doc
+    }
+
+    /// Replaces the documents of `products` (`None` or discontinued: gone)
+    /// and commits with `position`.
+    fn apply(&self, products: Vec<(uuid::Uuid, Option<Product>)>, position: u64) -> Result<(), SearchError> {
+        let mut writer = self.writer.lock().expect("index writer poisoned");
+        for (id, product) in products {
+            writer.delete_term(Term::from_field_text(self.fields.id, &id.to_string()));
+            if let Some(product) = product.filter(|p| !p.discontinued) {
+                writer.add_document(self.document(&product))?;
+            }
+        }
+        let mut commit = writer.prepare_commit()?;
+        commit.set_payload(&payload(position));
+        commit.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        self.position.store(position, Ordering::Release);
+        self.positions.send_replace(position);
+        Ok(())
+    }
+
+    /// Keeps the index up to date with the log until `shutdown`.
+    pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, mut shutdown: watch::Receiver<bool>) -> Result<(), SearchError> {
+        let mut subscription = Subscription::new(log.clone(), self.position()).with_batch_size(2000);
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                batch = subscription.next_batch() => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "search indexer: reading the log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    subscription = Subscription::new(log.clone(), self.position()).with_batch_size(2000);
+                    continue;
+                }
+            };
+            let Some(last) = batch.last().map(|e| e.global_position) else { continue };
+            let touched: BTreeSet<uuid::Uuid> = batch
+                .iter()
+                .filter(|e| ProductEvent::TYPES.iter().any(|(ty, _)| *ty == e.event_type))
+                .filter_map(|e| e.stream_id.strip_prefix("product-").and_then(|id| uuid::Uuid::parse_str(id).ok()))
+                .collect();
+            let mut products = Vec::with_capacity(touched.len());
+            for id in touched {
+                products.push((id, load_product(&*log, id).await?));
+            }
+            let index = self.clone();
+            tokio::task::spawn_blocking(move || index.apply(products, last)).await.expect("the indexing task panicked")?;
+            metrics::gauge!("storekeeper_projection_position", "projection" => "search").set(last as f64);
+        }
+    }
+
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResults, SearchError> {
+        let f = self.fields;
+        let searcher = self.reader.searcher();
+        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let q = request.q.trim();
+        if !q.is_empty() {
+            let exact = QueryParser::for_index(&self.index, vec![f.name, f.sku, f.description]);
+            let mut fuzzy = QueryParser::for_index(&self.index, vec![f.name, f.sku, f.description]);
+            for field in [f.name, f.sku, f.description] {
+                fuzzy.set_field_fuzzy(field, false, 1, true);
+            }
+            let (exact, _) = exact.parse_query_lenient(q);
+            let (fuzzy, _) = fuzzy.parse_query_lenient(q);
+            let text =
+                BooleanQuery::new(vec![(Occur::Should, Box::new(BoostQuery::new(exact, 2.0)) as Box<dyn Query>), (Occur::Should, fuzzy)]);
+            must.push((Occur::Must, Box::new(text)));
+        }
+        if let Some(category) = &request.category {
+            must.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(f.category, category), IndexRecordOption::Basic))));
+        }
+        if let Some(in_stock) = request.in_stock {
+            must.push((
+                Occur::Must,
+                Box::new(TermQuery::new(Term::from_field_u64(f.in_stock, u64::from(in_stock)), IndexRecordOption::Basic)),
+            ));
+        }
+        if request.min_price.is_some() || request.max_price.is_some() {
+            let bound =
+                |v: Option<i64>| v.map_or(std::ops::Bound::Unbounded, |v| std::ops::Bound::Included(Term::from_field_i64(f.price, v)));
+            must.push((Occur::Must, Box::new(RangeQuery::new(bound(request.min_price), bound(request.max_price)))));
+        }
+        let query: Box<dyn Query> = if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) };
+
+        let mut facets = FacetCollector::for_field("category_facet");
+        facets.add_facet("/");
+        let top = TopDocs::with_limit(request.limit.max(1)).and_offset(request.offset);
+        let (docs, total, facet_counts): (Vec<(Option<f32>, DocAddress)>, usize, _) = match request.sort {
+            Sort::Relevance => {
+                let (docs, total, facets) = searcher.search(&query, &(top, Count, facets))?;
+                (docs.into_iter().map(|(score, address)| (Some(score), address)).collect(), total, facets)
+            }
+            Sort::PriceAsc | Sort::PriceDesc => {
+                let order = if request.sort == Sort::PriceAsc { Order::Asc } else { Order::Desc };
+                let (docs, total, facets) = searcher.search(&query, &(top.order_by_fast_field::<i64>("price", order), Count, facets))?;
+                (docs.into_iter().map(|(_, address)| (None, address)).collect(), total, facets)
+            }
+        };
+        let mut hits = Vec::with_capacity(docs.len());
+        for (score, address) in docs {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let price = doc.get_first(f.price).and_then(|v| v.as_i64()).unwrap_or_default();
+            hits.push(Hit {
+                id: text(f.id),
+                sku: text(f.sku),
+                name: text(f.name),
+                category: text(f.category),
+                price: serde_json::json!({"amount_minor": price, "currency": text(f.currency)}),
+                in_stock: doc.get_first(f.in_stock).and_then(|v| v.as_u64()) == Some(1),
+                score,
+            });
+        }
+        let mut categories = serde_json::Map::new();
+        for (facet, count) in facet_counts.get("/") {
+            let name = facet.to_path().last().map(|s| s.to_string()).unwrap_or_default();
+            categories.insert(name, serde_json::json!(count));
+        }
+        Ok(SearchResults { hits, total, facets: serde_json::json!({ "category": categories }) })
+    }
+}
+
+/// A product as the log says it is now.
+async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<Option<Product>, EventLogError> {
+    let stream = domain::stream_id::<ProductAggregate>(id);
+    let mut state = None;
+    let mut from = 0;
+    loop {
+        let page = log.read_stream(&stream, from, 1000).await?;
+        for e in &page {
+            match ProductEvent::decode(&e.event_type, e.schema_version, e.data.clone()) {
+                Ok(event) => state = ProductAggregate::evolve(state, &event),
+                Err(error) => tracing::error!(%error, stream_id = %stream, "search indexer: cannot decode a product event; skipping it"),
+            }
+        }
+        if page.len() < 1000 {
+            return Ok(state);
+        }
+        from += 1000;
+    }
+}

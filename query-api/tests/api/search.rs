@@ -1,0 +1,122 @@
+//! Product search over the tantivy index.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+async fn catalogue(app: &TestApp) -> String {
+    let mut token = String::new();
+    for (sku, name, description, category, price, stock) in [
+        ("KET-1", "Electric kettle", "Boils water in two minutes", "kitchen", 2999, 5),
+        ("KET-2", "Stovetop kettle", "Whistles when the water boils", "kitchen", 1999, 0),
+        ("MUG-1", "Coffee mug", "Holds coffee or tea", "kitchen", 899, 20),
+        ("HOS-1", "Garden hose", "Waters the garden", "garden", 3499, 3),
+        ("SHV-1", "Garden shovel", "Digs holes", "garden", 2499, 7),
+    ] {
+        token = app
+            .write(
+                "/v1/products",
+                json!({"sku": sku, "name": name, "description": description, "category": category,
+                       "price": {"amount_minor": price, "currency": "USD"}, "initial_stock": stock}),
+            )
+            .await
+            .1;
+    }
+    token
+}
+
+fn skus(results: &Value) -> Vec<&str> {
+    results["hits"].as_array().unwrap().iter().map(|h| h["sku"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn search_is_typo_tolerant_with_facets_filters_and_sorting() {
+    let app = spawn_app().await;
+    let token = catalogue(&app).await;
+
+    let kettles = app.get_json("/v1/search/products?q=kettle", None, Some(&token)).await;
+    assert_eq!(kettles["total"], 2);
+    assert_eq!(kettles["facets"], json!({"category": {"kitchen": 2}}));
+    let hit = &kettles["hits"][0];
+    for field in ["id", "sku", "name", "category", "price", "in_stock", "score"] {
+        assert!(hit.get(field).is_some(), "{field} missing from {hit}");
+    }
+
+    let typo = app.get_json("/v1/search/products?q=kettel", None, None).await;
+    assert_eq!(typo["total"], 2, "one typo still finds the kettles");
+    let by_sku = app.get_json("/v1/search/products?q=MUG-1", None, None).await;
+    assert_eq!(skus(&by_sku)[0], "MUG-1");
+    let by_description = app.get_json("/v1/search/products?q=water", None, None).await;
+    assert_eq!(by_description["total"], 3);
+    assert_eq!(by_description["facets"]["category"], json!({"kitchen": 2, "garden": 1}));
+
+    let in_stock = app.get_json("/v1/search/products?q=kettle&in_stock=true", None, None).await;
+    assert_eq!(skus(&in_stock), ["KET-1"]);
+    assert_eq!(in_stock["hits"][0]["in_stock"], true);
+    let garden = app.get_json("/v1/search/products?category=garden&sort=price_asc", None, None).await;
+    assert_eq!(skus(&garden), ["SHV-1", "HOS-1"]);
+    let priced = app.get_json("/v1/search/products?min_price=1000&max_price=3000&sort=price_desc", None, None).await;
+    assert_eq!(skus(&priced), ["KET-1", "SHV-1", "KET-2"]);
+    let paged = app.get_json("/v1/search/products?sort=price_asc&limit=2&offset=2", None, None).await;
+    assert_eq!((skus(&paged), paged["total"].as_u64()), (vec!["SHV-1", "KET-1"], Some(5)));
+    assert_eq!(app.get("/v1/search/products?sort=cheapest", None, None).await.status(), 400);
+}
+
+#[tokio::test]
+async fn updates_replace_documents_and_discontinued_products_leave_the_results() {
+    let app = spawn_app().await;
+    let (id, _) = app.add_product("KET-1", "kitchen", 2999, 0).await;
+    let (_, token) = app.write(&format!("/v1/products/{id}/details"), json!({"name": "Copper kettle"})).await;
+    let found = app.get_json("/v1/search/products?q=copper&in_stock=false", None, Some(&token)).await;
+    assert_eq!(found["total"], 1);
+    let (_, token) = app.write(&format!("/v1/products/{id}/restock"), json!({"quantity": 3})).await;
+    let found = app.get_json("/v1/search/products?q=copper", None, Some(&token)).await;
+    assert_eq!((found["total"].as_u64(), found["hits"][0]["in_stock"].as_bool()), (Some(1), Some(true)), "replaced, not duplicated");
+    let (_, token) = app.write(&format!("/v1/products/{id}/discontinue"), json!({})).await;
+    let gone = app.get_json("/v1/search/products?q=copper", None, Some(&token)).await;
+    assert_eq!(gone["total"], 0);
+}
+
+#[tokio::test]
+async fn the_index_keeps_its_position_in_its_commits() {
+    let dir = std::env::temp_dir().join(format!("storekeeper-index-reopen-{}", uuid::Uuid::now_v7().simple()));
+    let index = projections::search::SearchIndex::open(&dir).unwrap();
+    assert_eq!(index.position(), 0);
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log: std::sync::Arc<dyn eventlog::EventLog> = std::sync::Arc::new(eventlog::PgEventLog::new(pool));
+    let service = command_api::CommandService::new(log.clone());
+    let id = uuid::Uuid::now_v7();
+    let add = domain::product::ProductCommand::Add {
+        product_id: id,
+        sku: domain::Sku::parse("KET-1").unwrap(),
+        name: "Kettle".into(),
+        description: String::new(),
+        category: "kitchen".into(),
+        price: domain::Money::new(100, domain::Currency::usd()),
+        initial_stock: 1,
+    };
+    let written = service.product(id, add, None, &eventlog::Metadata::system("test")).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let indexer = tokio::spawn(index.clone().run(log.clone(), stop));
+    let mut positions = index.positions();
+    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| *p >= written.position)).await.unwrap().unwrap();
+    stop_tx.send(true).unwrap();
+    indexer.await.unwrap().unwrap();
+    drop(positions);
+    let position = index.position();
+    drop(index);
+    let reopened = projections::search::SearchIndex::open(&dir).unwrap();
+    assert_eq!(reopened.position(), position, "the position comes back from the commit payload");
+    let request = projections::search::SearchRequest {
+        q: "kettle".into(),
+        category: None,
+        in_stock: None,
+        min_price: None,
+        max_price: None,
+        sort: projections::search::Sort::Relevance,
+        limit: 10,
+        offset: 0,
+    };
+    assert_eq!(reopened.search(&request).unwrap().total, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

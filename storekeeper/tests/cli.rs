@@ -30,25 +30,29 @@ fn run(cmd: &mut Command) -> Output {
 struct Serve {
     child: Child,
     base: String,
+    query: String,
 }
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
-        let port = free_port();
+        let (port, query_port) = (free_port(), free_port());
         let child = storekeeper(&["serve"])
             .env("STOREKEEPER_DATA_DIR", data_dir)
             .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{port}"))
+            .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{query_port}"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Serve { child, base: format!("http://127.0.0.1:{port}") }
+        Serve { child, base: format!("http://127.0.0.1:{port}"), query: format!("http://127.0.0.1:{query_port}") }
     }
 
     async fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base)).await
-                && r.status() == 200
+            if let (Ok(c), Ok(q)) =
+                (reqwest::get(format!("{}/readyz", self.base)).await, reqwest::get(format!("{}/readyz", self.query)).await)
+                && c.status() == 200
+                && q.status() == 200
             {
                 return;
             }
@@ -120,6 +124,12 @@ async fn serve_starts_its_own_postgres_keeps_data_across_restarts_and_stops_on_s
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let consistency = created.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let read = |path: String| http.get(format!("{}{path}", serve.query)).header("x-consistency-token", &consistency).send();
+    let read_back: serde_json::Value = read(format!("/v1/products/{product}")).await.unwrap().json().await.unwrap();
+    assert_eq!(read_back["stock"], 10, "the query API reads its own writes");
+    let found: serde_json::Value = read("/v1/search/products?q=kettel".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(found["total"], 1, "and finds them in the search index");
     assert!(serve.terminate().success(), "a clean exit on SIGTERM");
     assert!(!dir.join("postgres/pgdata/postmaster.pid").exists(), "the private PostgreSQL stopped with it");
 
@@ -156,7 +166,10 @@ fn a_bad_database_url_fails_with_a_clear_message() {
 fn a_taken_port_fails_with_a_clear_message() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = run(storekeeper(&["serve"]).env("STOREKEEPER_COMMAND_ADDR", &addr).env("STOREKEEPER_DATA_DIR", temp_dir("port")));
+    let out = run(storekeeper(&["serve"])
+        .env("STOREKEEPER_COMMAND_ADDR", &addr)
+        .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("STOREKEEPER_DATA_DIR", temp_dir("port")));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");

@@ -13,7 +13,7 @@ pub mod search;
 mod source;
 
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use runner::{ProjectionStatus, Runner, retry_parked, status};
+pub use runner::{ProjectionStatus, Runner, SourceFactory, in_process, retry_parked, status};
 pub use source::{EventSource, InProcessSource};
 
 use async_trait::async_trait;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::events::DomainEvent;
-use eventlog::{EventLog, RecordedEvent};
+use eventlog::{EventLog, EventLogError, RecordedEvent};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -16,11 +16,13 @@ use crate::source::{EventSource, InProcessSource};
 /// Attempts at one event before it is parked.
 const ATTEMPTS: u32 = 3;
 
+/// Opens a projection's event source from its checkpoint.
+pub type SourceFactory = Arc<dyn Fn(&'static str, u64) -> Result<Box<dyn EventSource>, EventLogError> + Send + Sync>;
+
 pub struct Runner {
     pool: PgPool,
-    log: Arc<dyn EventLog>,
     projections: Vec<Arc<dyn Projection>>,
-    batch_size: usize,
+    sources: SourceFactory,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +120,9 @@ async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, 
 
 /// Applies a batch and moves the checkpoint, in one transaction.
 async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[RecordedEvent]) -> Result<(), sqlx::Error> {
-    let Some(last) = batch.last() else { return Ok(()) };
+    // From Kafka, a batch interleaves partitions: the checkpoint is the
+    // highest position applied.
+    let Some(last) = batch.iter().max_by_key(|e| e.global_position) else { return Ok(()) };
     let mut tx = pool.begin().await?;
     let mut parked = None;
     for event in batch {
@@ -130,7 +134,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
     }
     sqlx::query(
         "UPDATE projection_checkpoints
-            SET position = $2, updated_at = now(),
+            SET position = GREATEST(position, $2), updated_at = now(),
                 state = CASE WHEN $3::text IS NULL THEN state ELSE 'degraded' END,
                 last_error = coalesce($3, last_error)
           WHERE projection = $1",
@@ -147,13 +151,14 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
 }
 
 impl Runner {
+    /// Projections fed in process from the log.
     pub fn new(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>) -> Self {
-        Runner { pool, log, projections, batch_size: 500 }
+        Runner::with_sources(pool, projections, in_process(log, 500))
     }
 
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
-        self
+    /// Projections fed by other sources (Kafka).
+    pub fn with_sources(pool: PgPool, projections: Vec<Arc<dyn Projection>>, sources: SourceFactory) -> Self {
+        Runner { pool, projections, sources }
     }
 
     /// Runs every projection until `shutdown` turns true; a batch in hand is
@@ -161,9 +166,8 @@ impl Runner {
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
         let mut tasks = tokio::task::JoinSet::new();
         for projection in &self.projections {
-            let (pool, log, projection, shutdown, batch_size) =
-                (self.pool.clone(), self.log.clone(), projection.clone(), shutdown.clone(), self.batch_size);
-            tasks.spawn(async move { run_one(pool, log, projection, shutdown, batch_size).await });
+            let (pool, sources, projection, shutdown) = (self.pool.clone(), self.sources.clone(), projection.clone(), shutdown.clone());
+            tasks.spawn(async move { run_one(pool, sources, projection, shutdown).await });
         }
         while let Some(done) = tasks.join_next().await {
             match done {
@@ -175,18 +179,26 @@ impl Runner {
     }
 }
 
+/// In-process catch-up subscriptions to `log`.
+pub fn in_process(log: Arc<dyn EventLog>, batch_size: usize) -> SourceFactory {
+    Arc::new(move |_, start| Ok(Box::new(InProcessSource::new(log.clone(), start, batch_size)) as Box<dyn EventSource>))
+}
+
 async fn run_one(
     pool: PgPool,
-    log: Arc<dyn EventLog>,
+    sources: SourceFactory,
     projection: Arc<dyn Projection>,
     mut shutdown: watch::Receiver<bool>,
-    batch_size: usize,
 ) -> Result<(), RunnerError> {
     let name = projection.name();
     let mut delay = Duration::from_millis(100);
     'restart: loop {
-        let start = match prepare(&pool, &*projection).await {
-            Ok(position) => position,
+        let opened = match prepare(&pool, &*projection).await {
+            Ok(position) => sources(name, position).map(|source| (position, source)).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (start, mut source) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(projection = name, error = %e, "preparing the projection failed; retrying");
                 tokio::select! {
@@ -198,7 +210,6 @@ async fn run_one(
             }
         };
         tracing::info!(projection = name, position = start, "projection running");
-        let mut source = InProcessSource::new(log.clone(), start, batch_size);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -208,7 +219,10 @@ async fn run_one(
                 batch = source.next_batch() => batch,
             };
             let result = match batch {
-                Ok(batch) => apply_batch(&pool, &*projection, &batch).await.map_err(|e| e.to_string()),
+                Ok(batch) => match apply_batch(&pool, &*projection, &batch).await {
+                    Ok(()) => source.ack().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             };
             match result {

@@ -11,6 +11,12 @@ use eventlog::{EventLog, EventLogError, RecordedEvent, Subscription};
 pub trait EventSource: Send {
     /// The next events after those already handed out, waiting for some.
     async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, EventLogError>;
+
+    /// Called once the last batch is durably applied: a source that tracks
+    /// its own progress (Kafka offsets) records it now.
+    async fn ack(&mut self) -> Result<(), EventLogError> {
+        Ok(())
+    }
 }
 
 /// A catch-up subscription to the log in this process.

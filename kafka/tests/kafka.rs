@@ -1,0 +1,223 @@
+//! The relay and the Kafka event source against the real test broker
+//! (`cargo xtask test` starts tansu and sets KAFKA_BROKERS).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_api::CommandService;
+use domain::product::{ProductAggregate, ProductCommand};
+use domain::{Currency, Money, Sku};
+use eventlog::{EventLog, Metadata, PgEventLog, RecordedEvent};
+use kafka::{KafkaSource, Relay, ensure_topic};
+use projections::{EventSource, Runner};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS is not set: run the tests with `cargo xtask test`, which starts a test broker")
+}
+
+fn topic() -> String {
+    format!("storekeeper-test-{}", Uuid::now_v7().simple())
+}
+
+async fn setup() -> (PgPool, Arc<dyn EventLog>, CommandService) {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    command_api::migrate(&pool).await.unwrap();
+    projections::migrate(&pool).await.unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let service = CommandService::new(log.clone());
+    (pool, log, service)
+}
+
+/// Adds `products` products and restocks each `rounds` times.
+async fn write(service: &CommandService, products: usize, rounds: u32) -> Vec<Uuid> {
+    let metadata = Metadata::system("test");
+    let mut ids = Vec::new();
+    for i in 0..products {
+        let id = Uuid::now_v7();
+        let add = ProductCommand::Add {
+            product_id: id,
+            sku: Sku::parse(&format!("SKU-{id}")[..40]).unwrap(),
+            name: format!("Product {i}"),
+            description: String::new(),
+            category: "c".into(),
+            price: Money::new(100, Currency::usd()),
+            initial_stock: 1,
+        };
+        service.product(id, add, None, &metadata).await.unwrap();
+        ids.push(id);
+    }
+    for _ in 0..rounds {
+        for id in &ids {
+            service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 1 }, None, &metadata).await.unwrap();
+        }
+    }
+    ids
+}
+
+/// Every event in the log, once the tail is no longer held back by other
+/// transactions on the server.
+async fn all_events(pool: &PgPool, log: &Arc<dyn EventLog>) -> Vec<RecordedEvent> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events").fetch_one(pool).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = log.read_all(0, usize::MAX).await.unwrap();
+        if all.last().map(|e| e.global_position as i64) >= last {
+            return all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log's tail stayed held back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn start_relay(log: &Arc<dyn EventLog>, pool: &PgPool, topic: &str) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let relay = Relay::new(log.clone(), pool.clone(), &brokers(), topic).unwrap();
+    let (tx, rx) = watch::channel(false);
+    (tx, tokio::spawn(async move { relay.run(rx).await.unwrap() }))
+}
+
+async fn stop((tx, handle): (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
+    tx.send(true).unwrap();
+    handle.await.unwrap();
+}
+
+/// Reads `count` events from the topic with a fresh consumer group.
+async fn consume(topic: &str, count: usize) -> Vec<(String, RecordedEvent, HashMap<String, String>)> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("events keep arriving").unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let event: RecordedEvent = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let headers = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap())).collect())
+            .unwrap_or_default();
+        seen.push((key, event, headers));
+    }
+    seen
+}
+
+fn assert_per_stream_order(events: &[(String, RecordedEvent, HashMap<String, String>)]) {
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for (key, event, _) in events {
+        assert_eq!(key, &event.stream_id, "the key is the stream id");
+        let expected = next.entry(&event.stream_id).or_insert(0);
+        assert_eq!(event.stream_version, *expected, "{} out of order", event.stream_id);
+        *expected += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_every_event_once_in_stream_order_with_headers() {
+    let (pool, log, service) = setup().await;
+    let topic = topic();
+    ensure_topic(&brokers(), &topic, 4).await.unwrap();
+    ensure_topic(&brokers(), &topic, 4).await.unwrap();
+    write(&service, 10, 3).await;
+    let total = all_events(&pool, &log).await.len();
+    let relay = start_relay(&log, &pool, &topic);
+    let seen = consume(&topic, total).await;
+    stop(relay).await;
+    assert_per_stream_order(&seen);
+    let ids: HashSet<Uuid> = seen.iter().map(|(_, e, _)| e.event_id).collect();
+    assert_eq!(ids.len(), total, "every event, once");
+    let (_, event, headers) = &seen[0];
+    assert_eq!(headers["event_type"], event.event_type);
+    assert_eq!(headers["schema_version"], event.schema_version.to_string());
+    assert_eq!(headers["global_position"], event.global_position.to_string());
+    assert!(headers["traceparent"].starts_with("00-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_resumes_from_its_checkpoint_without_losing_an_event() {
+    let (pool, log, service) = setup().await;
+    let topic = topic();
+    ensure_topic(&brokers(), &topic, 2).await.unwrap();
+    write(&service, 5, 1).await;
+    let relay = start_relay(&log, &pool, &topic);
+    let first = all_events(&pool, &log).await;
+    consume(&topic, first.len()).await;
+    stop(relay).await;
+    let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+        .bind(format!("relay:{topic}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(checkpoint as u64, first.last().unwrap().global_position);
+
+    write(&service, 5, 1).await;
+    let relay = start_relay(&log, &pool, &topic);
+    let all = all_events(&pool, &log).await;
+    let seen = consume(&topic, all.len()).await;
+    stop(relay).await;
+    let ids: HashSet<Uuid> = seen.iter().map(|(_, e, _)| e.event_id).collect();
+    assert_eq!(ids, all.iter().map(|e| e.event_id).collect::<HashSet<_>>());
+    assert_per_stream_order(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projections_fed_through_kafka_by_two_workers_in_one_group_match_the_log() {
+    let (pool, log, service) = setup().await;
+    let topic = topic();
+    ensure_topic(&brokers(), &topic, 4).await.unwrap();
+    let ids = write(&service, 12, 4).await;
+    let relay = start_relay(&log, &pool, &topic);
+
+    let group = format!("projections-{}", Uuid::now_v7().simple());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (brokers, group, topic) = (brokers(), group.clone(), topic.clone());
+        let sources: projections::SourceFactory = Arc::new(move |name, _| {
+            KafkaSource::new(&brokers, &format!("{group}-{name}"), &topic)
+                .map(|s| Box::new(s) as Box<dyn EventSource>)
+                .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
+        });
+        let runner = Runner::with_sources(pool.clone(), vec![Arc::new(projections::ProductsProjection)], sources);
+        let stop = stop_rx.clone();
+        workers.push(tokio::spawn(async move { runner.run(stop).await.unwrap() }));
+    }
+    // More writes while the workers run.
+    let metadata = Metadata::system("test");
+    for id in &ids {
+        service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 2 }, None, &metadata).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut matching = 0;
+        for id in &ids {
+            let expected = service.load::<ProductAggregate>(&domain::stream_id::<ProductAggregate>(*id)).await.unwrap();
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT stock, version FROM rm_products WHERE id = $1").bind(id).fetch_optional(&pool).await.unwrap();
+            if row == Some((i64::from(expected.state.unwrap().stock), expected.version.unwrap() as i64)) {
+                matching += 1;
+            }
+        }
+        if matching == ids.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {matching} of {} products caught up through Kafka", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_tx.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    stop(relay).await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&pool).await.unwrap();
+    assert_eq!(parked, 0);
+}

@@ -10,6 +10,20 @@ pub fn database_url() -> String {
         .expect("DATABASE_URL is not set: run the tests with `cargo xtask test`, which starts a throwaway PostgreSQL")
 }
 
+/// Creates an empty database with a unique name and returns its URL, for
+/// tests that hand it to another process.
+pub async fn fresh_database_url() -> String {
+    let admin: PgConnectOptions = database_url().parse().expect("DATABASE_URL is not a PostgreSQL URL");
+    let name = format!("sk_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
+    conn.close().await.ok();
+    let url = database_url();
+    let (base, _) = url.split_once('?').map_or((url.as_str(), ""), |(b, q)| (b, q));
+    let (server, _) = base.rsplit_once('/').expect("DATABASE_URL ends in /<database>");
+    format!("{server}/{name}")
+}
+
 /// Creates an empty database with a unique name and returns a pool on it
 /// (no migrations applied).
 pub async fn fresh_database() -> PgPool {

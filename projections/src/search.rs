@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 /// Bumped when the schema or what is indexed changes: the index is then
 /// rebuilt from the log.
-const INDEX_VERSION: &str = "products-v1";
+pub const INDEX_VERSION: &str = "products-v1";
 const WRITER_MEMORY: usize = 50_000_000;
 
 #[derive(Debug, thiserror::Error)]

@@ -542,8 +542,18 @@ pub async fn audit(State(state): State<AppState>, headers: HeaderMap, Query(q): 
 }
 
 pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let status = projections::status(&state.pool).await?;
-    Ok(Json(json!({"items": status, "next_cursor": null})))
+    let mut items: Vec<Value> = projections::status(&state.pool).await?.into_iter().map(|s| json!(s)).collect();
+    // This node's search index lives beside the query API, not in PostgreSQL.
+    let position = state.search.position();
+    let (lag_events, lag_seconds): (i64, Option<f64>) =
+        sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8 FROM events WHERE global_position > $1")
+            .bind(position as i64)
+            .fetch_one(&state.pool)
+            .await?;
+    items.push(json!({"name": "search", "version": projections::search::INDEX_VERSION, "position": position,
+                      "lag_events": lag_events, "lag_seconds": lag_seconds.unwrap_or(0.0).max(0.0),
+                      "state": "running", "parked": 0, "last_error": null}));
+    Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {

@@ -37,6 +37,9 @@ enum Cmd {
     CommandApi(ServeArgs),
     /// Only the query API, on DATABASE_URL.
     QueryApi(ServeArgs),
+    /// Publishes the log to Kafka (KAFKA_BROKERS), in commit order, key =
+    /// stream id; creates the topic on start.
+    Relay(ServeArgs),
     /// The projection workers and the order process manager, on
     /// DATABASE_URL; or `list` their states, or `retry NAME`'s parked events.
     Projections {
@@ -71,6 +74,15 @@ struct ServeArgs {
     /// HMAC-SHA256 secret of the payment webhook. Same fallback rule.
     #[arg(long, env = "STOREKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Kafka bootstrap servers. When set, `serve` also runs the relay.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// The topic the relay publishes the log to.
+    #[arg(long, env = "STOREKEEPER_KAFKA_TOPIC", default_value = "storekeeper.events")]
+    kafka_topic: String,
+    /// Partitions of that topic when the relay creates it.
+    #[arg(long, env = "STOREKEEPER_KAFKA_PARTITIONS", default_value_t = 6)]
+    kafka_partitions: i32,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "STOREKEEPER_DB_POOL_SIZE", default_value_t = 40)]
     db_pool_size: u32,
@@ -121,6 +133,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Serve(args) => serve(args, Roles::ALL).await,
             Cmd::CommandApi(args) => serve(args, Roles { command: true, ..Roles::NONE }).await,
             Cmd::QueryApi(args) => serve(args, Roles { query: true, ..Roles::NONE }).await,
+            Cmd::Relay(args) if args.kafka_brokers.is_none() => Err(anyhow::anyhow!("KAFKA_BROKERS must be set for `storekeeper relay`")),
+            Cmd::Relay(args) => serve(args, Roles { relay: true, ..Roles::NONE }).await,
             Cmd::Projections { action: None, args } => serve(args, Roles { workers: true, ..Roles::NONE }).await,
             Cmd::Projections { action: Some(action), args } => projections_admin(args, action).await,
             Cmd::Token(args) => token(args),
@@ -254,13 +268,15 @@ struct Roles {
     query: bool,
     /// Projections and the order process manager.
     workers: bool,
+    /// The Kafka relay (also inside `serve` when KAFKA_BROKERS is set).
+    relay: bool,
     /// Only `serve`: may start its own PostgreSQL and use development secrets.
     embedded: bool,
 }
 
 impl Roles {
-    const ALL: Roles = Roles { command: true, query: true, workers: true, embedded: true };
-    const NONE: Roles = Roles { command: false, query: false, workers: false, embedded: false };
+    const ALL: Roles = Roles { command: true, query: true, workers: true, relay: true, embedded: true };
+    const NONE: Roles = Roles { command: false, query: false, workers: false, relay: false, embedded: false };
 }
 
 async fn bind(addr: SocketAddr, what: &str, variable: &str) -> Result<tokio::net::TcpListener> {
@@ -317,7 +333,11 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
     init_tracing(args.log_format);
     let loopback = args.command_addr.ip().is_loopback() && args.query_addr.ip().is_loopback();
     let dev = roles.embedded && loopback;
-    let jwt_secret = secret(args.jwt_secret.clone(), "STOREKEEPER_JWT_SECRET", DEV_JWT_SECRET, dev)?;
+    let jwt_secret = if roles.command || roles.query {
+        secret(args.jwt_secret.clone(), "STOREKEEPER_JWT_SECRET", DEV_JWT_SECRET, dev)?
+    } else {
+        String::new()
+    };
     let webhook_secret = if roles.command {
         secret(args.webhook_secret.clone(), "STOREKEEPER_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET, dev)?
     } else {
@@ -341,6 +361,17 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+    if roles.relay
+        && let Some(brokers) = &args.kafka_brokers
+    {
+        kafka::ensure_topic(brokers, &args.kafka_topic, args.kafka_partitions)
+            .await
+            .with_context(|| format!("create the topic {} on {brokers}", args.kafka_topic))?;
+        let relay = kafka::Relay::new(log.clone(), pool.clone(), brokers, &args.kafka_topic).context("start the Kafka producer")?;
+        let stop = stop_rx.clone();
+        tracing::info!(topic = %args.kafka_topic, "relay publishing the log to Kafka");
+        tasks.spawn(async move { relay.run(stop).await.context("Kafka relay") });
+    }
     if roles.workers {
         let manager = ProcessManager::new(service.clone(), pool.clone());
         let stop = stop_rx.clone();

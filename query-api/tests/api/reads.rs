@@ -184,7 +184,7 @@ async fn projections_report_their_positions_and_health_endpoints_answer() {
     app.get_json("/v1/products", None, Some(&token)).await;
     let listed = app.get_json("/v1/projections", None, None).await;
     let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["audit", "customers", "orders", "products", "sales"]);
+    assert_eq!(names, ["audit", "customers", "orders", "products", "sales", "search"]);
     let products = listed["items"].as_array().unwrap().iter().find(|p| p["name"] == "products").unwrap();
     assert!(products["position"].as_u64().unwrap() >= token.parse::<u64>().unwrap());
     assert_eq!(products["state"], "running");

@@ -124,8 +124,25 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
     // highest position applied.
     let Some(last) = batch.iter().max_by_key(|e| e.global_position) else { return Ok(()) };
     let mut tx = pool.begin().await?;
-    let mut parked = None;
+    // Fast path: the whole batch without savepoints. Should any event fail,
+    // the transaction is dropped and the batch is applied event by event.
+    let mut clean = true;
     for event in batch {
+        let applied = match DomainEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+            Ok(decoded) => projection.apply(&mut tx, event, &decoded).await.is_ok(),
+            Err(_) => false,
+        };
+        if !applied {
+            clean = false;
+            break;
+        }
+    }
+    if !clean {
+        tx.rollback().await?;
+        tx = pool.begin().await?;
+    }
+    let mut parked = None;
+    for event in batch.iter().filter(|_| !clean) {
         if let Some((error, attempts)) = apply_one(&mut tx, projection, event).await? {
             tracing::error!(projection = projection.name(), position = event.global_position, stream_id = %event.stream_id, %error, "parking a poison event");
             park(&mut tx, projection.name(), event, &error, attempts).await?;

@@ -27,12 +27,7 @@ pub async fn fresh_database_url() -> String {
 /// Creates an empty database with a unique name and returns a pool on it
 /// (no migrations applied).
 pub async fn fresh_database() -> PgPool {
-    let admin: PgConnectOptions = database_url().parse().expect("DATABASE_URL is not a PostgreSQL URL");
-    let name = format!("sk_test_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
-    conn.close().await.ok();
-    PgPoolOptions::new().max_connections(20).connect_with(admin.database(&name)).await.expect("connect to the fresh test database")
+    PgPoolOptions::new().max_connections(20).connect(&fresh_database_url().await).await.expect("connect to the fresh test database")
 }
 
 /// A fresh database with the event log's migrations applied.

@@ -44,6 +44,15 @@ pub trait Projection: Send + Sync + 'static {
     fn version(&self) -> i32;
     /// Applies one event inside the runner's transaction.
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError>;
+    /// Applies a whole batch inside the runner's transaction. Projections
+    /// that can write a batch in one statement override it; when it fails
+    /// the runner falls back to `apply`, event by event.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        for (event, decoded) in events {
+            self.apply(tx, event, decoded).await?;
+        }
+        Ok(())
+    }
     /// Empties the projection's tables, for a rebuild from the log.
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error>;
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use domain::customer::CustomerEvent;
 use domain::events::DomainEvent;
 use domain::order::OrderEvent;
-use domain::product::ProductEvent;
+use domain::product::{ProductAdded, ProductEvent};
 use eventlog::RecordedEvent;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -96,6 +96,115 @@ impl Projection for ProductsProjection {
         .bind(at)
         .execute(tx)
         .await?;
+        Ok(())
+    }
+
+    /// One insert for the batch's new products and one update carrying each
+    /// other product's net change. Events the row already has (by version)
+    /// are left out, so a redelivered batch changes nothing.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        #[derive(Default)]
+        struct Net {
+            name: Option<String>,
+            description: Option<String>,
+            category: Option<String>,
+            price: Option<(i64, String)>,
+            stock: Option<i64>,
+            status: Option<&'static str>,
+            version: i64,
+            at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let mut ids = Vec::new();
+        for (event, decoded) in events {
+            if let DomainEvent::Product(_) = decoded {
+                ids.push(entity_id(&event.stream_id)?);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let current: std::collections::HashMap<uuid::Uuid, i64> = sqlx::query_as("SELECT id, version FROM rm_products WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let mut added: Vec<(uuid::Uuid, &ProductAdded, i64, chrono::DateTime<chrono::Utc>)> = Vec::new();
+        let mut net: std::collections::BTreeMap<uuid::Uuid, Net> = std::collections::BTreeMap::new();
+        for (event, decoded) in events {
+            let DomainEvent::Product(e) = decoded else { continue };
+            let id = entity_id(&event.stream_id)?;
+            let version = event.stream_version as i64;
+            if current.get(&id).is_some_and(|v| *v >= version) {
+                continue;
+            }
+            if let ProductEvent::Added(a) = e {
+                added.push((id, a, version, event.recorded_at));
+                continue;
+            }
+            let n = net.entry(id).or_default();
+            match e {
+                ProductEvent::Added(_) => unreachable!("handled above"),
+                ProductEvent::DetailsUpdated(d) => {
+                    n.name = d.name.clone().or(n.name.take());
+                    n.description = d.description.clone().or(n.description.take());
+                    n.category = d.category.clone().or(n.category.take());
+                }
+                ProductEvent::PriceChanged(p) => n.price = Some((p.price.amount_minor, p.price.currency.as_str().to_owned())),
+                ProductEvent::Restocked(r) => n.stock = Some(i64::from(r.stock_after)),
+                ProductEvent::StockReserved(r) => n.stock = Some(i64::from(r.stock_after)),
+                ProductEvent::StockReservationReleased(r) => n.stock = Some(i64::from(r.stock_after)),
+                ProductEvent::StockReservationFailed(_) => {}
+                ProductEvent::Discontinued(_) => n.status = Some("discontinued"),
+            }
+            n.version = version;
+            n.at = Some(event.recorded_at);
+        }
+        if !added.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_products (id, sku, name, description, category, price_minor, currency, stock, status, version, updated_at)
+                 SELECT id, sku, name, description, category, price_minor, currency, stock, 'active', version, at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::timestamptz[])
+                        AS t(id, sku, name, description, category, price_minor, currency, stock, version, at)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(added.iter().map(|a| a.0).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.sku.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.name.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.description.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.category.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.price.amount_minor).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.price.currency.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| i64::from(a.1.initial_stock)).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.2).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !net.is_empty() {
+            sqlx::query(
+                "UPDATE rm_products p
+                    SET name = coalesce(u.name, p.name), description = coalesce(u.description, p.description),
+                        category = coalesce(u.category, p.category), price_minor = coalesce(u.price_minor, p.price_minor),
+                        currency = coalesce(u.currency, p.currency), stock = coalesce(u.stock, p.stock),
+                        status = coalesce(u.status, p.status), version = u.version, updated_at = u.at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::timestamptz[])
+                        AS u(id, name, description, category, price_minor, currency, stock, status, version, at)
+                  WHERE p.id = u.id AND p.version < u.version",
+            )
+            .bind(net.keys().copied().collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.name.clone()).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.description.clone()).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.category.clone()).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.price.as_ref().map(|p| p.0)).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.price.as_ref().map(|p| p.1.clone())).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.stock).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.status).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.version).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         Ok(())
     }
 
@@ -341,6 +450,40 @@ impl Projection for AuditProjection {
         .bind(m.causation_id)
         .bind(event.occurred_at)
         .bind(event.recorded_at)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// One statement for the whole batch.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        let positions: Vec<i64> = events.iter().map(|(e, _)| e.global_position as i64).collect();
+        let event_ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.event_id).collect();
+        let streams: Vec<&str> = events.iter().map(|(e, _)| e.stream_id.as_str()).collect();
+        let versions: Vec<i64> = events.iter().map(|(e, _)| e.stream_version as i64).collect();
+        let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
+        let actors: Vec<&str> = events.iter().map(|(e, _)| e.metadata.actor.as_str()).collect();
+        let roles: Vec<Option<&str>> = events.iter().map(|(e, _)| e.metadata.role.as_deref()).collect();
+        let correlations: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.metadata.correlation_id).collect();
+        let causations: Vec<Option<uuid::Uuid>> = events.iter().map(|(e, _)| e.metadata.causation_id).collect();
+        let occurred: Vec<chrono::DateTime<chrono::Utc>> = events.iter().map(|(e, _)| e.occurred_at).collect();
+        let recorded: Vec<chrono::DateTime<chrono::Utc>> = events.iter().map(|(e, _)| e.recorded_at).collect();
+        sqlx::query(
+            "INSERT INTO rm_audit (global_position, event_id, stream_id, stream_version, event_type, actor, role, correlation_id, causation_id, occurred_at, recorded_at)
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::timestamptz[])
+             ON CONFLICT (global_position) DO NOTHING",
+        )
+        .bind(&positions)
+        .bind(&event_ids)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&actors)
+        .bind(&roles)
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&occurred)
+        .bind(&recorded)
         .execute(tx)
         .await?;
         Ok(())

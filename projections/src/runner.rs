@@ -126,17 +126,12 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
     let mut tx = pool.begin().await?;
     // Fast path: the whole batch without savepoints. Should any event fail,
     // the transaction is dropped and the batch is applied event by event.
-    let mut clean = true;
-    for event in batch {
-        let applied = match DomainEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
-            Ok(decoded) => projection.apply(&mut tx, event, &decoded).await.is_ok(),
-            Err(_) => false,
-        };
-        if !applied {
-            clean = false;
-            break;
-        }
-    }
+    let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
+        batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, e.data.clone()).ok().map(|d| (e, d))).collect();
+    let clean = match decoded {
+        Some(decoded) => projection.apply_all(&mut tx, &decoded).await.is_ok(),
+        None => false,
+    };
     if !clean {
         tx.rollback().await?;
         tx = pool.begin().await?;

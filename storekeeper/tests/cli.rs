@@ -130,6 +130,15 @@ async fn serve_starts_its_own_postgres_keeps_data_across_restarts_and_stops_on_s
     assert_eq!(read_back["stock"], 10, "the query API reads its own writes");
     let found: serde_json::Value = read("/v1/search/products?q=kettel".into()).await.unwrap().json().await.unwrap();
     assert_eq!(found["total"], 1, "and finds them in the search index");
+    let url = std::fs::read_to_string(dir.join("postgres/url")).unwrap();
+    let listed = run(storekeeper(&["projections", "list"]).env("DATABASE_URL", url.trim()));
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    for name in ["audit", "customers", "orders", "products", "sales"] {
+        assert!(listed.lines().any(|l| l.starts_with(name) && l.contains("running")), "{name} missing from:\n{listed}");
+    }
+    let retried = run(storekeeper(&["projections", "retry", "products"]).env("DATABASE_URL", url.trim()));
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("0 parked event(s) of products applied"));
     assert!(serve.terminate().success(), "a clean exit on SIGTERM");
     assert!(!dir.join("postgres/pgdata/postmaster.pid").exists(), "the private PostgreSQL stopped with it");
 

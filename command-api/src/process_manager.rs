@@ -1,19 +1,22 @@
 //! Runs the order process (`domain::process`) against the log.
 //!
-//! It tails the log from its checkpoint, turns each event into the commands
-//! the policy asks for, and stores its checkpoint after each batch. Its
-//! commands are idempotent per order, so after a crash the events since the
-//! last checkpoint are simply handled again. One instance runs at a time per
-//! database: a session advisory lock elects it, so several `serve`
-//! processes can share a database safely.
+//! It consumes the log from its checkpoint (in process, or from Kafka),
+//! turns each event into the commands the policy asks for, and stores its
+//! checkpoint after each batch. Its commands are idempotent per order, so
+//! after a crash the events since the last checkpoint are simply handled
+//! again. Fed in process, one instance runs at a time per database (a
+//! session advisory lock elects it); fed from Kafka, the consumer group
+//! shares the partitions between instances instead.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use domain::events::DomainEvent;
 use domain::order::OrderAggregate;
 use domain::process::{Step, react};
 use domain::product::ProductAggregate;
-use eventlog::{Metadata, RecordedEvent, Subscription};
+use eventlog::source::BoxError;
+use eventlog::{Batch, Consumer, Metadata, Progress, RecordedEvent, Resume, SourceFactory};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -25,7 +28,10 @@ pub const NAME: &str = "order-process";
 pub struct ProcessManager {
     service: CommandService,
     pool: PgPool,
-    batch_size: usize,
+    sources: SourceFactory,
+    /// Whether to elect one instance per database first (a source that is
+    /// not partitioned would hand every instance every event).
+    elect: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +49,18 @@ enum Handled {
 }
 
 impl ProcessManager {
+    /// Fed in process from the service's log.
     pub fn new(service: CommandService, pool: PgPool) -> Self {
-        ProcessManager { service, pool, batch_size: 200 }
+        let sources = eventlog::in_process(service.log().clone(), 200);
+        ProcessManager { service, pool, sources, elect: true }
+    }
+
+    /// Fed by a partitioned source (a Kafka consumer group), which shares
+    /// the work between instances.
+    pub fn with_partitioned_source(mut self, sources: SourceFactory) -> Self {
+        self.sources = sources;
+        self.elect = false;
+        self
     }
 
     pub async fn checkpoint(pool: &PgPool) -> Result<u64, sqlx::Error> {
@@ -53,15 +69,20 @@ impl ProcessManager {
         Ok(position.unwrap_or(0) as u64)
     }
 
-    async fn save_checkpoint(&self, position: u64) -> Result<(), sqlx::Error> {
+    async fn save_checkpoint(&self, batch: &Batch) -> Result<(), sqlx::Error> {
+        let Some(last) = batch.events.iter().map(|e| e.global_position).max() else { return Ok(()) };
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO checkpoints (name, position) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+             ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position), updated_at = now()",
         )
         .bind(NAME)
-        .bind(position as i64)
-        .execute(&self.pool)
+        .bind(last as i64)
+        .execute(&mut *tx)
         .await?;
+        eventlog::progress::save_partitions(&mut tx, NAME, batch).await?;
+        tx.commit().await?;
+        metrics::gauge!("storekeeper_consumer_position", "consumer" => NAME).set(last as f64);
         Ok(())
     }
 
@@ -87,43 +108,15 @@ impl ProcessManager {
 
     /// Runs until `shutdown` turns true, finishing the batch in hand.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        if !self.elect {
+            eventlog::follow(&self, &self.sources.clone(), shutdown).await;
+            return Ok(());
+        }
         let Some(leadership) = self.lead(&mut shutdown).await? else { return Ok(()) };
-        let result = self.follow(shutdown).await;
+        eventlog::follow(&self, &self.sources.clone(), shutdown).await;
         // Closing the session gives up the lock.
         let _ = leadership.close().await;
-        result
-    }
-
-    async fn follow(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-        let start = Self::checkpoint(&self.pool).await?;
-        tracing::info!(position = start, "order process manager started");
-        let mut subscription = Subscription::new(self.service.log().clone(), start).with_batch_size(self.batch_size);
-        loop {
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-            let batch = tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                batch = subscription.next_batch() => batch,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    subscription =
-                        Subscription::new(self.service.log().clone(), Self::checkpoint(&self.pool).await?).with_batch_size(self.batch_size);
-                    continue;
-                }
-            };
-            for event in &batch {
-                self.handle_with_retries(event).await;
-            }
-            if let Some(last) = batch.last() {
-                self.save_checkpoint(last.global_position).await?;
-                metrics::gauge!("storekeeper_consumer_position", "consumer" => NAME).set(last.global_position as f64);
-            }
-        }
+        Ok(())
     }
 
     async fn handle_with_retries(&self, event: &RecordedEvent) {
@@ -185,5 +178,26 @@ impl ProcessManager {
             }
         }
         Ok(Handled::Done)
+    }
+}
+
+#[async_trait]
+impl Consumer for ProcessManager {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn resume(&self) -> Result<Resume, BoxError> {
+        let mut progress = Progress { position: Self::checkpoint(&self.pool).await?, ..Progress::default() };
+        eventlog::progress::load_partitions(&self.pool, NAME, &mut progress).await?;
+        // The process manager never starts over, so its generation is fixed.
+        Ok(Resume { consumer: NAME.into(), generation: "1".into(), progress })
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        for event in &batch.events {
+            self.handle_with_retries(event).await;
+        }
+        Ok(self.save_checkpoint(batch).await?)
     }
 }

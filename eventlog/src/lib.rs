@@ -9,6 +9,8 @@
 mod envelope;
 mod memory;
 mod postgres;
+pub mod progress;
+pub mod source;
 mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -16,6 +18,7 @@ pub mod testing;
 pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppended, StreamWrite};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate};
+pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
 pub use subscription::Subscription;
 
 use async_trait::async_trait;

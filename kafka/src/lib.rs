@@ -2,15 +2,28 @@
 //!
 //! The relay tails the log in commit order and publishes every event with
 //! the idempotent producer, key = stream id, so each stream keeps its order
-//! within one partition. `KafkaSource` is the projections' event source
-//! through a consumer group. Delivery is at least once; projections make it
-//! exactly once in effect (version-guarded, idempotent applies).
+//! within one partition, which the relay chooses itself from a stable hash
+//! of the stream id (`eventlog::partition_for`), so readers can tell which
+//! partition a write went to. `KafkaSource` is the consumers' event source
+//! through a consumer group. Delivery is at least once; consumers make it
+//! exactly once in effect (per-partition progress stored with their
+//! effects, version-guarded applies).
 
 mod relay;
 mod source;
 
 pub use relay::{Relay, ensure_topic};
 pub use source::KafkaSource;
+
+/// Event sources for consumers, each in its own consumer group on `topic`.
+pub fn sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::sync::Arc::new(move |resume: &eventlog::Resume| {
+        KafkaSource::new(&brokers, &topic, resume)
+            .map(|source| Box::new(source) as Box<dyn eventlog::EventSource>)
+            .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
+    })
+}
 
 use rdkafka::ClientConfig;
 
@@ -31,6 +44,16 @@ fn client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers).set("client.id", "storekeeper");
     config
+}
+
+/// How many partitions `topic` has, from the broker's metadata (blocking).
+fn partition_count<C: rdkafka::client::ClientContext>(client: &rdkafka::client::Client<C>, topic: &str) -> Result<i32, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        return Err(KafkaError::Topic { topic: topic.to_owned(), message: "the topic does not exist (the relay creates it)".into() });
+    }
+    Ok(count as i32)
 }
 
 /// Header names on every published event.

@@ -78,7 +78,7 @@ impl Relay {
 
     /// Publishes a batch and waits until the broker has acknowledged all of
     /// it. The idempotent producer keeps the order within each partition.
-    async fn publish(&self, batch: &[RecordedEvent]) -> Result<(), KafkaError> {
+    async fn publish(&self, batch: &[RecordedEvent], partitions: i32) -> Result<(), KafkaError> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for event in batch {
             let payload = serde_json::to_vec(event).expect("envelopes serialize");
@@ -92,7 +92,11 @@ impl Relay {
                 .insert(Header { key: headers::SCHEMA_VERSION, value: Some(schema_version.as_str()) })
                 .insert(Header { key: headers::GLOBAL_POSITION, value: Some(position.as_str()) })
                 .insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_str()) });
-            let mut record = FutureRecord::to(&self.topic).key(event.stream_id.as_str()).payload(&payload).headers(record_headers);
+            let mut record = FutureRecord::to(&self.topic)
+                .key(event.stream_id.as_str())
+                .partition(eventlog::partition_for(&event.stream_id, partitions))
+                .payload(&payload)
+                .headers(record_headers);
             let delivery = loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => break delivery,
@@ -120,7 +124,25 @@ impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         'resume: loop {
             let start = self.checkpoint().await?;
-            tracing::info!(topic = %self.topic, position = start, "relay running");
+            let (producer, topic) = (self.producer.clone(), self.topic.clone());
+            let partitions = match tokio::task::spawn_blocking(move || {
+                use rdkafka::producer::Producer;
+                crate::partition_count(producer.client(), &topic)
+            })
+            .await
+            .expect("reading metadata panicked")
+            {
+                Ok(partitions) => partitions,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "relay cannot read the topic's partitions; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue 'resume;
+                }
+            };
+            tracing::info!(topic = %self.topic, position = start, partitions, "relay running");
             let mut subscription = Subscription::new(self.log.clone(), start).with_batch_size(self.batch_size);
             loop {
                 let batch = tokio::select! {
@@ -128,7 +150,7 @@ impl Relay {
                     batch = subscription.next_batch() => batch,
                 };
                 let result = match batch {
-                    Ok(batch) => match self.publish(&batch).await {
+                    Ok(batch) => match self.publish(&batch, partitions).await {
                         Ok(()) => match batch.last() {
                             Some(last) => self.save(last.global_position).await.map_err(KafkaError::from).map(|()| batch.len()),
                             None => Ok(0),

@@ -1,14 +1,17 @@
-//! Events from Kafka for projections, through a consumer group: several
-//! workers with the same group share the partitions. Offsets are committed
-//! only after the runner has committed the batch's rows (`ack`), so a crash
-//! redelivers rather than loses.
+//! Events from Kafka, through a consumer group: several workers with the
+//! same group share the partitions. The consumer's own durable progress
+//! (per partition, stored with its effects) is the truth: messages at or
+//! below it are passed over, so a redelivery after a crash or a rebalance,
+//! or a relay's republishing, is not applied again. Offsets are committed
+//! only after the batch is applied (`ack`); they only save re-reading.
+//! The group is named after the consumer and its generation, so starting
+//! over (a rebuild, a new index directory) reads the topic from the start.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventlog::{EventLogError, RecordedEvent};
-use projections::EventSource;
+use eventlog::{Batch, EventLogError, EventSource, Progress, RecordedEvent, Resume};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -19,22 +22,36 @@ pub struct KafkaSource {
     consumer: StreamConsumer,
     topic: String,
     batch_size: usize,
+    partition_count: i32,
+    /// What the consumer has applied, and what this source has handed out.
+    progress: Progress,
     /// Next offset per partition to commit once the batch in hand is applied.
     pending: BTreeMap<i32, i64>,
 }
 
 impl KafkaSource {
-    pub fn new(brokers: &str, group: &str, topic: &str) -> Result<KafkaSource, KafkaError> {
+    /// Joins the consumer group of `resume`'s consumer and generation.
+    /// Blocks while it reads the topic's partition count from the broker.
+    pub fn new(brokers: &str, topic: &str, resume: &Resume) -> Result<KafkaSource, KafkaError> {
+        let group = format!("storekeeper.{}.{}", resume.consumer, resume.generation);
         let consumer: StreamConsumer = client(brokers)
-            .set("group.id", group)
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
             .create()?;
+        let partition_count = crate::partition_count(consumer.client(), topic)?;
         consumer.subscribe(&[topic])?;
-        Ok(KafkaSource { consumer, topic: topic.to_owned(), batch_size: 500, pending: BTreeMap::new() })
+        Ok(KafkaSource {
+            consumer,
+            topic: topic.to_owned(),
+            batch_size: 500,
+            partition_count,
+            progress: resume.progress.clone(),
+            pending: BTreeMap::new(),
+        })
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
@@ -49,11 +66,12 @@ fn to_log_error(e: impl std::error::Error + Send + Sync + 'static) -> EventLogEr
 
 #[async_trait]
 impl EventSource for KafkaSource {
-    async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, EventLogError> {
-        let mut batch = Vec::new();
+    async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
+        let mut batch = Batch { partition_count: self.partition_count, ..Batch::default() };
+        let mut passed_over = 0;
         self.pending.clear();
         loop {
-            let message = if batch.is_empty() {
+            let message = if batch.events.is_empty() && passed_over == 0 {
                 self.consumer.recv().await.map_err(to_log_error)?
             } else {
                 match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
@@ -62,13 +80,29 @@ impl EventSource for KafkaSource {
                 }
             };
             let event: RecordedEvent = serde_json::from_slice(message.payload().unwrap_or_default()).map_err(to_log_error)?;
-            self.pending.insert(message.partition(), message.offset() + 1);
-            batch.push(event);
-            if batch.len() >= self.batch_size {
+            let partition = message.partition();
+            self.pending.insert(partition, message.offset() + 1);
+            let applied = self.progress.partitions.entry(partition).or_default();
+            if event.global_position <= *applied {
+                // Already applied: a redelivery, or the relay publishing again.
+                passed_over += 1;
+            } else {
+                *applied = event.global_position;
+                batch.partitions.insert(partition, event.global_position);
+                batch.events.push(event);
+            }
+            if batch.events.len() + passed_over >= self.batch_size {
                 break;
             }
         }
+        if passed_over > 0 {
+            metrics::counter!("storekeeper_kafka_redelivered_total").increment(passed_over as u64);
+        }
         Ok(batch)
+    }
+
+    fn is_partitioned(&self) -> bool {
+        true
     }
 
     async fn ack(&mut self) -> Result<(), EventLogError> {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use command_api::CommandService;
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Currency, Money, Sku};
-use eventlog::{EventLog, Metadata, PgEventLog, RecordedEvent};
-use kafka::{KafkaSource, Relay, ensure_topic};
-use projections::{EventSource, Runner};
+use eventlog::{Batch, EventLog, EventSource, Metadata, PgEventLog, Progress, RecordedEvent, Resume, SourceFactory};
+use kafka::{Relay, ensure_topic};
+use projections::Runner;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::PgPool;
@@ -143,6 +143,33 @@ async fn the_relay_publishes_every_event_once_in_stream_order_with_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_puts_each_stream_in_the_partition_readers_compute() {
+    let (pool, log, service) = setup().await;
+    let topic = topic();
+    ensure_topic(&brokers(), &topic, 4).await.unwrap();
+    write(&service, 12, 0).await;
+    let total = all_events(&pool, &log).await.len();
+    let relay = start_relay(&log, &pool, &topic);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut partitions = HashSet::new();
+    for _ in 0..total {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("events keep arriving").unwrap();
+        let event: RecordedEvent = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(message.partition(), eventlog::partition_for(&event.stream_id, 4), "{}", event.stream_id);
+        partitions.insert(message.partition());
+    }
+    stop(relay).await;
+    assert!(partitions.len() > 1, "streams spread over partitions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_relay_resumes_from_its_checkpoint_without_losing_an_event() {
     let (pool, log, service) = setup().await;
     let topic = topic();
@@ -177,19 +204,13 @@ async fn projections_fed_through_kafka_by_two_workers_in_one_group_match_the_log
     let ids = write(&service, 12, 4).await;
     let relay = start_relay(&log, &pool, &topic);
 
-    let group = format!("projections-{}", Uuid::now_v7().simple());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let (brokers, group, topic) = (brokers(), group.clone(), topic.clone());
-        let sources: projections::SourceFactory = Arc::new(move |name, _| {
-            KafkaSource::new(&brokers, &format!("{group}-{name}"), &topic)
-                .map(|s| Box::new(s) as Box<dyn EventSource>)
-                .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
-        });
-        let runner = Runner::with_sources(pool.clone(), vec![Arc::new(projections::ProductsProjection)], sources);
+        let runner =
+            Runner::with_sources(pool.clone(), vec![Arc::new(projections::ProductsProjection)], kafka::sources(&brokers(), &topic));
         let stop = stop_rx.clone();
-        workers.push(tokio::spawn(async move { runner.run(stop).await.unwrap() }));
+        workers.push(tokio::spawn(async move { runner.run(stop).await }));
     }
     // More writes while the workers run.
     let metadata = Metadata::system("test");
@@ -221,3 +242,145 @@ async fn projections_fed_through_kafka_by_two_workers_in_one_group_match_the_log
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&pool).await.unwrap();
     assert_eq!(parked, 0);
 }
+
+/// The event source contract, run against the in-process source and the
+/// Kafka source: every event once in per-stream order, resuming from a
+/// consumer's progress, and a crash before the progress was stored being
+/// harmless.
+mod source_contract {
+    use super::*;
+
+    pub struct Fixture {
+        pub pool: PgPool,
+        pub log: Arc<dyn EventLog>,
+        pub service: CommandService,
+        pub sources: SourceFactory,
+        _relay: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    }
+
+    pub async fn in_process() -> Fixture {
+        let (pool, log, service) = setup().await;
+        let sources = eventlog::in_process(log.clone(), 7);
+        Fixture { pool, log, service, sources, _relay: None }
+    }
+
+    pub async fn through_kafka() -> Fixture {
+        let (pool, log, service) = setup().await;
+        let topic = topic();
+        ensure_topic(&brokers(), &topic, 3).await.unwrap();
+        let relay = start_relay(&log, &pool, &topic);
+        Fixture { pool, log, service, sources: kafka::sources(&brokers(), &topic), _relay: Some(relay) }
+    }
+
+    fn resume(generation: &str, progress: &Progress) -> Resume {
+        Resume { consumer: "contract".into(), generation: generation.into(), progress: progress.clone() }
+    }
+
+    /// Takes batches until `count` events came (or fails after 30 s).
+    async fn take(source: &mut Box<dyn EventSource>, count: usize) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        let mut seen = 0;
+        while seen < count {
+            let batch = tokio::time::timeout(Duration::from_secs(30), source.next_batch())
+                .await
+                .unwrap_or_else(|_| panic!("only {seen} of {count} events arrived"))
+                .unwrap();
+            seen += batch.events.len();
+            batches.push(batch);
+        }
+        batches
+    }
+
+    fn events(batches: &[Batch]) -> Vec<RecordedEvent> {
+        batches.iter().flat_map(|b| b.events.iter().cloned()).collect()
+    }
+
+    fn assert_once_in_stream_order(applied: &[RecordedEvent], log: &[RecordedEvent]) {
+        let ids: Vec<Uuid> = applied.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "no event twice");
+        assert_eq!(ids.iter().collect::<HashSet<_>>(), log.iter().map(|e| &e.event_id).collect::<HashSet<_>>(), "every event");
+        let mut next: HashMap<&str, u64> = HashMap::new();
+        for event in applied {
+            let expected = next.entry(&event.stream_id).or_insert(0);
+            assert_eq!(event.stream_version, *expected, "{} out of order", event.stream_id);
+            *expected += 1;
+        }
+    }
+
+    pub async fn delivers_every_event_once_in_stream_order(f: Fixture) {
+        write(&f.service, 8, 3).await;
+        let log = all_events(&f.pool, &f.log).await;
+        let mut source = (f.sources)(&resume(&Uuid::now_v7().to_string(), &Progress::default())).unwrap();
+        let batches = take(&mut source, log.len()).await;
+        assert_once_in_stream_order(&events(&batches), &log);
+        let mut progress = Progress::default();
+        batches.iter().for_each(|b| progress.advance(b));
+        for event in &log {
+            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
+        }
+    }
+
+    pub async fn resumes_from_the_consumers_progress(f: Fixture) {
+        write(&f.service, 6, 2).await;
+        let first = all_events(&f.pool, &f.log).await;
+        let generation = Uuid::now_v7().to_string();
+        let mut progress = Progress::default();
+        let mut source = (f.sources)(&resume(&generation, &progress)).unwrap();
+        let before = take(&mut source, first.len()).await;
+        before.iter().for_each(|b| progress.advance(b));
+        source.ack().await.unwrap();
+        drop(source);
+
+        write(&f.service, 6, 2).await;
+        let all = all_events(&f.pool, &f.log).await;
+        let mut source = (f.sources)(&resume(&generation, &progress)).unwrap();
+        let after = take(&mut source, all.len() - first.len()).await;
+        let mut applied = events(&before);
+        applied.extend(events(&after));
+        assert_once_in_stream_order(&applied, &all);
+    }
+
+    pub async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps(f: Fixture) {
+        write(&f.service, 6, 3).await;
+        let log = all_events(&f.pool, &f.log).await;
+        let generation = Uuid::now_v7().to_string();
+        // Applies (and durably records) the first batch, then crashes: the
+        // batches after it were handed out but never applied.
+        let mut source = (f.sources)(&resume(&generation, &Progress::default())).unwrap();
+        let handed_out = take(&mut source, log.len()).await;
+        let mut progress = Progress::default();
+        progress.advance(&handed_out[0]);
+        let mut applied = handed_out[0].events.clone();
+        drop(source);
+
+        let mut source = (f.sources)(&resume(&generation, &progress)).unwrap();
+        let rest = take(&mut source, log.len() - applied.len()).await;
+        applied.extend(events(&rest));
+        assert_once_in_stream_order(&applied, &log);
+    }
+}
+
+macro_rules! source_contract {
+    ($($adapter:ident),*) => {$(
+        mod $adapter {
+            use super::source_contract as contract;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delivers_every_event_once_in_stream_order() {
+                contract::delivers_every_event_once_in_stream_order(contract::$adapter().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn resumes_from_the_consumers_progress() {
+                contract::resumes_from_the_consumers_progress(contract::$adapter().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps() {
+                contract::a_crash_before_the_progress_is_stored_redelivers_without_gaps(contract::$adapter().await).await
+            }
+        }
+    )*};
+}
+
+source_contract!(in_process, through_kafka);

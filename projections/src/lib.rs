@@ -10,11 +10,9 @@
 mod models;
 mod runner;
 pub mod search;
-mod source;
 
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use runner::{ProjectionStatus, Runner, SourceFactory, in_process, retry_parked, status};
-pub use source::{EventSource, InProcessSource};
+pub use runner::{ProjectionStatus, Runner, retry_parked, status};
 
 use async_trait::async_trait;
 use domain::events::DomainEvent;

@@ -4,20 +4,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use domain::events::DomainEvent;
-use eventlog::{EventLog, EventLogError, RecordedEvent};
+use eventlog::source::BoxError;
+use eventlog::{Batch, Consumer, EventLog, Progress, RecordedEvent, Resume, SourceFactory};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::Projection;
-use crate::source::{EventSource, InProcessSource};
 
 /// Attempts at one event before it is parked.
 const ATTEMPTS: u32 = 3;
-
-/// Opens a projection's event source from its checkpoint.
-pub type SourceFactory = Arc<dyn Fn(&'static str, u64) -> Result<Box<dyn EventSource>, EventLogError> + Send + Sync>;
 
 pub struct Runner {
     pool: PgPool,
@@ -25,24 +24,20 @@ pub struct Runner {
     sources: SourceFactory,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
-    #[error("projection store: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-/// Makes sure the projection has a checkpoint row for its current version;
-/// a new version starts again from the beginning of the log.
-async fn prepare(pool: &PgPool, projection: &dyn Projection) -> Result<u64, sqlx::Error> {
+/// Makes sure the projection has a checkpoint row for its current version,
+/// and says where to resume; a new version starts again from the beginning
+/// of the log, in a new generation.
+async fn prepare(pool: &PgPool, projection: &dyn Projection) -> Result<Resume, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Serialise workers preparing the same projection.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('projection:' || $1, 0))").bind(projection.name()).execute(&mut *tx).await?;
-    let row: Option<(i32, i64)> = sqlx::query_as("SELECT version, position FROM projection_checkpoints WHERE projection = $1")
-        .bind(projection.name())
-        .fetch_optional(&mut *tx)
-        .await?;
-    let position = match row {
-        Some((version, position)) if version == projection.version() => position as u64,
+    let row: Option<(i32, i64, Uuid)> =
+        sqlx::query_as("SELECT version, position, generation FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection.name())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (position, generation) = match row {
+        Some((version, position, generation)) if version == projection.version() => (position as u64, generation),
         other => {
             if other.is_some() {
                 tracing::warn!(
@@ -53,19 +48,24 @@ async fn prepare(pool: &PgPool, projection: &dyn Projection) -> Result<u64, sqlx
             }
             projection.reset(&mut tx).await?;
             sqlx::query("DELETE FROM dead_letters WHERE projection = $1").bind(projection.name()).execute(&mut *tx).await?;
-            sqlx::query(
+            eventlog::progress::clear_partitions(&mut tx, projection.name()).await?;
+            let generation: Uuid = sqlx::query_scalar(
                 "INSERT INTO projection_checkpoints (projection, version, position, state) VALUES ($1, $2, 0, 'running')
-                 ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, position = 0, state = 'running', last_error = NULL, updated_at = now()",
+                 ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, position = 0, state = 'running', last_error = NULL,
+                        generation = gen_random_uuid(), updated_at = now()
+                 RETURNING generation",
             )
             .bind(projection.name())
             .bind(projection.version())
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            0
+            (0, generation)
         }
     };
     tx.commit().await?;
-    Ok(position)
+    let mut progress = Progress { position, ..Progress::default() };
+    eventlog::progress::load_partitions(pool, projection.name(), &mut progress).await?;
+    Ok(Resume { consumer: projection.name().to_owned(), generation: generation.to_string(), progress })
 }
 
 /// Applies one event with bounded retries inside a savepoint; answers the
@@ -119,9 +119,10 @@ async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, 
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
-async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[RecordedEvent]) -> Result<(), sqlx::Error> {
+async fn apply_batch(pool: &PgPool, projection: &dyn Projection, whole: &Batch) -> Result<(), sqlx::Error> {
+    let batch = &whole.events[..];
     // From Kafka, a batch interleaves partitions: the checkpoint is the
-    // highest position applied.
+    // highest position applied, and each partition's is kept beside it.
     let Some(last) = batch.iter().max_by_key(|e| e.global_position) else { return Ok(()) };
     let mut tx = pool.begin().await?;
     // Fast path: the whole batch without savepoints. Should any event fail,
@@ -156,6 +157,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
     .bind(parked)
     .execute(&mut *tx)
     .await?;
+    eventlog::progress::save_partitions(&mut tx, projection.name(), whole).await?;
     tx.commit().await?;
     metrics::gauge!("storekeeper_projection_position", "projection" => projection.name()).set(last.global_position as f64);
     metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);
@@ -165,7 +167,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, batch: &[Record
 impl Runner {
     /// Projections fed in process from the log.
     pub fn new(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>) -> Self {
-        Runner::with_sources(pool, projections, in_process(log, 500))
+        Runner::with_sources(pool, projections, eventlog::in_process(log, 500))
     }
 
     /// Projections fed by other sources (Kafka).
@@ -175,83 +177,49 @@ impl Runner {
 
     /// Runs every projection until `shutdown` turns true; a batch in hand is
     /// finished first.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         for projection in &self.projections {
-            let (pool, sources, projection, shutdown) = (self.pool.clone(), self.sources.clone(), projection.clone(), shutdown.clone());
-            tasks.spawn(async move { run_one(pool, sources, projection, shutdown).await });
+            let consumer = ProjectionConsumer { pool: self.pool.clone(), projection: projection.clone() };
+            let (sources, shutdown) = (self.sources.clone(), shutdown.clone());
+            tasks.spawn(async move { eventlog::follow(&consumer, &sources, shutdown).await });
         }
         while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(result) => result?,
-                Err(e) => tracing::error!(error = %e, "a projection task panicked"),
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a projection task panicked");
             }
         }
-        Ok(())
     }
 }
 
-/// In-process catch-up subscriptions to `log`.
-pub fn in_process(log: Arc<dyn EventLog>, batch_size: usize) -> SourceFactory {
-    Arc::new(move |_, start| Ok(Box::new(InProcessSource::new(log.clone(), start, batch_size)) as Box<dyn EventSource>))
+/// One projection as a consumer of the log.
+struct ProjectionConsumer {
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
 }
 
-async fn run_one(
-    pool: PgPool,
-    sources: SourceFactory,
-    projection: Arc<dyn Projection>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), RunnerError> {
-    let name = projection.name();
-    let mut delay = Duration::from_millis(100);
-    'restart: loop {
-        let opened = match prepare(&pool, &*projection).await {
-            Ok(position) => sources(name, position).map(|source| (position, source)).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let (start, mut source) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                tracing::warn!(projection = name, error = %e, "preparing the projection failed; retrying");
-                tokio::select! {
-                    _ = shutdown.changed() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        tracing::info!(projection = name, position = start, "projection running");
-        loop {
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-            let batch = tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                batch = source.next_batch() => batch,
-            };
-            let result = match batch {
-                Ok(batch) => match apply_batch(&pool, &*projection, &batch).await {
-                    Ok(()) => source.ack().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            match result {
-                Ok(()) => delay = Duration::from_millis(100),
-                Err(error) => {
-                    // Nothing of the batch was kept: start again from the
-                    // stored checkpoint.
-                    tracing::warn!(projection = name, %error, "a batch failed; resuming from the checkpoint");
-                    tokio::select! {
-                        _ = shutdown.changed() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue 'restart;
-                }
-            }
+#[async_trait]
+impl Consumer for ProjectionConsumer {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    async fn resume(&self) -> Result<Resume, BoxError> {
+        Ok(prepare(&self.pool, &*self.projection).await?)
+    }
+
+    async fn opened(&self, resume: &Resume, partitioned: bool) -> Result<(), BoxError> {
+        // Partitions recorded by an earlier partitioned run would otherwise
+        // stand still and hold every consistency token back.
+        if resume.progress.is_partitioned() && !partitioned {
+            let mut conn = self.pool.acquire().await?;
+            eventlog::progress::clear_partitions(&mut conn, self.projection.name()).await?;
         }
+        Ok(())
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        Ok(apply_batch(&self.pool, &*self.projection, batch).await?)
     }
 }
 

@@ -2,22 +2,25 @@
 //!
 //! For every batch it re-reads the products the batch touched from the log
 //! and replaces their documents (delete, then add, by product id);
-//! discontinued products leave the index. The log position the index has
-//! applied rides in the commit payload, so the index and its checkpoint can
-//! never disagree after a crash. One reader serves searches and is reloaded
-//! after each commit.
+//! discontinued products leave the index. How far the index has applied the
+//! log (its `Progress`, per partition when fed from Kafka) rides in the
+//! commit payload, so the index and its checkpoint can never disagree after
+//! a crash. So does the index's generation, minted when the directory is
+//! created: fed from Kafka, each node's index is its own consumer group,
+//! and a new directory starts from the beginning. One reader serves
+//! searches and is reloaded after each commit.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use async_trait::async_trait;
 use domain::Aggregate;
 use domain::events::EventCodec;
 use domain::product::{Product, ProductAggregate, ProductEvent};
-use eventlog::{EventLog, EventLogError, Subscription};
-use serde::Serialize;
+use eventlog::source::BoxError;
+use eventlog::{Batch, Consumer, EventLog, EventLogError, Progress, Resume, SourceFactory};
+use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, Facet, FacetOptions, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 
 /// Bumped when the schema or what is indexed changes: the index is then
 /// rebuilt from the log.
-pub const INDEX_VERSION: &str = "products-v1";
+pub const INDEX_VERSION: &str = "products-v2";
 const WRITER_MEMORY: usize = 50_000_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +78,8 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     fields: Fields,
-    position: AtomicU64,
-    positions: watch::Sender<u64>,
+    generation: String,
+    progress: watch::Sender<Progress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +119,21 @@ pub struct SearchResults {
     pub facets: serde_json::Value,
 }
 
-fn payload(position: u64) -> String {
-    format!("{INDEX_VERSION}:{position}")
+/// What each commit records beside the documents.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    index: String,
+    generation: String,
+    progress: Progress,
 }
 
-fn parse_payload(payload: Option<&str>) -> Option<u64> {
-    payload?.strip_prefix(INDEX_VERSION)?.strip_prefix(':')?.parse().ok()
+fn payload(generation: &str, progress: &Progress) -> String {
+    serde_json::to_string(&Payload { index: INDEX_VERSION.into(), generation: generation.into(), progress: progress.clone() })
+        .expect("a payload serializes")
+}
+
+fn parse_payload(payload: Option<&str>) -> Option<Payload> {
+    serde_json::from_str::<Payload>(payload?).ok().filter(|p| p.index == INDEX_VERSION)
 }
 
 impl SearchIndex {
@@ -143,32 +155,26 @@ impl SearchIndex {
                 let index = Index::create_in_dir(dir, schema)?;
                 let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
                 let mut commit = writer.prepare_commit()?;
-                commit.set_payload(&payload(0));
+                commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default()));
                 commit.commit()?;
                 index
             }
         };
-        let position = parse_payload(index.load_metas()?.payload.as_deref()).unwrap_or(0);
+        let Payload { generation, progress, .. } =
+            parse_payload(index.load_metas()?.payload.as_deref()).expect("the index was just checked or created with a payload");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
-        Ok(Arc::new(SearchIndex {
-            index,
-            reader,
-            writer: Mutex::new(writer),
-            fields,
-            position: AtomicU64::new(position),
-            positions: watch::Sender::new(position),
-        }))
+        Ok(Arc::new(SearchIndex { index, reader, writer: Mutex::new(writer), fields, generation, progress: watch::Sender::new(progress) }))
     }
 
-    /// The log position the index has applied and committed.
+    /// The highest log position the index has applied and committed.
     pub fn position(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
+        self.progress.borrow().position
     }
 
-    /// Follows the index's position.
-    pub fn positions(&self) -> watch::Receiver<u64> {
-        self.positions.subscribe()
+    /// Follows how far the index has applied the log.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
     fn document(&self, p: &Product) -> TantivyDocument {
@@ -187,8 +193,8 @@ impl SearchIndex {
     }
 
     /// Replaces the documents of `products` (`None` or discontinued: gone)
-    /// and commits with `position`.
-    fn apply(&self, products: Vec<(uuid::Uuid, Option<Product>)>, position: u64) -> Result<(), SearchError> {
+    /// and commits with the progress after `batch`.
+    fn apply(&self, products: Vec<(uuid::Uuid, Option<Product>)>, batch: &Batch) -> Result<(), SearchError> {
         let mut writer = self.writer.lock().expect("index writer poisoned");
         for (id, product) in products {
             writer.delete_term(Term::from_field_text(self.fields.id, &id.to_string()));
@@ -196,47 +202,22 @@ impl SearchIndex {
                 writer.add_document(self.document(&product))?;
             }
         }
+        let mut progress = self.progress.borrow().clone();
+        progress.advance(batch);
         let mut commit = writer.prepare_commit()?;
-        commit.set_payload(&payload(position));
+        commit.set_payload(&payload(&self.generation, &progress));
         commit.commit()?;
         drop(writer);
         self.reader.reload()?;
-        self.position.store(position, Ordering::Release);
-        self.positions.send_replace(position);
+        metrics::gauge!("storekeeper_projection_position", "projection" => NAME).set(progress.position as f64);
+        self.progress.send_replace(progress);
         Ok(())
     }
 
-    /// Keeps the index up to date with the log until `shutdown`.
-    pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, mut shutdown: watch::Receiver<bool>) -> Result<(), SearchError> {
-        let mut subscription = Subscription::new(log.clone(), self.position()).with_batch_size(2000);
-        loop {
-            let batch = tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                batch = subscription.next_batch() => batch,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "search indexer: reading the log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    subscription = Subscription::new(log.clone(), self.position()).with_batch_size(2000);
-                    continue;
-                }
-            };
-            let Some(last) = batch.last().map(|e| e.global_position) else { continue };
-            let touched: BTreeSet<uuid::Uuid> = batch
-                .iter()
-                .filter(|e| ProductEvent::TYPES.iter().any(|(ty, _)| *ty == e.event_type))
-                .filter_map(|e| e.stream_id.strip_prefix("product-").and_then(|id| uuid::Uuid::parse_str(id).ok()))
-                .collect();
-            let mut products = Vec::with_capacity(touched.len());
-            for id in touched {
-                products.push((id, load_product(&*log, id).await?));
-            }
-            let index = self.clone();
-            tokio::task::spawn_blocking(move || index.apply(products, last)).await.expect("the indexing task panicked")?;
-            metrics::gauge!("storekeeper_projection_position", "projection" => "search").set(last as f64);
-        }
+    /// Keeps the index up to date until `shutdown`, fed by `sources`; the
+    /// documents come from `log`.
+    pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, sources: SourceFactory, shutdown: watch::Receiver<bool>) {
+        eventlog::follow(&Indexer { index: self, log }, &sources, shutdown).await
     }
 
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResults, SearchError> {
@@ -307,6 +288,41 @@ impl SearchIndex {
             categories.insert(name, serde_json::json!(count));
         }
         Ok(SearchResults { hits, total, facets: serde_json::json!({ "category": categories }) })
+    }
+}
+
+/// The index's name among consumers (and in `/v1/projections`).
+pub const NAME: &str = "search";
+
+struct Indexer {
+    index: Arc<SearchIndex>,
+    log: Arc<dyn EventLog>,
+}
+
+#[async_trait]
+impl Consumer for Indexer {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn resume(&self) -> Result<Resume, BoxError> {
+        Ok(Resume { consumer: NAME.into(), generation: self.index.generation.clone(), progress: self.index.progress.borrow().clone() })
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        let touched: BTreeSet<uuid::Uuid> = batch
+            .events
+            .iter()
+            .filter(|e| ProductEvent::TYPES.iter().any(|(ty, _)| *ty == e.event_type))
+            .filter_map(|e| e.stream_id.strip_prefix("product-").and_then(|id| uuid::Uuid::parse_str(id).ok()))
+            .collect();
+        let mut products = Vec::with_capacity(touched.len());
+        for id in touched {
+            products.push((id, load_product(&*self.log, id).await?));
+        }
+        let (index, batch) = (self.index.clone(), batch.clone());
+        tokio::task::spawn_blocking(move || index.apply(products, &batch)).await.expect("the indexing task panicked")?;
+        Ok(())
     }
 }
 

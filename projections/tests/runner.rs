@@ -31,8 +31,8 @@ fn start(
     batch: usize,
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    let runner = Runner::with_sources(pool.clone(), projections, projections::in_process(log.clone(), batch));
-    (tx, tokio::spawn(async move { runner.run(rx).await.unwrap() }))
+    let runner = Runner::with_sources(pool.clone(), projections, eventlog::in_process(log.clone(), batch));
+    (tx, tokio::spawn(async move { runner.run(rx).await }))
 }
 
 async fn stop((tx, handle): (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {

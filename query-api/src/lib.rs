@@ -3,9 +3,13 @@
 //! consistency tokens.
 //!
 //! A request carrying `X-Consistency-Token` waits until every projection
-//! that serves it has applied the log up to the token's position (up to
+//! that serves it has applied the write the token names (up to
 //! `X-Consistency-Timeout` ms, default 2000), then reads; past the timeout
-//! it answers 503 `not_yet_consistent` with `Retry-After`.
+//! it answers 503 `not_yet_consistent` with `Retry-After`. A token is the
+//! position of the write's last event. Fed in process, a projection has
+//! applied it once its position reaches it; fed from Kafka, once the
+//! partitions of the streams that write touched have (`Progress::covers`).
+//! Waiting requests wake on the runners' `NOTIFY`, not on a timer.
 
 pub mod error;
 mod handlers;
@@ -21,8 +25,9 @@ use axum::middleware;
 use axum::routing::get;
 use command_api::JwtKeys;
 use command_api::auth::Principal;
-use eventlog::EventLog;
+use eventlog::{EventLog, Progress};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -35,6 +40,43 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// This node's product index, fed by its own indexer.
     pub search: Arc<projections::search::SearchIndex>,
+    /// Moves whenever some consumer's progress moved.
+    pub progress: watch::Receiver<u64>,
+}
+
+impl AppState {
+    /// Also starts listening for the consumers' progress notifications.
+    pub fn new(pool: PgPool, log: Arc<dyn EventLog>, jwt: JwtKeys, search: Arc<projections::search::SearchIndex>) -> Self {
+        let progress = listen_for_progress(pool.clone());
+        AppState { pool, log, jwt, search, progress }
+    }
+}
+
+/// A counter that moves on every progress notification. Should the
+/// listening connection fail, it reconnects; waiters poll meanwhile.
+fn listen_for_progress(pool: PgPool) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(eventlog::progress::PROGRESS_CHANNEL).await?;
+                loop {
+                    listener.recv().await?;
+                    tx.send_modify(|n| *n += 1);
+                }
+            };
+            let result: Result<(), sqlx::Error> = tokio::select! {
+                result = listened => result,
+                _ = tx.closed() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "listening for projection progress failed; reconnecting");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    rx
 }
 
 /// The caller, when the request carries a bearer token. A token that is
@@ -52,18 +94,21 @@ pub fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Princip
 const DEFAULT_WAIT_MS: u64 = 2000;
 const MAX_WAIT_MS: u64 = 30_000;
 
-/// The highest consistency token a request carries, and how long it may
-/// wait for it.
-fn requested_token(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
-    let mut token: Option<u64> = None;
+/// The consistency tokens a request carries, and how long it may wait.
+fn requested_tokens(headers: &HeaderMap) -> Result<Option<(Vec<u64>, u64)>, ApiError> {
+    let mut tokens = Vec::new();
     for value in headers.get_all("x-consistency-token") {
         let text = value.to_str().map_err(|_| ApiError::malformed("X-Consistency-Token", "must be a token from a write"))?;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let position: u64 = part.parse().map_err(|_| ApiError::malformed("X-Consistency-Token", "must be a token from a write"))?;
-            token = Some(token.map_or(position, |t| t.max(position)));
+            tokens.push(position);
         }
     }
-    let Some(token) = token else { return Ok(None) };
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    tokens.sort_unstable();
+    tokens.dedup();
     let timeout = match headers.get("x-consistency-timeout") {
         None => DEFAULT_WAIT_MS,
         Some(v) => v
@@ -73,23 +118,58 @@ fn requested_token(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> 
             .ok_or_else(|| ApiError::malformed("X-Consistency-Timeout", "must be a number of milliseconds"))?
             .min(MAX_WAIT_MS),
     };
-    Ok(Some((token, timeout)))
+    Ok(Some((tokens, timeout)))
 }
 
-/// Waits until `projections` have applied the log up to every consistency
-/// token the request carries.
-pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
-    let Some((token, timeout)) = requested_token(headers)? else { return Ok(()) };
-    let names: Vec<String> = projections.iter().map(|p| p.to_string()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-    let started = std::time::Instant::now();
+/// Tokens, and the streams each one wrote (looked up once, when a
+/// partitioned consumer needs them).
+struct Tokens {
+    positions: Vec<u64>,
+    streams: Option<Vec<Vec<String>>>,
+}
+
+impl Tokens {
+    async fn covered_by(&mut self, pool: &PgPool, progress: &Progress) -> Result<bool, ApiError> {
+        if !progress.is_partitioned() {
+            return Ok(self.positions.iter().all(|t| progress.position >= *t));
+        }
+        if self.streams.is_none() {
+            let mut streams = Vec::with_capacity(self.positions.len());
+            for position in &self.positions {
+                streams.push(eventlog::progress::streams_of_append(pool, *position).await?);
+            }
+            self.streams = Some(streams);
+        }
+        let streams = self.streams.as_ref().expect("just filled");
+        Ok(self.positions.iter().zip(streams).all(|(token, streams)| progress.covers(*token, streams)))
+    }
+}
+
+/// Waits until `covered` holds for the request's tokens, waking whenever
+/// `wake` moves (and every 25 ms regardless).
+async fn wait_until<W, F>(
+    pool: &PgPool,
+    headers: &HeaderMap,
+    mut wake: watch::Receiver<W>,
+    mut progress: impl FnMut() -> F,
+) -> Result<(), ApiError>
+where
+    F: std::future::Future<Output = Result<Vec<Option<Progress>>, ApiError>>,
+{
+    let Some((positions, timeout)) = requested_tokens(headers)? else { return Ok(()) };
+    let mut tokens = Tokens { positions, streams: None };
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(timeout);
     loop {
-        let (count, lowest): (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), min(position) FROM projection_checkpoints WHERE projection = ANY($1)")
-                .bind(&names)
-                .fetch_one(&state.pool)
-                .await?;
-        if count as usize == names.len() && lowest.is_some_and(|p| p as u64 >= token) {
+        wake.borrow_and_update();
+        let mut all = true;
+        for progress in progress().await? {
+            match progress {
+                Some(progress) if tokens.covered_by(pool, &progress).await? => {}
+                _ => all = false,
+            }
+        }
+        if all {
             metrics::histogram!("storekeeper_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
             return Ok(());
         }
@@ -97,23 +177,55 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
             metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
             return Err(ApiError::NotYetConsistent(timeout));
         }
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
     }
+}
+
+/// How far each of `names` has applied the log (`None`: it never ran).
+async fn projection_progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, ApiError> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let rows: Vec<(String, i64, Option<i32>, Option<i32>, Option<i64>)> = sqlx::query_as(
+        "SELECT c.projection, c.position, p.partition, p.partitions, p.position
+           FROM projection_checkpoints c LEFT JOIN consumer_partitions p ON p.consumer = c.projection
+          WHERE c.projection = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    Ok(names
+        .iter()
+        .map(|name| {
+            let mut found = None::<Progress>;
+            for (_, position, partition, partitions, partition_position) in rows.iter().filter(|r| &r.0 == name) {
+                let progress = found.get_or_insert_with(|| Progress { position: *position as u64, ..Progress::default() });
+                if let (Some(partition), Some(partitions), Some(at)) = (partition, partitions, partition_position) {
+                    progress.partitions.insert(*partition, *at as u64);
+                    progress.partition_count = *partitions;
+                }
+            }
+            found
+        })
+        .collect())
+}
+
+/// Waits until `projections` have applied every write the request's
+/// consistency tokens name.
+pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
+    wait_until(&state.pool, headers, state.progress.clone(), || projection_progress(&state.pool, projections)).await
 }
 
 /// Waits until this node's search index has applied the request's tokens.
 pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some((token, timeout)) = requested_token(headers)? else { return Ok(()) };
-    let mut positions = state.search.positions();
-    let reached = tokio::time::timeout(Duration::from_millis(timeout), positions.wait_for(|p| *p >= token)).await;
-    match reached {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(ApiError::Unavailable),
-        Err(_) => {
-            metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
-            Err(ApiError::NotYetConsistent(timeout))
-        }
-    }
+    let index = state.search.clone();
+    wait_until(&state.pool, headers, state.search.progress(), || {
+        let progress = index.progress().borrow().clone();
+        async move { Ok(vec![Some(progress)]) }
+    })
+    .await
 }
 
 pub fn router(state: AppState) -> Router {

@@ -372,13 +372,25 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
         tracing::info!(topic = %args.kafka_topic, "relay publishing the log to Kafka");
         tasks.spawn(async move { relay.run(stop).await.context("Kafka relay") });
     }
+    // With Kafka, every consumer reads the topic the relay fills, each in
+    // its own consumer group; without, each tails the log in process.
+    let sources = args.kafka_brokers.as_deref().map(|brokers| kafka::sources(brokers, &args.kafka_topic));
     if roles.workers {
-        let manager = ProcessManager::new(service.clone(), pool.clone());
+        let manager = match &sources {
+            Some(sources) => ProcessManager::new(service.clone(), pool.clone()).with_partitioned_source(sources.clone()),
+            None => ProcessManager::new(service.clone(), pool.clone()),
+        };
         let stop = stop_rx.clone();
         tasks.spawn(async move { manager.run(stop).await.context("order process manager") });
-        let runner = projections::Runner::new(pool.clone(), log.clone(), projections::all());
+        let runner = match &sources {
+            Some(sources) => projections::Runner::with_sources(pool.clone(), projections::all(), sources.clone()),
+            None => projections::Runner::new(pool.clone(), log.clone(), projections::all()),
+        };
         let stop = stop_rx.clone();
-        tasks.spawn(async move { runner.run(stop).await.context("projections") });
+        tasks.spawn(async move {
+            runner.run(stop).await;
+            Ok(())
+        });
     }
     if let Some(listener) = command_listener {
         let state = AppState { service: service.clone(), pool: pool.clone(), jwt: jwt.clone(), webhook_secret: webhook_secret.into() };
@@ -413,9 +425,13 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
         let index_dir = args.data_dir.join("index");
         let search = projections::search::SearchIndex::open(&index_dir)
             .with_context(|| format!("open the product index in {}", index_dir.display()))?;
-        let indexer = search.clone().run(log.clone(), stop_rx.clone());
-        tasks.spawn(async move { indexer.await.context("product search indexer") });
-        let state = query_api::AppState { pool: pool.clone(), log: log.clone(), jwt: jwt.clone(), search };
+        let index_sources = sources.clone().unwrap_or_else(|| eventlog::in_process(log.clone(), 2000));
+        let indexer = search.clone().run(log.clone(), index_sources, stop_rx.clone());
+        tasks.spawn(async move {
+            indexer.await;
+            Ok(())
+        });
+        let state = query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search);
         let mut stop = stop_rx.clone();
         tracing::info!(addr = %args.query_addr, "query API listening");
         tasks.spawn(async move {

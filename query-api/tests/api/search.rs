@@ -97,11 +97,14 @@ async fn the_index_keeps_its_position_in_its_commits() {
     };
     let written = service.product(id, add, None, &eventlog::Metadata::system("test")).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let indexer = tokio::spawn(index.clone().run(log.clone(), stop));
-    let mut positions = index.positions();
-    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| *p >= written.position)).await.unwrap().unwrap();
+    let indexer = tokio::spawn(index.clone().run(log.clone(), eventlog::in_process(log.clone(), 100), stop));
+    let mut positions = index.progress();
+    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= written.position))
+        .await
+        .unwrap()
+        .unwrap();
     stop_tx.send(true).unwrap();
-    indexer.await.unwrap().unwrap();
+    indexer.await.unwrap();
     drop(positions);
     let position = index.position();
     drop(index);

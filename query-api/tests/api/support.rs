@@ -43,18 +43,16 @@ pub async fn spawn_app() -> TestApp {
     .await;
     let index_dir = std::env::temp_dir().join(format!("storekeeper-index-{}", Uuid::now_v7().simple()));
     let search = projections::search::SearchIndex::open(&index_dir).unwrap();
-    let query =
-        serve(query_api::router(query_api::AppState { pool: pool.clone(), log: log.clone(), jwt: jwt.clone(), search: search.clone() }))
-            .await;
+    let query = serve(query_api::router(query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search.clone()))).await;
     let (stop_workers, stop) = watch::channel(false);
-    let indexer = search.run(log.clone(), stop.clone());
+    let indexer = search.run(log.clone(), eventlog::in_process(log.clone(), 2000), stop.clone());
     let manager = ProcessManager::new(service, pool.clone());
     let runner = projections::Runner::new(pool.clone(), log, projections::all());
     let stop2 = stop.clone();
     let workers = vec![
         tokio::spawn(async move { manager.run(stop).await.unwrap() }),
-        tokio::spawn(async move { runner.run(stop2).await.unwrap() }),
-        tokio::spawn(async move { indexer.await.unwrap() }),
+        tokio::spawn(async move { runner.run(stop2).await }),
+        tokio::spawn(indexer),
     ];
     let admin = jwt.mint("alice", Role::Admin, chrono::Duration::hours(1));
     TestApp { command, query, http: reqwest::Client::new(), jwt, admin, stop_workers, workers }

@@ -1,0 +1,65 @@
+//! Consumers' per-partition progress in PostgreSQL (`consumer_partitions`),
+//! and what a consistency token names: the streams of one append.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::source::{Batch, Progress};
+
+/// The channel a notification goes out on after a consumer's progress
+/// moved, so readers waiting for a token wake at once.
+pub const PROGRESS_CHANNEL: &str = "storekeeper_progress";
+
+/// Fills `progress` with the consumer's stored partitions.
+pub async fn load_partitions(pool: &PgPool, consumer: &str, progress: &mut Progress) -> Result<(), sqlx::Error> {
+    let rows: Vec<(i32, i32, i64)> = sqlx::query_as("SELECT partition, partitions, position FROM consumer_partitions WHERE consumer = $1")
+        .bind(consumer)
+        .fetch_all(pool)
+        .await?;
+    for (partition, partitions, position) in rows {
+        progress.partitions.insert(partition, position as u64);
+        progress.partition_count = partitions;
+    }
+    Ok(())
+}
+
+/// Records the batch's partitions (never moving one back) and notifies
+/// waiting readers when the transaction commits.
+pub async fn save_partitions(conn: &mut PgConnection, consumer: &str, batch: &Batch) -> Result<(), sqlx::Error> {
+    if !batch.partitions.is_empty() {
+        let partitions: Vec<i32> = batch.partitions.keys().copied().collect();
+        let positions: Vec<i64> = batch.partitions.values().map(|p| *p as i64).collect();
+        sqlx::query(
+            "INSERT INTO consumer_partitions (consumer, partition, partitions, position)
+             SELECT $1, p, $2, pos FROM UNNEST($3::int[], $4::bigint[]) AS t(p, pos)
+             ON CONFLICT (consumer, partition) DO UPDATE
+                SET position = GREATEST(consumer_partitions.position, EXCLUDED.position), partitions = EXCLUDED.partitions",
+        )
+        .bind(consumer)
+        .bind(batch.partition_count)
+        .bind(&partitions)
+        .bind(&positions)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("SELECT pg_notify($1, $2)").bind(PROGRESS_CHANNEL).bind(consumer).execute(conn).await?;
+    Ok(())
+}
+
+/// Forgets the consumer's partitions: it starts over, or no longer reads a
+/// partitioned source.
+pub async fn clear_partitions(conn: &mut PgConnection, consumer: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consumer_partitions WHERE consumer = $1").bind(consumer).execute(conn).await?;
+    Ok(())
+}
+
+/// The streams written by the append whose last event is at `position`
+/// (a consistency token). Every event of one append shares its writing
+/// transaction, the upper bits of the position.
+pub async fn streams_of_append(pool: &PgPool, position: u64) -> Result<Vec<String>, sqlx::Error> {
+    let first = (position >> 20) << 20;
+    sqlx::query_scalar("SELECT DISTINCT stream_id FROM events WHERE global_position BETWEEN $1 AND $2")
+        .bind(first as i64)
+        .bind(position as i64)
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,205 @@
+//! The port that feeds everything downstream of the log (projections, the
+//! search index, the order process manager), and the one loop that follows
+//! it.
+//!
+//! A source hands out batches in per-stream order. The in-process source
+//! reads the log in global order, so "applied up to position P" is one
+//! number. A partitioned source (Kafka) interleaves partitions, so a
+//! consumer records the highest position applied *per partition*: a write
+//! at position P to stream S is visible once the partition of S has
+//! reached P. `Progress` carries both and answers that question.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{EventLog, EventLogError, RecordedEvent, Subscription};
+
+/// Events handed out together, with where each partition got to.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub events: Vec<RecordedEvent>,
+    /// Partitioned sources: the highest position in this batch per partition.
+    pub partitions: BTreeMap<i32, u64>,
+    /// Partitioned sources: how many partitions the topic has (0: none).
+    pub partition_count: i32,
+}
+
+/// How far a consumer has applied the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The highest position applied.
+    pub position: u64,
+    /// From a partitioned source: the highest position applied per partition.
+    #[serde(default)]
+    pub partitions: BTreeMap<i32, u64>,
+    #[serde(default)]
+    pub partition_count: i32,
+}
+
+impl Progress {
+    pub fn advance(&mut self, batch: &Batch) {
+        if let Some(max) = batch.events.iter().map(|e| e.global_position).max() {
+            self.position = self.position.max(max);
+        }
+        for (&partition, &position) in &batch.partitions {
+            let entry = self.partitions.entry(partition).or_default();
+            *entry = (*entry).max(position);
+        }
+        if batch.partition_count > 0 {
+            self.partition_count = batch.partition_count;
+        }
+    }
+
+    /// Whether every event up to `token` of `streams` is applied. Without
+    /// partitions the single position says so; with them, each stream's
+    /// partition must have reached the token (within a partition, events
+    /// arrive in position order).
+    pub fn covers(&self, token: u64, streams: &[String]) -> bool {
+        if self.partition_count == 0 {
+            return self.position >= token;
+        }
+        !streams.is_empty()
+            && streams.iter().all(|s| self.partitions.get(&partition_for(s, self.partition_count)).is_some_and(|p| *p >= token))
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.partition_count > 0
+    }
+}
+
+/// The partition a stream's events go to: a stable hash of the stream id
+/// (FNV-1a), so that the relay and every reader agree without asking the
+/// broker.
+pub fn partition_for(stream_id: &str, partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in stream_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// Where a consumer resumes: its progress and its generation, which
+/// changes whenever it starts over from the beginning (a rebuild), so that
+/// a partitioned source does not pick up offsets of an earlier run.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub consumer: String,
+    pub generation: String,
+    pub progress: Progress,
+}
+
+#[async_trait]
+pub trait EventSource: Send {
+    /// The next events after those already handed out, waiting for some.
+    async fn next_batch(&mut self) -> Result<Batch, EventLogError>;
+
+    /// Called once the last batch is durably applied: a source that tracks
+    /// its own progress (Kafka offsets) records it now. Failing here loses
+    /// nothing: the consumer's own progress decides what is applied.
+    async fn ack(&mut self) -> Result<(), EventLogError> {
+        Ok(())
+    }
+
+    /// Whether batches carry partitions.
+    fn is_partitioned(&self) -> bool;
+}
+
+/// Opens a consumer's source where it left off.
+pub type SourceFactory = Arc<dyn Fn(&Resume) -> Result<Box<dyn EventSource>, EventLogError> + Send + Sync>;
+
+/// A catch-up subscription to the log in this process.
+pub struct InProcessSource(Subscription);
+
+impl InProcessSource {
+    pub fn new(log: Arc<dyn EventLog>, after: u64, batch_size: usize) -> Self {
+        InProcessSource(Subscription::new(log, after).with_batch_size(batch_size))
+    }
+}
+
+#[async_trait]
+impl EventSource for InProcessSource {
+    async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
+        Ok(Batch { events: self.0.next_batch().await?, ..Batch::default() })
+    }
+
+    fn is_partitioned(&self) -> bool {
+        false
+    }
+}
+
+/// In-process catch-up subscriptions to `log`.
+pub fn in_process(log: Arc<dyn EventLog>, batch_size: usize) -> SourceFactory {
+    Arc::new(move |resume: &Resume| {
+        Ok(Box::new(InProcessSource::new(log.clone(), resume.progress.position, batch_size)) as Box<dyn EventSource>)
+    })
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Something that applies the log: a projection, the index, a process
+/// manager.
+#[async_trait]
+pub trait Consumer: Send + Sync {
+    fn name(&self) -> &str;
+    /// Where to resume, from the consumer's durable state.
+    async fn resume(&self) -> Result<Resume, BoxError>;
+    /// Called once the source is open, before the first batch.
+    async fn opened(&self, _resume: &Resume, _partitioned: bool) -> Result<(), BoxError> {
+        Ok(())
+    }
+    /// Applies a batch and records the progress, durably, or fails as a whole.
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError>;
+}
+
+/// Follows the source for `consumer` until `shutdown` turns true, finishing
+/// the batch in hand. Any failure resumes from the consumer's durable
+/// progress after a backoff, so nothing is skipped.
+pub async fn follow(consumer: &dyn Consumer, sources: &SourceFactory, mut shutdown: watch::Receiver<bool>) {
+    let name = consumer.name().to_owned();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match follow_once(consumer, sources, &mut shutdown).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(consumer = %name, %error, "consuming the log failed; resuming from the last durable position");
+                metrics::counter!("storekeeper_consumer_restarts_total", "consumer" => name.clone()).increment(1);
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown: &mut watch::Receiver<bool>) -> Result<(), BoxError> {
+    let resume = consumer.resume().await?;
+    let mut source = sources(&resume)?;
+    consumer.opened(&resume, source.is_partitioned()).await?;
+    tracing::info!(consumer = consumer.name(), position = resume.progress.position, "consuming the log");
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let batch = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            batch = source.next_batch() => batch?,
+        };
+        if !batch.events.is_empty() {
+            consumer.handle(&batch).await?;
+        }
+        if let Err(error) = source.ack().await {
+            tracing::warn!(consumer = consumer.name(), %error, "recording the source's offsets failed; they will be recorded with the next batch");
+        }
+    }
+}

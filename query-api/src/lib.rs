@@ -188,8 +188,16 @@ where
 /// How far each of `names` has applied the log (`None`: it never ran).
 async fn projection_progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, ApiError> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let rows: Vec<(String, i64, Option<i32>, Option<i32>, Option<i64>)> = sqlx::query_as(
-        "SELECT c.projection, c.position, p.partition, p.partitions, p.position
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        projection: String,
+        position: i64,
+        partition: Option<i32>,
+        partitions: Option<i32>,
+        partition_position: Option<i64>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.projection, c.position, p.partition, p.partitions, p.position AS partition_position
            FROM projection_checkpoints c LEFT JOIN consumer_partitions p ON p.consumer = c.projection
           WHERE c.projection = ANY($1)",
     )
@@ -200,11 +208,11 @@ async fn projection_progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option
         .iter()
         .map(|name| {
             let mut found = None::<Progress>;
-            for (_, position, partition, partitions, partition_position) in rows.iter().filter(|r| &r.0 == name) {
-                let progress = found.get_or_insert_with(|| Progress { position: *position as u64, ..Progress::default() });
-                if let (Some(partition), Some(partitions), Some(at)) = (partition, partitions, partition_position) {
-                    progress.partitions.insert(*partition, *at as u64);
-                    progress.partition_count = *partitions;
+            for row in rows.iter().filter(|r| &r.projection == name) {
+                let progress = found.get_or_insert_with(|| Progress { position: row.position as u64, ..Progress::default() });
+                if let (Some(partition), Some(partitions), Some(at)) = (row.partition, row.partitions, row.partition_position) {
+                    progress.partitions.insert(partition, at as u64);
+                    progress.partition_count = partitions;
                 }
             }
             found

@@ -1,31 +1,13 @@
 //! The `storekeeper` binary as a newcomer runs it.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_storekeeper");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn storekeeper(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("STOREKEEPER_JWT_SECRET")
-        .env_remove("STOREKEEPER_WEBHOOK_SECRET")
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap()
-}
+use crate::{free_port, run, storekeeper, temp_dir};
 
 struct Serve {
     child: Child,
@@ -82,12 +64,6 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("storekeeper-cli-{name}-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn admin_token() -> String {

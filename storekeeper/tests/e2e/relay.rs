@@ -11,12 +11,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use uuid::Uuid;
 
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS is not set: run the tests with `cargo xtask test`")
-}
+use crate::brokers;
 
 fn relay(url: &str, topic: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_storekeeper"))
+    Command::new(crate::BIN)
         .arg("relay")
         .env("DATABASE_URL", url)
         .env("KAFKA_BROKERS", brokers())
@@ -114,7 +112,7 @@ async fn a_relay_killed_mid_stream_resumes_without_losing_an_event() {
 
 #[test]
 fn the_relay_needs_kafka_brokers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_storekeeper"))
+    let out = Command::new(crate::BIN)
         .arg("relay")
         .env_remove("KAFKA_BROKERS")
         .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")

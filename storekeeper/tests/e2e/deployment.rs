@@ -1,0 +1,381 @@
+//! One end-to-end scenario, run against both deployments: `storekeeper
+//! serve` (everything in one process, fed in process) and the scale-out one
+//! (relay, command API, query API and two projection workers as separate
+//! processes, fed through Kafka). The Kafka run then kills a projection
+//! worker with SIGKILL under load, restarts it, and checks that the read
+//! models equal a fresh rebuild from the log.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_api::{JwtKeys, Role};
+use eventlog::{EventLog, PgEventLog};
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{brokers, free_port, storekeeper, temp_dir};
+
+const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef";
+const WEBHOOK_SECRET: &str = "e2e-webhook-secret-0123456789abcdef";
+const PARTITIONS: i32 = 3;
+
+/// A running deployment; its processes are killed when it is dropped.
+struct Deployment {
+    url: String,
+    topic: Option<String>,
+    dir: PathBuf,
+    command: String,
+    query: String,
+    command_port: u16,
+    query_port: u16,
+    processes: Vec<(&'static str, Child)>,
+    http: reqwest::Client,
+    admin: String,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Deployment {
+    fn new(url: String, topic: Option<String>) -> Deployment {
+        let (command_port, query_port) = (free_port(), free_port());
+        Deployment {
+            url,
+            topic,
+            dir: temp_dir("deployment"),
+            command: format!("http://127.0.0.1:{command_port}"),
+            query: format!("http://127.0.0.1:{query_port}"),
+            command_port,
+            query_port,
+            processes: Vec::new(),
+            http: reqwest::Client::new(),
+            admin: JwtKeys::new(JWT_SECRET.as_bytes()).mint("alice", Role::Admin, chrono::Duration::hours(1)),
+        }
+    }
+
+    /// Starts one role as its own process.
+    fn start(&mut self, name: &'static str, args: &[&str]) {
+        let mut cmd = storekeeper(args);
+        cmd.env("DATABASE_URL", &self.url)
+            .env("STOREKEEPER_JWT_SECRET", JWT_SECRET)
+            .env("STOREKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{}", self.command_port))
+            .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{}", self.query_port))
+            .env("STOREKEEPER_DATA_DIR", self.dir.join(format!("{name}-{}", self.processes.len())))
+            .env("STOREKEEPER_DB_POOL_SIZE", "10")
+            .stdout(Stdio::null());
+        if let Some(topic) = &self.topic {
+            cmd.env("KAFKA_BROKERS", brokers())
+                .env("STOREKEEPER_KAFKA_TOPIC", topic)
+                .env("STOREKEEPER_KAFKA_PARTITIONS", PARTITIONS.to_string());
+        }
+        self.processes.push((name, cmd.spawn().unwrap()));
+    }
+
+    fn kill(&mut self, name: &str) {
+        let at = self.processes.iter().position(|(n, _)| *n == name).unwrap_or_else(|| panic!("no {name} running"));
+        let (_, mut child) = self.processes.remove(at);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let command = self.http.get(format!("{}/readyz", self.command)).send().await;
+            let query = self.http.get(format!("{}/readyz", self.query)).send().await;
+            if command.is_ok_and(|r| r.status() == 200) && query.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            for (name, child) in &mut self.processes {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("storekeeper {name} exited early: {status}");
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the deployment did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A command as the admin: the body and the consistency token.
+    async fn write(&self, path: &str, body: Value) -> (Value, String) {
+        let response = self.http.post(format!("{}{path}", self.command)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {} {}", response.status(), response.text().await.unwrap());
+        let token = response.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+        (response.json().await.unwrap(), token)
+    }
+
+    /// A read as the admin, waiting for `tokens`.
+    async fn read(&self, path: &str, tokens: &[&str]) -> Value {
+        let mut request = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.admin).header("x-consistency-timeout", "20000");
+        for token in tokens {
+            request = request.header("x-consistency-token", *token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}: {}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// Reads `path` until `done` holds (for effects of the order process).
+    async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.read(path, &[]).await;
+            if done(&value) {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path} never got there: {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What a user does on day one: write, read their writes everywhere
+/// (read models, search, audit), let the order process run, pay, and look
+/// back in time.
+async fn scenario(d: &Deployment) {
+    let product = Uuid::now_v7();
+    let (_, added) = d
+        .write(
+            "/v1/products",
+            json!({"id": product, "sku": format!("KET-{}", &product.simple().to_string()[24..]), "name": "Kettle",
+                   "description": "Boils water fast", "category": "kitchen",
+                   "price": {"amount_minor": 1999, "currency": "USD"}, "initial_stock": 10}),
+        )
+        .await;
+    let read = d.read(&format!("/v1/products/{product}"), &[&added]).await;
+    assert_eq!((read["stock"].as_i64(), read["price"]["amount_minor"].as_i64()), (Some(10), Some(1999)), "{read}");
+    let found = d.read("/v1/search/products?q=kettel", &[&added]).await;
+    assert!(found["hits"].as_array().unwrap().iter().any(|h| h["id"] == product.to_string()), "typo-tolerant search: {found}");
+
+    let (customer, registered) =
+        d.write("/v1/customers", json!({"email": format!("{}@example.com", Uuid::now_v7().simple()), "name": "Ada Lovelace"})).await;
+    let customer = customer["id"].as_str().unwrap().to_owned();
+    let read = d.read(&format!("/v1/customers/{customer}"), &[&registered]).await;
+    assert_eq!(read["name"], "Ada Lovelace");
+
+    let order = Uuid::now_v7();
+    let (_, placed) = d
+        .write(
+            "/v1/orders",
+            json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 2}],
+                   "shipping_address": {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}}),
+        )
+        .await;
+    // Several tokens at once: the read waits for all of them.
+    let read = d.read(&format!("/v1/customers/{customer}/orders"), &[&placed, &registered]).await;
+    assert_eq!(read["items"][0]["id"], order.to_string(), "{read}");
+    // The order process reserves the stock through the event source.
+    d.eventually(&format!("/v1/orders/{order}"), |o| o["status"] == "confirmed").await;
+    d.eventually(&format!("/v1/products/{product}"), |p| p["stock"] == 8).await;
+
+    let body = serde_json::to_vec(&json!({"provider_event_id": format!("evt-{order}"), "order_id": order,
+                                          "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"}))
+    .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let paid = d
+        .http
+        .post(format!("{}/v1/payments/webhook", d.command))
+        .header("content-type", "application/json")
+        .header("x-signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(paid.status().is_success(), "webhook: {}", paid.status());
+    let paid = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let read = d.read(&format!("/v1/orders/{order}"), &[&paid]).await;
+    assert_eq!(read["status"], "paid", "{read}");
+    let sales = d.read("/v1/reports/sales", &[&paid]).await;
+    assert!(sales.to_string().contains("3998"), "paid revenue in the sales report: {sales}");
+
+    let audit = d.read(&format!("/v1/audit?stream_id=order-{order}"), &[&paid]).await;
+    let types: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|i| i["event_type"].as_str().unwrap()).collect();
+    assert!(types.len() >= 3 && types.contains(&"OrderPlaced") && types.contains(&"OrderPaid"), "audit trail: {types:?}");
+    let history = d.read(&format!("/v1/streams/order-{order}/events"), &[]).await;
+    assert_eq!(history["events"].as_array().unwrap().len(), types.len(), "history and audit agree");
+    let then = d.read(&format!("/v1/products/{product}/at?version=0"), &[]).await;
+    assert_eq!(then["stock"], 10, "time travel: {then}");
+    let projections = d.read("/v1/projections", &[]).await;
+    for name in ["audit", "customers", "orders", "products", "sales", "search"] {
+        assert!(projections["items"].as_array().unwrap().iter().any(|p| p["name"] == name), "{name} in {projections}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_in_one_process_passes_the_end_to_end_scenario() {
+    let mut d = Deployment::new(eventlog::testing::fresh_database_url().await, None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    scenario(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_read_models_equal_to_a_rebuild() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let topic = format!("storekeeper-e2e-{}", Uuid::now_v7().simple());
+    let mut d = Deployment::new(url.clone(), Some(topic));
+    d.start("relay", &["relay"]);
+    d.start("command-api", &["command-api"]);
+    d.start("query-api", &["query-api"]);
+    d.start("worker-a", &["projections"]);
+    d.start("worker-b", &["projections"]);
+    d.wait_ready().await;
+    scenario(&d).await;
+
+    // Load, with worker A killed (SIGKILL) in the middle of it and
+    // started again.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+    let d = Arc::new(tokio::sync::Mutex::new(d));
+    let mut products = Vec::new();
+    for i in 0..24 {
+        let id = Uuid::now_v7();
+        d.lock()
+            .await
+            .write(
+                "/v1/products",
+                json!({"id": id, "sku": format!("LOAD-{i}-{}", &id.simple().to_string()[24..]), "name": format!("Load {i}"),
+                       "description": "", "category": "load", "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 0}),
+            )
+            .await;
+        products.push(id);
+    }
+    let (command, admin, http) = {
+        let d = d.lock().await;
+        (d.command.clone(), d.admin.clone(), d.http.clone())
+    };
+    let load = tokio::spawn(async move {
+        let mut last = BTreeMap::new();
+        for round in 0..15 {
+            let writes = products.iter().map(|id| {
+                let request = http
+                    .post(format!("{command}/v1/products/{id}/restock"))
+                    .bearer_auth(&admin)
+                    .json(&json!({"quantity": round + 1}))
+                    .send();
+                async move {
+                    let response = request.await.unwrap();
+                    assert!(response.status().is_success());
+                    (*id, response.headers()["x-consistency-token"].to_str().unwrap().to_owned())
+                }
+            });
+            last.extend(futures::future::join_all(writes).await);
+        }
+        last
+    });
+    let before: i64 =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'audit'").fetch_one(&pool).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: i64 =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'audit'").fetch_one(&pool).await.unwrap();
+        if now > before {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the workers applied nothing of the load");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.lock().await.kill("worker-a");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.lock().await.start("worker-a", &["projections"]);
+    let last = load.await.unwrap();
+
+    // Every last write is visible, with its token, through Kafka.
+    let total: i64 = (1..=15).sum();
+    for (id, token) in &last {
+        let product = d.lock().await.read(&format!("/v1/products/{id}"), &[token]).await;
+        assert_eq!(product["stock"], total, "{product}");
+    }
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    caught_up_through_kafka(&pool, &log).await;
+    let live = read_models(&pool).await;
+    drop(d); // every process killed
+
+    // A fresh rebuild from the log, in process.
+    sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM consumer_partitions").execute(&pool).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(projections::Runner::new(pool.clone(), log.clone(), projections::all()).run(stopped));
+    let head = log.read_all(0, usize::MAX).await.unwrap().last().unwrap().global_position as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints WHERE position >= $1")
+            .bind(head)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if behind == projections::all().len() as i64 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rebuild did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+    let rebuilt = read_models(&pool).await;
+    for (table, rows) in &live {
+        assert!(rows == &rebuilt[table], "{table} differs from a fresh rebuild:\nlive:    {rows}\nrebuilt: {}", rebuilt[table]);
+    }
+}
+
+/// Waits until every projection has applied, in every partition, the last
+/// event the log holds for it.
+async fn caught_up_through_kafka(pool: &PgPool, log: &Arc<dyn EventLog>) {
+    let events = log.read_all(0, usize::MAX).await.unwrap();
+    let mut wanted: BTreeMap<i32, i64> = BTreeMap::new();
+    for e in &events {
+        let at = wanted.entry(eventlog::partition_for(&e.stream_id, PARTITIONS)).or_default();
+        *at = (*at).max(e.global_position as i64);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for projection in projections::all() {
+        loop {
+            let applied: BTreeMap<i32, i64> =
+                sqlx::query_as::<_, (i32, i64)>("SELECT partition, position FROM consumer_partitions WHERE consumer = $1")
+                    .bind(projection.name())
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+            if wanted.iter().all(|(p, at)| applied.get(p).is_some_and(|a| a >= at)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} stayed behind: {applied:?} of {wanted:?}", projection.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every read model table, as ordered JSON.
+async fn read_models(pool: &PgPool) -> BTreeMap<String, String> {
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'rm\\_%' ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut dump = BTreeMap::new();
+    for table in tables {
+        let rows: String = sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        dump.insert(table, rows);
+    }
+    assert!(dump.len() >= 6, "read model tables: {:?}", dump.keys());
+    dump
+}

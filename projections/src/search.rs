@@ -23,7 +23,9 @@ use eventlog::{Batch, Consumer, EventLog, EventLogError, Progress, Resume, Sourc
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::schema::{FAST, Facet, FacetOptions, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::schema::{
+    FAST, Facet, FacetOptions, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value,
+};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::watch;
 
@@ -59,11 +61,15 @@ struct Fields {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
+    // Names and descriptions are stemmed, so "waters" finds "water".
+    let stemmed = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("en_stem").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
     let fields = Fields {
         id: b.add_text_field("id", STRING | STORED),
         sku: b.add_text_field("sku", TEXT | STORED),
-        name: b.add_text_field("name", TEXT | STORED),
-        description: b.add_text_field("description", TEXT),
+        name: b.add_text_field("name", stemmed.clone() | STORED),
+        description: b.add_text_field("description", stemmed),
         category: b.add_text_field("category", STRING | STORED),
         category_facet: b.add_facet_field("category_facet", FacetOptions::default()),
         price: b.add_i64_field("price", INDEXED | FAST | STORED),
@@ -220,22 +226,58 @@ impl SearchIndex {
         eventlog::follow(&Indexer { index: self, log }, &sources, shutdown).await
     }
 
+    /// Whether every word of `q` is a term of the name, SKU or description
+    /// (each field tokenizes the query its own way).
+    fn all_words_known(&self, searcher: &tantivy::Searcher, q: &str) -> Result<bool, SearchError> {
+        let f = self.fields;
+        let mut known: Vec<bool> = Vec::new();
+        for field in [f.name, f.sku, f.description] {
+            let mut tokenizer = self.index.tokenizer_for_field(field)?;
+            let mut words = Vec::new();
+            tokenizer.token_stream(q).process(&mut |token| words.push(token.text.clone()));
+            known.resize(known.len().max(words.len()), false);
+            for (i, word) in words.iter().enumerate() {
+                if known[i] {
+                    continue;
+                }
+                for segment in searcher.segment_readers() {
+                    if segment.inverted_index(field)?.terms().get(word.as_bytes())?.is_some() {
+                        known[i] = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(known.iter().all(|k| *k))
+    }
+
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResults, SearchError> {
         let f = self.fields;
         let searcher = self.reader.searcher();
         let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let q = request.q.trim();
         if !q.is_empty() {
-            let exact = QueryParser::for_index(&self.index, vec![f.name, f.sku, f.description]);
-            let mut fuzzy = QueryParser::for_index(&self.index, vec![f.name, f.sku, f.description]);
-            for field in [f.name, f.sku, f.description] {
-                fuzzy.set_field_fuzzy(field, false, 1, true);
-            }
+            let fields = vec![f.name, f.sku, f.description];
+            let mut exact = QueryParser::for_index(&self.index, fields.clone());
+            exact.set_conjunction_by_default();
             let (exact, _) = exact.parse_query_lenient(q);
-            let (fuzzy, _) = fuzzy.parse_query_lenient(q);
-            let text =
-                BooleanQuery::new(vec![(Occur::Should, Box::new(BoostQuery::new(exact, 2.0)) as Box<dyn Query>), (Occur::Should, fuzzy)]);
-            must.push((Occur::Must, Box::new(text)));
+            // Typo tolerance costs a fuzzy expansion per word and field, so
+            // it is paid only when some word is not in the index as written.
+            let text: Box<dyn Query> = if self.all_words_known(&searcher, q)? {
+                exact
+            } else {
+                let mut fuzzy = QueryParser::for_index(&self.index, fields.clone());
+                fuzzy.set_conjunction_by_default();
+                for field in fields {
+                    fuzzy.set_field_fuzzy(field, false, 1, true);
+                }
+                let (fuzzy, _) = fuzzy.parse_query_lenient(q);
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Should, Box::new(BoostQuery::new(exact, 2.0)) as Box<dyn Query>),
+                    (Occur::Should, fuzzy),
+                ]))
+            };
+            must.push((Occur::Must, text));
         }
         if let Some(category) = &request.category {
             must.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(f.category, category), IndexRecordOption::Basic))));

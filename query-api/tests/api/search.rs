@@ -44,6 +44,11 @@ async fn search_is_typo_tolerant_with_facets_filters_and_sorting() {
 
     let typo = app.get_json("/v1/search/products?q=kettel", None, None).await;
     assert_eq!(typo["total"], 2, "one typo still finds the kettles");
+    // Every word must match (by its stem, or with one typo).
+    let two_words = app.get_json("/v1/search/products?q=electric+kettles", None, None).await;
+    assert_eq!(skus(&two_words), ["KET-1"]);
+    let two_words_one_typo = app.get_json("/v1/search/products?q=garden+shovle", None, None).await;
+    assert_eq!(skus(&two_words_one_typo), ["SHV-1"]);
     let by_sku = app.get_json("/v1/search/products?q=MUG-1", None, None).await;
     assert_eq!(skus(&by_sku)[0], "MUG-1");
     let by_description = app.get_json("/v1/search/products?q=water", None, None).await;

@@ -70,6 +70,15 @@ impl Progress {
     pub fn is_partitioned(&self) -> bool {
         self.partition_count > 0
     }
+
+    /// Whether everything `other` has applied, this has too.
+    pub fn includes(&self, other: &Progress) -> bool {
+        if self.is_partitioned() && other.is_partitioned() {
+            other.partitions.iter().all(|(p, at)| self.partitions.get(p).is_some_and(|mine| mine >= at))
+        } else {
+            self.position >= other.position
+        }
+    }
 }
 
 /// The partition a stream's events go to: a stable hash of the stream id

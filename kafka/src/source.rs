@@ -41,6 +41,10 @@ impl KafkaSource {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
+            // Fetches return as soon as there is data; this bounds how long
+            // an idle fetch waits, and with it the delivery delay on brokers
+            // that do not answer a waiting fetch early.
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         let partition_count = crate::partition_count(consumer.client(), topic)?;
         consumer.subscribe(&[topic])?;

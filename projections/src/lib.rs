@@ -12,7 +12,7 @@ mod runner;
 pub mod search;
 
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use runner::{ProjectionStatus, Runner, retry_parked, status};
+pub use runner::{ProjectionStatus, Runner, progress, request_rebuild, retry_parked, status};
 
 use async_trait::async_trait;
 use domain::events::DomainEvent;
@@ -51,8 +51,13 @@ pub trait Projection: Send + Sync + 'static {
         }
         Ok(())
     }
-    /// Empties the projection's tables, for a rebuild from the log.
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error>;
+    /// The tables it owns. A rebuild builds copies of them in a schema of
+    /// its own and swaps them in when it has caught up.
+    fn tables(&self) -> &'static [&'static str];
+    /// Empties the projection's tables.
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!("TRUNCATE {}", self.tables().join(", "))).execute(tx).await.map(|_| ())
+    }
 }
 
 /// The entity id of a `<category>-<uuid>` stream.

@@ -208,8 +208,8 @@ impl Projection for ProductsProjection {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE rm_products").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_products"]
     }
 }
 
@@ -265,8 +265,8 @@ impl Projection for CustomersProjection {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE rm_customers").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_customers"]
     }
 }
 
@@ -327,8 +327,8 @@ impl Projection for OrdersProjection {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE rm_orders").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_orders"]
     }
 }
 
@@ -416,8 +416,8 @@ impl Projection for SalesProjection {
         }
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE rm_sales_daily, rm_sales_by_product, rm_sales_orders").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_sales_daily", "rm_sales_by_product", "rm_sales_orders"]
     }
 }
 
@@ -489,7 +489,7 @@ impl Projection for AuditProjection {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE rm_audit").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_audit"]
     }
 }

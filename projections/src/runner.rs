@@ -24,39 +24,85 @@ pub struct Runner {
     sources: SourceFactory,
 }
 
-/// Makes sure the projection has a checkpoint row for its current version,
-/// and says where to resume; a new version starts again from the beginning
-/// of the log, in a new generation.
-async fn prepare(pool: &PgPool, projection: &dyn Projection) -> Result<Resume, sqlx::Error> {
+/// Where a projection's batches go: its live tables, or a rebuild's copies
+/// of them in a schema of their own.
+#[derive(Clone)]
+struct Target {
+    /// Its checkpoint row (and partitions and dead letters): the
+    /// projection's name, or `<name>:rebuild`.
+    checkpoint: String,
+    /// A rebuild's schema, put first on the search path.
+    schema: Option<String>,
+}
+
+impl Target {
+    fn live(projection: &dyn Projection) -> Target {
+        Target { checkpoint: projection.name().to_owned(), schema: None }
+    }
+
+    fn rebuild(projection: &dyn Projection) -> Target {
+        Target { checkpoint: format!("{}:rebuild", projection.name()), schema: Some(format!("rebuild_{}", projection.name())) }
+    }
+
+    async fn begin<'a>(&self, pool: &'a PgPool) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        if let Some(schema) = &self.schema {
+            sqlx::query(&format!("SET LOCAL search_path TO {schema}, public")).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("projection {0} is at version {1} in the database, newer than this process's {2}; leaving it to newer workers")]
+    Newer(String, i32, i32),
+    #[error("projection {0} was rebuilt or taken over meanwhile; resuming from its new checkpoint")]
+    Superseded(String),
+}
+
+/// The projection's checkpoint row for `target`, created when missing, and
+/// where to resume. A new live row starts at the beginning of the log; a
+/// row of an older version is only for a rebuild to replace.
+async fn prepare(pool: &PgPool, projection: &dyn Projection, target: &Target) -> Result<(Resume, Uuid), RunError> {
     let mut tx = pool.begin().await?;
     // Serialise workers preparing the same projection.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('projection:' || $1, 0))").bind(projection.name()).execute(&mut *tx).await?;
     let row: Option<(i32, i64, Uuid)> =
         sqlx::query_as("SELECT version, position, generation FROM projection_checkpoints WHERE projection = $1")
-            .bind(projection.name())
+            .bind(&target.checkpoint)
             .fetch_optional(&mut *tx)
             .await?;
     let (position, generation) = match row {
         Some((version, position, generation)) if version == projection.version() => (position as u64, generation),
-        other => {
-            if other.is_some() {
-                tracing::warn!(
-                    projection = projection.name(),
-                    version = projection.version(),
-                    "new projection version: rebuilding from the log"
-                );
+        Some((version, _, _)) if version > projection.version() && target.schema.is_none() => {
+            return Err(RunError::Newer(projection.name().into(), version, projection.version()));
+        }
+        _ => {
+            // Nothing yet, or a rebuild of another version: start over.
+            if let Some(schema) = &target.schema {
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut *tx).await?;
+                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut *tx).await?;
+                for table in projection.tables() {
+                    sqlx::query(&format!("CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")).execute(&mut *tx).await?;
+                }
+            } else {
+                projection.reset(&mut tx).await?;
             }
-            projection.reset(&mut tx).await?;
-            sqlx::query("DELETE FROM dead_letters WHERE projection = $1").bind(projection.name()).execute(&mut *tx).await?;
-            eventlog::progress::clear_partitions(&mut tx, projection.name()).await?;
+            sqlx::query("DELETE FROM dead_letters WHERE projection = $1").bind(&target.checkpoint).execute(&mut *tx).await?;
+            eventlog::progress::clear_partitions(&mut tx, &target.checkpoint).await?;
+            let state = if target.schema.is_some() { "rebuilding" } else { "running" };
             let generation: Uuid = sqlx::query_scalar(
-                "INSERT INTO projection_checkpoints (projection, version, position, state) VALUES ($1, $2, 0, 'running')
-                 ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, position = 0, state = 'running', last_error = NULL,
+                "INSERT INTO projection_checkpoints (projection, version, position, state) VALUES ($1, $2, 0, $3)
+                 ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, position = 0, state = EXCLUDED.state, last_error = NULL,
                         generation = gen_random_uuid(), updated_at = now()
                  RETURNING generation",
             )
-            .bind(projection.name())
+            .bind(&target.checkpoint)
             .bind(projection.version())
+            .bind(state)
             .fetch_one(&mut *tx)
             .await?;
             (0, generation)
@@ -64,8 +110,46 @@ async fn prepare(pool: &PgPool, projection: &dyn Projection) -> Result<Resume, s
     };
     tx.commit().await?;
     let mut progress = Progress { position, ..Progress::default() };
-    eventlog::progress::load_partitions(pool, projection.name(), &mut progress).await?;
-    Ok(Resume { consumer: projection.name().to_owned(), generation: generation.to_string(), progress })
+    eventlog::progress::load_partitions(pool, &target.checkpoint, &mut progress).await?;
+    Ok((Resume { consumer: target.checkpoint.clone(), generation: generation.to_string(), progress }, generation))
+}
+
+/// Swaps a caught-up rebuild in for the live tables, in one transaction:
+/// readers see the old tables or the new ones, never a mix.
+async fn take_over(pool: &PgPool, projection: &dyn Projection) -> Result<(), sqlx::Error> {
+    let rebuild = Target::rebuild(projection);
+    let schema = rebuild.schema.as_deref().expect("a rebuild has a schema");
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('projection:' || $1, 0))").bind(name).execute(&mut *tx).await?;
+    let pending: Option<i32> = sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
+        .bind(&rebuild.checkpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if pending.is_none() {
+        return Ok(()); // another worker took it over already
+    }
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}")).execute(&mut *tx).await?;
+        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET SCHEMA public")).execute(&mut *tx).await?;
+    }
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut *tx).await?;
+    for (table, column) in [("projection_checkpoints", "projection"), ("consumer_partitions", "consumer"), ("dead_letters", "projection")] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1")).bind(name).execute(&mut *tx).await?;
+        sqlx::query(&format!("UPDATE {table} SET {column} = $2 WHERE {column} = $1"))
+            .bind(&rebuild.checkpoint)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE projection_checkpoints SET state = 'running', rebuild_requested = false, updated_at = now() WHERE projection = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)").bind(eventlog::progress::PROGRESS_CHANNEL).bind(name).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(projection = name, version = projection.version(), "rebuild caught up and took over");
+    Ok(())
 }
 
 /// Applies one event with bounded retries inside a savepoint; answers the
@@ -119,12 +203,12 @@ async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, 
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
-async fn apply_batch(pool: &PgPool, projection: &dyn Projection, whole: &Batch) -> Result<(), sqlx::Error> {
+async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target, generation: Uuid, whole: &Batch) -> Result<(), RunError> {
     let batch = &whole.events[..];
     // From Kafka, a batch interleaves partitions: the checkpoint is the
     // highest position applied, and each partition's is kept beside it.
     let Some(last) = batch.iter().max_by_key(|e| e.global_position) else { return Ok(()) };
-    let mut tx = pool.begin().await?;
+    let mut tx = target.begin(pool).await?;
     // Fast path: the whole batch without savepoints. Should any event fail,
     // the transaction is dropped and the batch is applied event by event.
     let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
@@ -135,29 +219,35 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, whole: &Batch) 
     };
     if !clean {
         tx.rollback().await?;
-        tx = pool.begin().await?;
+        tx = target.begin(pool).await?;
     }
     let mut parked = None;
     for event in batch.iter().filter(|_| !clean) {
         if let Some((error, attempts)) = apply_one(&mut tx, projection, event).await? {
             tracing::error!(projection = projection.name(), position = event.global_position, stream_id = %event.stream_id, %error, "parking a poison event");
-            park(&mut tx, projection.name(), event, &error, attempts).await?;
+            park(&mut tx, &target.checkpoint, event, &error, attempts).await?;
             parked = Some(error);
         }
     }
-    sqlx::query(
+    // Only while the checkpoint is still this run's: a rebuild that took
+    // over meanwhile owns the tables now.
+    let updated = sqlx::query(
         "UPDATE projection_checkpoints
             SET position = GREATEST(position, $2), updated_at = now(),
                 state = CASE WHEN $3::text IS NULL THEN state ELSE 'degraded' END,
                 last_error = coalesce($3, last_error)
-          WHERE projection = $1",
+          WHERE projection = $1 AND generation = $4",
     )
-    .bind(projection.name())
+    .bind(&target.checkpoint)
     .bind(last.global_position as i64)
     .bind(parked)
+    .bind(generation)
     .execute(&mut *tx)
     .await?;
-    eventlog::progress::save_partitions(&mut tx, projection.name(), whole).await?;
+    if updated.rows_affected() == 0 {
+        return Err(RunError::Superseded(target.checkpoint.clone()));
+    }
+    eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
     tx.commit().await?;
     metrics::gauge!("storekeeper_projection_position", "projection" => projection.name()).set(last.global_position as f64);
     metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);
@@ -180,9 +270,8 @@ impl Runner {
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         for projection in &self.projections {
-            let consumer = ProjectionConsumer { pool: self.pool.clone(), projection: projection.clone() };
-            let (sources, shutdown) = (self.sources.clone(), shutdown.clone());
-            tasks.spawn(async move { eventlog::follow(&consumer, &sources, shutdown).await });
+            let (pool, sources, projection, shutdown) = (self.pool.clone(), self.sources.clone(), projection.clone(), shutdown.clone());
+            tasks.spawn(async move { run_projection(pool, sources, projection, shutdown).await });
         }
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
@@ -192,20 +281,126 @@ impl Runner {
     }
 }
 
-/// One projection as a consumer of the log.
+/// One projection: live, and beside it a rebuild when its version is new
+/// or one was requested (`projections rebuild NAME`).
+async fn run_projection(pool: PgPool, sources: SourceFactory, projection: Arc<dyn Projection>, mut shutdown: watch::Receiver<bool>) {
+    let name = projection.name();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let row: Result<Option<(i32, bool)>, sqlx::Error> =
+            sqlx::query_as("SELECT version, rebuild_requested FROM projection_checkpoints WHERE projection = $1")
+                .bind(name)
+                .fetch_optional(&pool)
+                .await;
+        let live = ProjectionConsumer::new(&pool, &projection, Target::live(&*projection));
+        let rebuild = ProjectionConsumer::new(&pool, &projection, Target::rebuild(&*projection));
+        match row {
+            // An older version serves reads until its replacement is built.
+            Ok(Some((version, _))) if version < projection.version() => {
+                tracing::info!(
+                    projection = name,
+                    from = version,
+                    to = projection.version(),
+                    "new version: rebuilding beside the live tables"
+                );
+                eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)).await;
+            }
+            Ok(Some((_, true))) => {
+                tracing::info!(projection = name, "rebuild requested: building beside the live tables");
+                tokio::select! {
+                    _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
+                    _ = eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)) => {}
+                }
+            }
+            Ok(_) => {
+                tokio::select! {
+                    _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
+                    _ = rebuild_requested(&pool, name) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(projection = name, error = %e, "reading the projection's checkpoint failed; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Returns once someone asks for the projection to be rebuilt.
+async fn rebuild_requested(pool: &PgPool, name: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let requested: Result<Option<bool>, _> =
+            sqlx::query_scalar("SELECT rebuild_requested FROM projection_checkpoints WHERE projection = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await;
+        if let Ok(Some(true)) = requested {
+            return;
+        }
+    }
+}
+
+/// Asks the running workers to rebuild `name` beside its live tables.
+pub async fn request_rebuild(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let updated =
+        sqlx::query("UPDATE projection_checkpoints SET rebuild_requested = true WHERE projection = $1").bind(name).execute(pool).await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+/// One projection, live or rebuilding, as a consumer of the log.
 struct ProjectionConsumer {
     pool: PgPool,
     projection: Arc<dyn Projection>,
+    target: Target,
+    /// The generation this run resumed in.
+    generation: std::sync::Mutex<Uuid>,
+    /// A rebuild: turned true once it has taken over.
+    taken_over: watch::Sender<bool>,
+}
+
+impl ProjectionConsumer {
+    fn new(pool: &PgPool, projection: &Arc<dyn Projection>, target: Target) -> Self {
+        ProjectionConsumer {
+            pool: pool.clone(),
+            projection: projection.clone(),
+            target,
+            generation: std::sync::Mutex::new(Uuid::nil()),
+            taken_over: watch::Sender::new(false),
+        }
+    }
+
+    /// A shutdown signal for the rebuild: the real one, or its take-over.
+    fn until_taken_over(&self, shutdown: &watch::Receiver<bool>) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let (mut shutdown, mut taken_over) = (shutdown.clone(), self.taken_over.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {}
+                _ = taken_over.wait_for(|t| *t) => {}
+                _ = tx.closed() => return,
+            }
+            let _ = tx.send(true);
+        });
+        rx
+    }
 }
 
 #[async_trait]
 impl Consumer for ProjectionConsumer {
     fn name(&self) -> &str {
-        self.projection.name()
+        &self.target.checkpoint
     }
 
     async fn resume(&self) -> Result<Resume, BoxError> {
-        Ok(prepare(&self.pool, &*self.projection).await?)
+        let (resume, generation) = prepare(&self.pool, &*self.projection, &self.target).await?;
+        *self.generation.lock().expect("generation lock") = generation;
+        Ok(resume)
     }
 
     async fn opened(&self, resume: &Resume, partitioned: bool) -> Result<(), BoxError> {
@@ -213,14 +408,61 @@ impl Consumer for ProjectionConsumer {
         // stand still and hold every consistency token back.
         if resume.progress.is_partitioned() && !partitioned {
             let mut conn = self.pool.acquire().await?;
-            eventlog::progress::clear_partitions(&mut conn, self.projection.name()).await?;
+            eventlog::progress::clear_partitions(&mut conn, &self.target.checkpoint).await?;
         }
         Ok(())
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
-        Ok(apply_batch(&self.pool, &*self.projection, batch).await?)
+        let generation = *self.generation.lock().expect("generation lock");
+        apply_batch(&self.pool, &*self.projection, &self.target, generation, batch).await?;
+        if self.target.schema.is_some() {
+            // Caught up once it has applied all the live tables have: the
+            // swap then never shows readers an older view than before.
+            let both = progress(&self.pool, &[self.projection.name(), &self.target.checkpoint]).await?;
+            if let [live, Some(rebuilt)] = &both[..]
+                && live.as_ref().is_none_or(|live| rebuilt.includes(live))
+            {
+                take_over(&self.pool, &*self.projection).await?;
+                self.taken_over.send_replace(true);
+            }
+        }
+        Ok(())
     }
+}
+
+/// How far each of `names` has applied the log (`None`: it never ran).
+pub async fn progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        projection: String,
+        position: i64,
+        partition: Option<i32>,
+        partitions: Option<i32>,
+        partition_position: Option<i64>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.projection, c.position, p.partition, p.partitions, p.position AS partition_position
+           FROM projection_checkpoints c LEFT JOIN consumer_partitions p ON p.consumer = c.projection
+          WHERE c.projection = ANY($1)",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    Ok(names
+        .iter()
+        .map(|name| {
+            let mut found = None::<Progress>;
+            for row in rows.iter().filter(|r| r.projection == *name) {
+                let progress = found.get_or_insert_with(|| Progress { position: row.position as u64, ..Progress::default() });
+                if let (Some(partition), Some(partitions), Some(at)) = (row.partition, row.partitions, row.partition_position) {
+                    progress.partitions.insert(partition, at as u64);
+                    progress.partition_count = partitions;
+                }
+            }
+            found
+        })
+        .collect())
 }
 
 /// One projection's state, for `projections list` and the query API.

@@ -159,8 +159,8 @@ impl Projection for Flaky {
         sqlx::query("INSERT INTO flaky_seen (position) VALUES ($1)").bind(event.global_position as i64).execute(tx).await?;
         Ok(())
     }
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("TRUNCATE flaky_seen").execute(tx).await.map(|_| ())
+    fn tables(&self) -> &'static [&'static str] {
+        &["flaky_seen"]
     }
 }
 
@@ -213,4 +213,124 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     assert_eq!(seen, 4);
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = 'flaky'").fetch_one(&pool).await.unwrap();
     assert_eq!(parked, 1);
+}
+
+/// The products projection under a newer version number.
+struct ProductsV2;
+
+#[async_trait]
+impl Projection for ProductsV2 {
+    fn name(&self) -> &'static str {
+        "products"
+    }
+    fn version(&self) -> i32 {
+        projections::ProductsProjection.version() + 1
+    }
+    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
+        projections::ProductsProjection.apply(tx, event, decoded).await
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        projections::ProductsProjection.tables()
+    }
+}
+
+/// Waits until `name`'s live checkpoint is at `version` with no rebuild
+/// left beside it.
+async fn taken_over(pool: &PgPool, name: &str, version: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<(String, i32, String)> =
+            sqlx::query_as("SELECT projection, version, state FROM projection_checkpoints WHERE projection LIKE $1 || '%'")
+                .bind(name)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        if rows == [(name.to_owned(), version, "running".to_owned())] {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no take-over: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuilds_are_built_beside_the_live_tables_and_take_over_in_one_step() {
+    let (pool, log, service) = setup().await;
+    let ids = add_products(&service, 40).await;
+    for id in &ids {
+        service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 1 }, None, &metadata()).await.unwrap();
+    }
+    let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 500);
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+
+    // Readers keep reading the whole time; they must never see a
+    // half-built table.
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (pool, reading) = (pool.clone(), reading.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_products").fetch_one(&pool).await.unwrap();
+                assert_eq!(count, 40, "a read saw a half-built view");
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    // A new version: built in a schema of its own while writes go on, then
+    // swapped in.
+    let running = start(&pool, &log, vec![Arc::new(ProductsV2)], 7);
+    for id in &ids {
+        service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 2 }, None, &metadata()).await.unwrap();
+    }
+    taken_over(&pool, "products", ProductsV2.version()).await;
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+    for (id, stock, ..) in products_table(&pool).await {
+        let product = service.load::<ProductAggregate>(&domain::stream_id::<ProductAggregate>(id)).await.unwrap().state.unwrap();
+        assert_eq!(stock, i64::from(product.stock), "the rebuilt read model agrees with the log");
+    }
+
+    // An older worker leaves the newer version alone.
+    let old = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 7);
+    service.execute::<ProductAggregate>(ids[0], ProductCommand::Restock { quantity: 5 }, None, &metadata()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(old).await;
+    let version: i32 =
+        sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = 'products'").fetch_one(&pool).await.unwrap();
+    assert_eq!(version, ProductsV2.version());
+
+    // Asked for (`projections rebuild products`): the live run goes on
+    // while the rebuild catches up and takes over.
+    let before = products_table(&pool).await;
+    let generation: Uuid =
+        sqlx::query_scalar("SELECT generation FROM projection_checkpoints WHERE projection = 'products'").fetch_one(&pool).await.unwrap();
+    assert!(projections::request_rebuild(&pool, "products").await.unwrap());
+    let running = start(&pool, &log, vec![Arc::new(ProductsV2)], 7);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Uuid = sqlx::query_scalar("SELECT generation FROM projection_checkpoints WHERE projection = 'products'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if now != generation {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the requested rebuild never took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    taken_over(&pool, "products", ProductsV2.version()).await;
+    caught_up(&pool, &log, "products").await;
+    stop(running).await;
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 10, "the reader kept reading");
+    let after = products_table(&pool).await;
+    assert_eq!(after.len(), before.len());
+    for (id, stock, ..) in after {
+        let product = service.load::<ProductAggregate>(&domain::stream_id::<ProductAggregate>(id)).await.unwrap().state.unwrap();
+        assert_eq!(stock, i64::from(product.stock));
+    }
 }

@@ -185,45 +185,10 @@ where
     }
 }
 
-/// How far each of `names` has applied the log (`None`: it never ran).
-async fn projection_progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, ApiError> {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        projection: String,
-        position: i64,
-        partition: Option<i32>,
-        partitions: Option<i32>,
-        partition_position: Option<i64>,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.projection, c.position, p.partition, p.partitions, p.position AS partition_position
-           FROM projection_checkpoints c LEFT JOIN consumer_partitions p ON p.consumer = c.projection
-          WHERE c.projection = ANY($1)",
-    )
-    .bind(&names)
-    .fetch_all(pool)
-    .await?;
-    Ok(names
-        .iter()
-        .map(|name| {
-            let mut found = None::<Progress>;
-            for row in rows.iter().filter(|r| &r.projection == name) {
-                let progress = found.get_or_insert_with(|| Progress { position: row.position as u64, ..Progress::default() });
-                if let (Some(partition), Some(partitions), Some(at)) = (row.partition, row.partitions, row.partition_position) {
-                    progress.partitions.insert(partition, at as u64);
-                    progress.partition_count = partitions;
-                }
-            }
-            found
-        })
-        .collect())
-}
-
 /// Waits until `projections` have applied every write the request's
 /// consistency tokens name.
 pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
-    wait_until(&state.pool, headers, state.progress.clone(), || projection_progress(&state.pool, projections)).await
+    wait_until(&state.pool, headers, state.progress.clone(), || async { Ok(projections::progress(&state.pool, projections).await?) }).await
 }
 
 /// Waits until this node's search index has applied the request's tokens.

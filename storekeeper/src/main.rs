@@ -41,7 +41,8 @@ enum Cmd {
     /// stream id; creates the topic on start.
     Relay(ServeArgs),
     /// The projection workers and the order process manager, on
-    /// DATABASE_URL; or `list` their states, or `retry NAME`'s parked events.
+    /// DATABASE_URL; or `list` their states, `retry NAME`'s parked events,
+    /// or `rebuild NAME` beside its live tables.
     Projections {
         #[command(subcommand)]
         action: Option<ProjectionsAction>,
@@ -97,6 +98,9 @@ enum ProjectionsAction {
     List,
     /// Applies a projection's parked (dead-lettered) events again.
     Retry { name: String },
+    /// Rebuilds a projection from the log beside its live tables; the
+    /// running workers build it and swap it in once it has caught up.
+    Rebuild { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -324,6 +328,14 @@ async fn projections_admin(args: ServeArgs, action: ProjectionsAction) -> Result
             let log = PgEventLog::new(pool.clone());
             let applied = projections::retry_parked(&pool, &log, &*projection).await.context("retry parked events")?;
             println!("{applied} parked event(s) of {name} applied");
+        }
+        ProjectionsAction::Rebuild { name } => {
+            if !projections::request_rebuild(&pool, &name).await.context("request the rebuild")? {
+                bail!("no projection called {name} has run against this database");
+            }
+            println!(
+                "rebuild of {name} requested: the running workers build it beside the live tables and swap it in (watch `storekeeper projections list`)"
+            );
         }
     }
     Ok(())

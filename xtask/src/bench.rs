@@ -137,9 +137,10 @@ async fn serve(url: &str, client: &reqwest::Client, kafka: Option<(&str, &str)>)
     let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
     let binary = workspace_root().join("target/release/storekeeper");
     let mut command_line = Command::new(&binary);
-    if let Some((brokers, topic)) = kafka {
-        command_line.env("KAFKA_BROKERS", brokers).env("STOREKEEPER_KAFKA_TOPIC", topic);
-    }
+    match kafka {
+        Some((brokers, topic)) => command_line.env("KAFKA_BROKERS", brokers).env("STOREKEEPER_KAFKA_TOPIC", topic),
+        None => command_line.env_remove("KAFKA_BROKERS"),
+    };
     let server = Server(
         command_line
             .arg("serve")

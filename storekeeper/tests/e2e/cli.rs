@@ -115,6 +115,24 @@ async fn serve_starts_its_own_postgres_keeps_data_across_restarts_and_stops_on_s
     }
     let retried = run(storekeeper(&["projections", "retry", "products"]).env("DATABASE_URL", url.trim()));
     assert!(String::from_utf8_lossy(&retried.stdout).contains("0 parked event(s) of products applied"));
+    let rebuild = run(storekeeper(&["projections", "rebuild", "products"]).env("DATABASE_URL", url.trim()));
+    assert!(String::from_utf8_lossy(&rebuild.stdout).contains("rebuild of products requested"), "{rebuild:?}");
+    let unknown = run(storekeeper(&["projections", "rebuild", "nope"]).env("DATABASE_URL", url.trim()));
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no projection called nope"));
+    // The running server builds it beside the live table and swaps it in.
+    let pool = sqlx::PgPool::connect(url.trim()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, bool>("SELECT rebuild_requested FROM projection_checkpoints WHERE projection = 'products'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "the requested rebuild did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+    let read_back: serde_json::Value = read(format!("/v1/products/{product}")).await.unwrap().json().await.unwrap();
+    assert_eq!(read_back["stock"], 10, "the rebuilt read model serves the product");
     assert!(serve.terminate().success(), "a clean exit on SIGTERM");
     assert!(!dir.join("postgres/pgdata/postmaster.pid").exists(), "the private PostgreSQL stopped with it");
 

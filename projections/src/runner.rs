@@ -15,6 +15,11 @@ use uuid::Uuid;
 
 use crate::Projection;
 
+/// Events per batch read in process: large enough to amortise a
+/// transaction while catching up; live batches are as small as the
+/// traffic.
+const BATCH: usize = 2000;
+
 /// Attempts at one event before it is parked.
 const ATTEMPTS: u32 = 3;
 
@@ -257,7 +262,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
 impl Runner {
     /// Projections fed in process from the log.
     pub fn new(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>) -> Self {
-        Runner::with_sources(pool, projections, eventlog::in_process(log, 500))
+        Runner::with_sources(pool, projections, eventlog::in_process(log, BATCH))
     }
 
     /// Projections fed by other sources (Kafka).

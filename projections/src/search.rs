@@ -10,7 +10,7 @@
 //! and a new directory starts from the beginning. One reader serves
 //! searches and is reloaded after each commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +19,7 @@ use domain::Aggregate;
 use domain::events::EventCodec;
 use domain::product::{Product, ProductAggregate, ProductEvent};
 use eventlog::source::BoxError;
-use eventlog::{Batch, Consumer, EventLog, EventLogError, Progress, Resume, SourceFactory};
+use eventlog::{Batch, Consumer, EventLog, EventLogError, Progress, RecordedEvent, Resume, SourceFactory};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
@@ -210,9 +210,11 @@ impl SearchIndex {
         }
         let mut progress = self.progress.borrow().clone();
         progress.advance(batch);
+        let started = std::time::Instant::now();
         let mut commit = writer.prepare_commit()?;
         commit.set_payload(&payload(&self.generation, &progress));
         commit.commit()?;
+        metrics::histogram!("storekeeper_search_commit_seconds").record(started.elapsed().as_secs_f64());
         drop(writer);
         self.reader.reload()?;
         metrics::gauge!("storekeeper_projection_position", "projection" => NAME).set(progress.position as f64);
@@ -223,7 +225,7 @@ impl SearchIndex {
     /// Keeps the index up to date until `shutdown`, fed by `sources`; the
     /// documents come from `log`.
     pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, sources: SourceFactory, shutdown: watch::Receiver<bool>) {
-        eventlog::follow(&Indexer { index: self, log }, &sources, shutdown).await
+        eventlog::follow(&Indexer { index: self, log, known: Mutex::new(HashMap::new()) }, &sources, shutdown).await
     }
 
     /// Whether every word of `q` is a term of the name, SKU or description
@@ -339,6 +341,25 @@ pub const NAME: &str = "search";
 struct Indexer {
     index: Arc<SearchIndex>,
     log: Arc<dyn EventLog>,
+    /// Products as the events indexed so far left them, with the stream
+    /// version of the last one: a batch that continues a known product is
+    /// folded in memory; only products seen for the first time, or with a
+    /// gap, are read from the log.
+    known: Mutex<HashMap<uuid::Uuid, (Option<Product>, u64)>>,
+}
+
+/// Beyond this many remembered products, the memory is cleared and
+/// products are read from the log again as they come.
+const KNOWN_PRODUCTS: usize = 1_000_000;
+
+fn decode(e: &RecordedEvent) -> Option<ProductEvent> {
+    match ProductEvent::decode(&e.event_type, e.schema_version, e.data.clone()) {
+        Ok(event) => Some(event),
+        Err(error) => {
+            tracing::error!(%error, stream_id = %e.stream_id, "search indexer: cannot decode a product event; skipping it");
+            None
+        }
+    }
 }
 
 #[async_trait]
@@ -352,37 +373,78 @@ impl Consumer for Indexer {
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
-        let touched: BTreeSet<uuid::Uuid> = batch
-            .events
-            .iter()
-            .filter(|e| ProductEvent::TYPES.iter().any(|(ty, _)| *ty == e.event_type))
-            .filter_map(|e| e.stream_id.strip_prefix("product-").and_then(|id| uuid::Uuid::parse_str(id).ok()))
-            .collect();
-        let mut products = Vec::with_capacity(touched.len());
-        for id in touched {
-            products.push((id, load_product(&*self.log, id).await?));
+        let mut touched: BTreeMap<uuid::Uuid, Vec<&RecordedEvent>> = BTreeMap::new();
+        for e in &batch.events {
+            if ProductEvent::TYPES.iter().any(|(ty, _)| *ty == e.event_type)
+                && let Some(id) = e.stream_id.strip_prefix("product-").and_then(|id| uuid::Uuid::parse_str(id).ok())
+            {
+                touched.entry(id).or_default().push(e);
+            }
         }
+        let mut known = std::mem::take(&mut *self.known.lock().expect("known products poisoned"));
+        if known.len() > KNOWN_PRODUCTS {
+            known.clear();
+        }
+        let mut products = Vec::with_capacity(touched.len());
+        for (id, mut events) in touched {
+            events.sort_by_key(|e| e.stream_version);
+            // Where folding can start: what is remembered, or nothing at
+            // all when the batch holds the product's first event.
+            let start = match known.remove(&id) {
+                Some((state, version)) => Some((state, Some(version))),
+                None if events[0].stream_version == 0 => Some((None, None)),
+                None => None,
+            };
+            let folded = start.and_then(|(mut state, mut version)| {
+                for e in &events {
+                    let next = version.map_or(0, |v| v + 1);
+                    if e.stream_version < next {
+                        continue; // already folded in
+                    }
+                    if e.stream_version > next {
+                        return None; // a gap: read the log instead
+                    }
+                    if let Some(event) = decode(e) {
+                        state = ProductAggregate::evolve(state, &event);
+                    }
+                    version = Some(next);
+                }
+                version.map(|v| (state, v))
+            });
+            let (state, version) = match folded {
+                Some(folded) => folded,
+                None => load_product(&*self.log, id).await?,
+            };
+            products.push((id, state.clone()));
+            known.insert(id, (state, version));
+        }
+        *self.known.lock().expect("known products poisoned") = known;
         let (index, batch) = (self.index.clone(), batch.clone());
-        tokio::task::spawn_blocking(move || index.apply(products, &batch)).await.expect("the indexing task panicked")?;
-        Ok(())
+        let result = tokio::task::spawn_blocking(move || index.apply(products, &batch)).await.expect("the indexing task panicked");
+        if result.is_err() {
+            // What is remembered may be ahead of the index now.
+            self.known.lock().expect("known products poisoned").clear();
+        }
+        Ok(result?)
     }
 }
 
-/// A product as the log says it is now.
-async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<Option<Product>, EventLogError> {
+/// A product as the log says it is now, and its stream version.
+async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<(Option<Product>, u64), EventLogError> {
     let stream = domain::stream_id::<ProductAggregate>(id);
     let mut state = None;
+    let mut version = 0;
     let mut from = 0;
     loop {
         let page = log.read_stream(&stream, from, 1000).await?;
         for e in &page {
-            match ProductEvent::decode(&e.event_type, e.schema_version, e.data.clone()) {
-                Ok(event) => state = ProductAggregate::evolve(state, &event),
-                Err(error) => tracing::error!(%error, stream_id = %stream, "search indexer: cannot decode a product event; skipping it"),
+            if let Some(event) = decode(e) {
+                state = ProductAggregate::evolve(state, &event);
             }
+            version = e.stream_version;
         }
         if page.len() < 1000 {
-            return Ok(state);
+            return Ok((state, version));
         }
         from += 1000;
     }

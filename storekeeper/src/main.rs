@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod events;
+mod seed;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use command_api::process_manager::ProcessManager;
@@ -49,8 +52,47 @@ enum Cmd {
         #[command(flatten)]
         args: ServeArgs,
     },
+    /// The log as JSON Lines: `export` it, or `import` an export into an
+    /// empty log.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Demo and benchmark data through the command service, with a
+    /// progress bar.
+    Seed {
+        /// Products to add.
+        #[arg(long, default_value_t = 100)]
+        products: usize,
+        /// Customers to register.
+        #[arg(long, default_value_t = 20)]
+        customers: usize,
+        /// Orders to place (random customers and products).
+        #[arg(long, default_value_t = 50)]
+        orders: usize,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
     /// Mints a JWT signed with the configured secret and prints it alone.
     Token(TokenArgs),
+}
+
+#[derive(Subcommand, Clone)]
+enum EventsAction {
+    /// Writes every event, one envelope per line, in global order.
+    Export {
+        /// Where to write; `-` or absent: stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Appends an export's events to an empty log.
+    Import {
+        /// Where to read; `-` or absent: stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -141,6 +183,14 @@ fn main() -> std::process::ExitCode {
             Cmd::Relay(args) => serve(args, Roles { relay: true, ..Roles::NONE }).await,
             Cmd::Projections { action: None, args } => serve(args, Roles { workers: true, ..Roles::NONE }).await,
             Cmd::Projections { action: Some(action), args } => projections_admin(args, action).await,
+            Cmd::Events { action, args } => events(args, action).await,
+            Cmd::Seed { products, customers, orders, args } => {
+                let (_cluster, pool) = database(&args, false).await?;
+                let service = CommandService::new(Arc::new(PgEventLog::new(pool)));
+                let (p, c, o) = seed::seed(&service, seed::Sizes { products, customers, orders }).await?;
+                println!("seeded {p} products, {c} customers and {o} orders");
+                Ok(())
+            }
             Cmd::Token(args) => token(args),
         }
     });
@@ -151,6 +201,35 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn events(args: ServeArgs, action: EventsAction) -> Result<()> {
+    let (_cluster, pool) = database(&args, false).await?;
+    let log = PgEventLog::new(pool.clone());
+    let is_std = |path: &Option<PathBuf>| path.as_ref().is_none_or(|p| p.as_os_str() == "-");
+    match action {
+        EventsAction::Export { output } => {
+            let mut out: Box<dyn std::io::Write> = if is_std(&output) {
+                Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+            } else {
+                let path = output.expect("checked above");
+                Box::new(std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?))
+            };
+            let written = events::export(&log, &mut out).await?;
+            eprintln!("storekeeper: exported {written} events");
+        }
+        EventsAction::Import { input } => {
+            let read: Box<dyn std::io::BufRead> = if is_std(&input) {
+                Box::new(std::io::BufReader::new(std::io::stdin()))
+            } else {
+                let path = input.expect("checked above");
+                Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?))
+            };
+            let imported = events::import(&log, &pool, read).await?;
+            eprintln!("storekeeper: imported {imported} events");
+        }
+    }
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> Result<()> {
@@ -298,7 +377,11 @@ async fn database(args: &ServeArgs, embedded: bool) -> Result<(Option<pgcluster:
             let (cluster, url) = embedded_postgres(args.data_dir.clone()).await?;
             (Some(cluster), url)
         }
-        None => bail!("DATABASE_URL must be set (only `storekeeper serve` starts its own PostgreSQL)"),
+        // Beside a `serve` that owns its private cluster, use that.
+        None => match std::fs::read_to_string(args.data_dir.join("postgres/url")) {
+            Ok(url) if !url.trim().is_empty() => (None, url.trim().to_owned()),
+            _ => bail!("DATABASE_URL must be set (only `storekeeper serve` starts its own PostgreSQL)"),
+        },
     };
     let pool = connect(&url, args.db_pool_size).await?;
     eventlog::migrate(&pool).await.context("migrate the event log")?;

@@ -184,3 +184,46 @@ fn roles_other_than_serve_need_explicit_secrets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("STOREKEEPER_JWT_SECRET must be set"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
+    let (source, target) = (eventlog::testing::fresh_database_url().await, eventlog::testing::fresh_database_url().await);
+    let seeded = run(storekeeper(&["seed", "--products", "30", "--customers", "5", "--orders", "10"]).env("DATABASE_URL", &source));
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    assert!(String::from_utf8_lossy(&seeded.stdout).contains("seeded 30 products, 5 customers and 10 orders"));
+
+    let dir = temp_dir("export");
+    let (exported, reexported) = (dir.join("log.jsonl"), dir.join("again.jsonl"));
+    let export =
+        |url: &str, file: &Path| run(storekeeper(&["events", "export", "--output", file.to_str().unwrap()]).env("DATABASE_URL", url));
+    let import =
+        |url: &str, file: &Path| run(storekeeper(&["events", "import", "--input", file.to_str().unwrap()]).env("DATABASE_URL", url));
+    assert!(export(&source, &exported).status.success());
+    let imported = import(&target, &exported);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let twice = import(&target, &exported);
+    assert!(!twice.status.success() && String::from_utf8_lossy(&twice.stderr).contains("not empty"), "a second import is refused");
+    assert!(export(&target, &reexported).status.success());
+
+    // Everything but the positions and recording times comes back.
+    let events = |file: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+                e.as_object_mut().unwrap().retain(|k, _| k != "global_position" && k != "recorded_at");
+                e
+            })
+            .collect()
+    };
+    let (before, after) = (events(&exported), events(&reexported));
+    assert!(before.len() > 30 + 5 + 10, "{} events", before.len());
+    assert_eq!(before, after);
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"not\": \"an event\"}\n").unwrap();
+    let refused = import(&eventlog::testing::fresh_database_url().await, &bad);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("line 1: not an event envelope"), "{refused:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,7 +77,7 @@ async fn append(log: &dyn EventLog, events: Vec<RecordedEvent>) -> Result<u64> {
             log.append(std::mem::take(&mut writes)).await.context("append imported events")?;
         }
         next_version.insert(e.stream_id.clone(), e.stream_version + 1);
-        if !writes.last().is_some_and(|w| w.stream_id == e.stream_id) {
+        if writes.last().is_none_or(|w| w.stream_id != e.stream_id) {
             let expected = if e.stream_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(e.stream_version - 1) };
             writes.push(StreamWrite { stream_id: e.stream_id.clone(), expected, events: Vec::new() });
         }

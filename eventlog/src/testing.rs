@@ -19,9 +19,13 @@ pub async fn fresh_database_url() -> String {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
     conn.close().await.ok();
     let url = database_url();
-    let (base, _) = url.split_once('?').map_or((url.as_str(), ""), |(b, q)| (b, q));
+    // Keep the query string (sslmode and the like); swap the database.
+    let (base, query) = url.split_once('?').map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
     let (server, _) = base.rsplit_once('/').expect("DATABASE_URL ends in /<database>");
-    format!("{server}/{name}")
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
 }
 
 /// Creates an empty database with a unique name and returns a pool on it

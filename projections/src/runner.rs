@@ -483,6 +483,10 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
 }
 
+/// Lag is counted event by event up to this many; beyond, it is reported
+/// as this many, so a status call stays cheap however far behind.
+pub const LAG_COUNTED_UP_TO: i64 = 1_000_000;
+
 /// The state of every projection that has run against this database.
 pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
@@ -499,10 +503,12 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.projection, c.version, c.position, c.state, c.last_error,
                 (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked,
-                (SELECT count(*) FROM events e WHERE e.global_position > c.position) AS lag_events,
-                (SELECT extract(epoch FROM now() - min(e.recorded_at))::float8 FROM events e WHERE e.global_position > c.position) AS lag_seconds
+                (SELECT count(*) FROM (SELECT FROM events e WHERE e.global_position > c.position LIMIT $1) behind) AS lag_events,
+                (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.global_position > c.position
+                  ORDER BY e.global_position LIMIT 1) AS lag_seconds
            FROM projection_checkpoints c ORDER BY c.projection",
     )
+    .bind(LAG_COUNTED_UP_TO)
     .fetch_all(pool)
     .await?;
     Ok(rows

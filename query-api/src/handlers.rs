@@ -546,8 +546,12 @@ pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Valu
     // This node's search index lives beside the query API, not in PostgreSQL.
     let position = state.search.position();
     let (lag_events, lag_seconds): (i64, Option<f64>) =
-        sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8 FROM events WHERE global_position > $1")
-            .bind(position as i64)
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT FROM events WHERE global_position > $1 LIMIT $2) behind),
+                    (SELECT extract(epoch FROM now() - recorded_at)::float8 FROM events WHERE global_position > $1 ORDER BY global_position LIMIT 1)",
+        )
+        .bind(position as i64)
+        .bind(projections::LAG_COUNTED_UP_TO)
             .fetch_one(&state.pool)
             .await?;
     items.push(json!({"name": "search", "version": projections::search::INDEX_VERSION, "position": position,

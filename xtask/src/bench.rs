@@ -9,7 +9,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -196,64 +196,24 @@ async fn http(admin_url: &str, settings: &Settings) -> Result<()> {
     .await;
     seeded.into_iter().collect::<Result<Vec<()>>>()?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let warmup = Duration::from_secs(2);
-    let started = Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (client, base, token, products, stop, errors) =
-                (client.clone(), base.clone(), token.clone(), products.clone(), stop.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut histogram = Histogram::<u64>::new(3).expect("histogram");
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
-                let mut count = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let id = products[(rng % PRODUCTS as u64) as usize];
-                    let (path, body) = if rng.is_multiple_of(2) {
-                        ("restock", json!({"quantity": 1}))
-                    } else {
-                        ("price", json!({"price": {"amount_minor": 1000 + (rng % 1000) as i64, "currency": "USD"}}))
-                    };
-                    let sent = Instant::now();
-                    let ok = match client.post(format!("{base}/v1/products/{id}/{path}")).bearer_auth(&token).json(&body).send().await {
-                        Ok(r) => r.status().is_success(),
-                        Err(_) => false,
-                    };
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if started.elapsed() > warmup {
-                        histogram.record(sent.elapsed().as_micros() as u64).expect("in range");
-                        count += 1;
-                    }
-                }
-                (histogram, count)
-            })
-        })
-        .collect();
-    tokio::time::sleep(warmup + Duration::from_secs(settings.http_seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let measured = started.elapsed() - warmup;
-    let mut histogram = Histogram::<u64>::new(3)?;
-    let mut count = 0;
-    for worker in workers {
-        let (h, n) = worker.await?;
-        histogram.add(h)?;
-        count += n;
-    }
+    let (rate, histogram, errors) = drive(CLIENTS, Duration::from_secs(2), settings.http_seconds, move |rng| {
+        let id = products[(rng % PRODUCTS as u64) as usize];
+        let (path, body) = if rng.is_multiple_of(2) {
+            ("restock", json!({"quantity": 1}))
+        } else {
+            ("price", json!({"price": {"amount_minor": 1000 + (rng % 1000) as i64, "currency": "USD"}}))
+        };
+        let request = client.post(format!("{base}/v1/products/{id}/{path}")).bearer_auth(&token).json(&body).send();
+        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await?;
     println!("(a) HTTP commands: {CLIENTS} clients, restock/price change over {PRODUCTS} products, {}s measured", settings.http_seconds);
     println!(
-        "    {:.0} commands/s   p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms   errors {}",
-        count as f64 / measured.as_secs_f64(),
-        histogram.value_at_quantile(0.50) as f64 / 1000.0,
-        histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        histogram.value_at_quantile(0.999) as f64 / 1000.0,
+        "    {rate:.0} commands/s   p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms   errors {errors}",
+        ms(&histogram, 0.50),
+        ms(&histogram, 0.99),
+        ms(&histogram, 0.999),
         histogram.max() as f64 / 1000.0,
-        errors.load(Ordering::Relaxed)
     );
     println!("    target: >= 3000 commands/s with p99 < 25 ms");
     Ok(())
@@ -413,7 +373,10 @@ async fn generate(log: &Arc<dyn EventLog>, products: usize, per_product: usize) 
 
 /// `clients` concurrent loops of `request` for `seconds`: requests/s and
 /// the latency histogram (µs).
-async fn drive<F, Fut>(clients: usize, seconds: u64, request: F) -> Result<(f64, Histogram<u64>, u64)>
+/// `clients` loops sending `request` (given a random number) for `warmup`
+/// and then `seconds` more; answers the measured rate, latencies and
+/// failures.
+async fn drive<F, Fut>(clients: usize, warmup: Duration, seconds: u64, request: F) -> Result<(f64, Histogram<u64>, u64)>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
@@ -433,18 +396,19 @@ where
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let sent = Instant::now();
-                    if !request(rng).await {
-                        errors += 1;
+                    let ok = request(rng).await;
+                    if started.elapsed() > warmup {
+                        errors += u64::from(!ok);
+                        histogram.record(sent.elapsed().as_micros() as u64).expect("in range");
                     }
-                    histogram.record(sent.elapsed().as_micros() as u64).expect("in range");
                 }
                 (histogram, errors)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    tokio::time::sleep(warmup + Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = (started.elapsed() - warmup).as_secs_f64();
     let mut histogram = Histogram::<u64>::new(3)?;
     let mut errors = 0;
     for task in tasks {
@@ -527,7 +491,7 @@ pub fn read(args: &[&str]) -> Result<()> {
         println!("(c) {seconds}s per run, {products} products indexed");
         for clients in [8, CLIENTS] {
             let (query, c2, ids2) = (server.query.clone(), client.clone(), ids.clone());
-            let (rate, histogram, errors) = drive(clients, seconds, move |r| {
+            let (rate, histogram, errors) = drive(clients, Duration::from_secs(1), seconds, move |r| {
                 let url = format!("{query}/v1/products/{}", ids2[(r % ids2.len() as u64) as usize]);
                 let client = c2.clone();
                 async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
@@ -539,7 +503,7 @@ pub fn read(args: &[&str]) -> Result<()> {
                 ms(&histogram, 0.99)
             );
             let (query, c2) = (server.query.clone(), client.clone());
-            let (rate, histogram, errors) = drive(clients, seconds, move |r| {
+            let (rate, histogram, errors) = drive(clients, Duration::from_secs(1), seconds, move |r| {
                 let q = format!("{} {}", ADJECTIVES[(r % 16) as usize], NOUNS[((r >> 8) % 16) as usize]);
                 let url = format!("{query}/v1/search/products?q={}&limit=20", q.replace(' ', "+"));
                 let client = c2.clone();

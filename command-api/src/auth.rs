@@ -99,3 +99,13 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
+
+/// The `X-Signature` header a payment provider sends with `body`:
+/// `sha256=<hex of the HMAC-SHA256 of the raw body>`. The webhook checks
+/// it in constant time.
+pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}

@@ -4,10 +4,8 @@ use std::time::Duration;
 use command_api::process_manager::ProcessManager;
 use command_api::{AppState, CommandService, JwtKeys, Role};
 use eventlog::{EventLog, PgEventLog, RecordedEvent};
-use hmac::{Hmac, Mac};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -108,13 +106,11 @@ impl TestApp {
 
     pub async fn webhook(&self, body: &Value, secret: &str) -> Response {
         let raw = serde_json::to_vec(body).unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(&raw);
-        let signature = hex::encode(mac.finalize().into_bytes());
+        let signature = command_api::auth::webhook_signature(secret.as_bytes(), &raw);
         self.http
             .post(format!("{}/v1/payments/webhook", self.base))
             .header("content-type", "application/json")
-            .header("x-signature", format!("sha256={signature}"))
+            .header("x-signature", signature)
             .body(raw)
             .send()
             .await

@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use command_api::{JwtKeys, Role};
 use eventlog::{EventLog, PgEventLog};
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -185,13 +183,12 @@ async fn scenario(d: &Deployment) {
     let body = serde_json::to_vec(&json!({"provider_event_id": format!("evt-{order}"), "order_id": order,
                                           "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"}))
     .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(&body);
+    let signature = command_api::auth::webhook_signature(WEBHOOK_SECRET.as_bytes(), &body);
     let paid = d
         .http
         .post(format!("{}/v1/payments/webhook", d.command))
         .header("content-type", "application/json")
-        .header("x-signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+        .header("x-signature", signature)
         .body(body)
         .send()
         .await

@@ -70,7 +70,7 @@ impl ProcessManager {
     }
 
     async fn save_checkpoint(&self, batch: &Batch) -> Result<(), sqlx::Error> {
-        let Some(last) = batch.events.iter().map(|e| e.global_position).max() else { return Ok(()) };
+        let last = batch.events.iter().map(|e| e.global_position).max().unwrap_or(0);
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO checkpoints (name, position) VALUES ($1, $2)

@@ -204,7 +204,7 @@ async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown:
             _ = shutdown.changed() => return Ok(()),
             batch = source.next_batch() => batch?,
         };
-        if !batch.events.is_empty() {
+        if !batch.events.is_empty() || !batch.partitions.is_empty() {
             consumer.handle(&batch).await?;
         }
         if let Err(error) = source.ack().await {

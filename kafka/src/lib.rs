@@ -13,10 +13,21 @@ mod relay;
 mod source;
 
 pub use relay::{Relay, ensure_topic};
-pub use source::KafkaSource;
+pub use source::{CatchUpSource, KafkaSource};
 
-/// Event sources for consumers, each in its own consumer group on `topic`.
-pub fn sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
+/// Event sources for consumers, each in its own consumer group on
+/// `topic`; a consumer new to the topic catches up from `log` first.
+pub fn sources(brokers: &str, topic: &str, log: std::sync::Arc<dyn eventlog::EventLog>) -> eventlog::SourceFactory {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::sync::Arc::new(move |resume: &eventlog::Resume| {
+        CatchUpSource::new(log.clone(), &brokers, &topic, resume)
+            .map(|source| Box::new(source) as Box<dyn eventlog::EventSource>)
+            .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
+    })
+}
+
+/// Event sources that read only the topic, each consumer in its own group.
+pub fn topic_sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     std::sync::Arc::new(move |resume: &eventlog::Resume| {
         KafkaSource::new(&brokers, &topic, resume)

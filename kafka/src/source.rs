@@ -8,10 +8,11 @@
 //! over (a rebuild, a new index directory) reads the topic from the start.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventlog::{Batch, EventLogError, EventSource, Progress, RecordedEvent, Resume};
+use eventlog::{Batch, EventLog, EventLogError, EventSource, Progress, RecordedEvent, Resume};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -27,6 +28,10 @@ pub struct KafkaSource {
     progress: Progress,
     /// Next offset per partition to commit once the batch in hand is applied.
     pending: BTreeMap<i32, i64>,
+    /// Partitions to record with the first batch: a consumer that comes
+    /// from reading the log in order has applied everything up to its
+    /// position, in every partition.
+    carried: BTreeMap<i32, u64>,
 }
 
 impl KafkaSource {
@@ -48,14 +53,14 @@ impl KafkaSource {
             .create()?;
         let partition_count = crate::partition_count(consumer.client(), topic)?;
         consumer.subscribe(&[topic])?;
-        Ok(KafkaSource {
-            consumer,
-            topic: topic.to_owned(),
-            batch_size: 500,
-            partition_count,
-            progress: resume.progress.clone(),
-            pending: BTreeMap::new(),
-        })
+        let mut progress = resume.progress.clone();
+        let mut carried = BTreeMap::new();
+        if !progress.is_partitioned() && progress.position > 0 {
+            carried = (0..partition_count).map(|p| (p, progress.position)).collect();
+            progress.partitions = carried.clone();
+            progress.partition_count = partition_count;
+        }
+        Ok(KafkaSource { consumer, topic: topic.to_owned(), batch_size: 500, partition_count, progress, pending: BTreeMap::new(), carried })
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
@@ -71,7 +76,7 @@ fn to_log_error(e: impl std::error::Error + Send + Sync + 'static) -> EventLogEr
 #[async_trait]
 impl EventSource for KafkaSource {
     async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
-        let mut batch = Batch { partition_count: self.partition_count, ..Batch::default() };
+        let mut batch = Batch { partition_count: self.partition_count, partitions: std::mem::take(&mut self.carried), ..Batch::default() };
         let mut passed_over = 0;
         self.pending.clear();
         loop {
@@ -119,5 +124,65 @@ impl EventSource for KafkaSource {
             self.pending.clear();
         }
         Ok(())
+    }
+}
+
+/// A consumer new to the topic (just created, rebuilding, a new index
+/// directory, or coming from the in-process source) first reads the log
+/// itself, in global order, up to its head: the topic may no longer hold
+/// the oldest events, and reading them in order needs no partitions. Then
+/// it joins its consumer group, which passes over everything up to where
+/// the log reading ended.
+pub struct CatchUpSource {
+    log: Arc<dyn EventLog>,
+    brokers: String,
+    topic: String,
+    resume: Resume,
+    kafka: Option<KafkaSource>,
+}
+
+/// Events per read while catching up from the log.
+const CATCH_UP_BATCH: usize = 2000;
+
+impl CatchUpSource {
+    pub fn new(log: Arc<dyn EventLog>, brokers: &str, topic: &str, resume: &Resume) -> Result<CatchUpSource, KafkaError> {
+        let mut source = CatchUpSource { log, brokers: brokers.to_owned(), topic: topic.to_owned(), resume: resume.clone(), kafka: None };
+        if resume.progress.is_partitioned() {
+            source.kafka = Some(KafkaSource::new(brokers, topic, resume)?);
+        }
+        Ok(source)
+    }
+}
+
+#[async_trait]
+impl EventSource for CatchUpSource {
+    async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
+        if let Some(kafka) = &mut self.kafka {
+            return kafka.next_batch().await;
+        }
+        let events = self.log.read_all(self.resume.progress.position, CATCH_UP_BATCH).await?;
+        if events.len() < CATCH_UP_BATCH {
+            tracing::info!(consumer = %self.resume.consumer, position = self.resume.progress.position, "caught up from the log; joining the consumer group");
+            let mut resume = self.resume.clone();
+            if let Some(last) = events.last() {
+                resume.progress.position = last.global_position;
+            }
+            self.kafka = Some(KafkaSource::new(&self.brokers, &self.topic, &resume).map_err(to_log_error)?);
+        }
+        if let Some(last) = events.last() {
+            self.resume.progress.position = last.global_position;
+        }
+        Ok(Batch { events, ..Batch::default() })
+    }
+
+    async fn ack(&mut self) -> Result<(), EventLogError> {
+        match &mut self.kafka {
+            Some(kafka) => kafka.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    fn is_partitioned(&self) -> bool {
+        true
     }
 }

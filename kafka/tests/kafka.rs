@@ -207,8 +207,11 @@ async fn projections_fed_through_kafka_by_two_workers_in_one_group_match_the_log
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let runner =
-            Runner::with_sources(pool.clone(), vec![Arc::new(projections::ProductsProjection)], kafka::sources(&brokers(), &topic));
+        let runner = Runner::with_sources(
+            pool.clone(),
+            vec![Arc::new(projections::ProductsProjection)],
+            kafka::sources(&brokers(), &topic, log.clone()),
+        );
         let stop = stop_rx.clone();
         workers.push(tokio::spawn(async move { runner.run(stop).await }));
     }
@@ -264,12 +267,23 @@ mod source_contract {
         Fixture { pool, log, service, sources, _relay: None }
     }
 
-    pub async fn through_kafka() -> Fixture {
+    async fn kafka_fixture(catch_up: bool) -> Fixture {
         let (pool, log, service) = setup().await;
         let topic = topic();
         ensure_topic(&brokers(), &topic, 3).await.unwrap();
         let relay = start_relay(&log, &pool, &topic);
-        Fixture { pool, log, service, sources: kafka::sources(&brokers(), &topic), _relay: Some(relay) }
+        let sources = if catch_up { kafka::sources(&brokers(), &topic, log.clone()) } else { kafka::topic_sources(&brokers(), &topic) };
+        Fixture { pool, log, service, sources, _relay: Some(relay) }
+    }
+
+    /// Only the topic.
+    pub async fn through_kafka() -> Fixture {
+        kafka_fixture(false).await
+    }
+
+    /// A consumer new to the topic: the log up to its head, then the topic.
+    pub async fn catching_up_from_the_log() -> Fixture {
+        kafka_fixture(true).await
     }
 
     fn resume(generation: &str, progress: &Progress) -> Resume {
@@ -340,6 +354,23 @@ mod source_contract {
         assert_once_in_stream_order(&applied, &all);
     }
 
+    pub async fn keeps_delivering_what_is_written_after_it_caught_up(f: Fixture) {
+        write(&f.service, 5, 1).await;
+        let first = all_events(&f.pool, &f.log).await;
+        let mut source = (f.sources)(&resume(&Uuid::now_v7().to_string(), &Progress::default())).unwrap();
+        let mut batches = take(&mut source, first.len()).await;
+        source.ack().await.unwrap();
+        write(&f.service, 5, 1).await;
+        let all = all_events(&f.pool, &f.log).await;
+        batches.extend(take(&mut source, all.len() - first.len()).await);
+        assert_once_in_stream_order(&events(&batches), &all);
+        let mut progress = Progress::default();
+        batches.iter().for_each(|b| progress.advance(b));
+        for event in &all {
+            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
+        }
+    }
+
     pub async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps(f: Fixture) {
         write(&f.service, 6, 3).await;
         let log = all_events(&f.pool, &f.log).await;
@@ -376,6 +407,11 @@ macro_rules! source_contract {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keeps_delivering_what_is_written_after_it_caught_up() {
+                contract::keeps_delivering_what_is_written_after_it_caught_up(contract::$adapter().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps() {
                 contract::a_crash_before_the_progress_is_stored_redelivers_without_gaps(contract::$adapter().await).await
             }
@@ -383,4 +419,4 @@ macro_rules! source_contract {
     )*};
 }
 
-source_contract!(in_process, through_kafka);
+source_contract!(in_process, through_kafka, catching_up_from_the_log);

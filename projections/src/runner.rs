@@ -212,7 +212,23 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
     let batch = &whole.events[..];
     // From Kafka, a batch interleaves partitions: the checkpoint is the
     // highest position applied, and each partition's is kept beside it.
-    let Some(last) = batch.iter().max_by_key(|e| e.global_position) else { return Ok(()) };
+    let Some(last) = batch.iter().max_by_key(|e| e.global_position) else {
+        // Only partitions to record (a source that passed over
+        // redeliveries), as long as the checkpoint is still this run's.
+        let mut tx = pool.begin().await?;
+        let ours: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND generation = $2 FOR UPDATE")
+                .bind(&target.checkpoint)
+                .bind(generation)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if ours.is_none() {
+            return Err(RunError::Superseded(target.checkpoint.clone()));
+        }
+        eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
+        tx.commit().await?;
+        return Ok(());
+    };
     let mut tx = target.begin(pool).await?;
     // Fast path: the whole batch without savepoints. Should any event fail,
     // the transaction is dropped and the batch is applied event by event.

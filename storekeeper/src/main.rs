@@ -469,7 +469,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> Result<()> {
     }
     // With Kafka, every consumer reads the topic the relay fills, each in
     // its own consumer group; without, each tails the log in process.
-    let sources = args.kafka_brokers.as_deref().map(|brokers| kafka::sources(brokers, &args.kafka_topic));
+    let sources = args.kafka_brokers.as_deref().map(|brokers| kafka::sources(brokers, &args.kafka_topic, log.clone()));
     if roles.workers {
         let manager = match &sources {
             Some(sources) => ProcessManager::new(service.clone(), pool.clone()).with_partitioned_source(sources.clone()),

@@ -139,7 +139,7 @@ impl ProcessManager {
 
     #[tracing::instrument(skip_all, fields(stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id))]
     async fn handle(&self, event: &RecordedEvent) -> Result<Handled, ServiceError> {
-        let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+        let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::error!(error = %e, "cannot decode event; skipping it");

@@ -184,7 +184,7 @@ impl CommandService {
             let from = loaded.version.map_or(0, |v| v + 1);
             let page = self.log.read_stream(stream_id, from, PAGE).await?;
             for recorded in &page {
-                let event = A::Event::decode(&recorded.event_type, recorded.schema_version, recorded.data.clone())
+                let event = A::Event::decode(&recorded.event_type, recorded.schema_version, &recorded.data)
                     .map_err(|source| ServiceError::Decode { stream_id: stream_id.to_owned(), source })?;
                 loaded.state = A::evolve(loaded.state, &event);
                 loaded.version = Some(recorded.stream_version);

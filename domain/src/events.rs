@@ -41,7 +41,8 @@ pub trait EventCodec: Sized {
     fn event_type(&self) -> &'static str;
     fn encode(&self) -> EncodedEvent;
     /// Decodes a stored event of any known version, upcasting old ones.
-    fn decode(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError>;
+    /// Current versions decode straight from the borrowed JSON.
+    fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError>;
     /// JSON Schemas of the current version of every type.
     fn schemas() -> Vec<EventSchema>;
 }
@@ -115,11 +116,16 @@ macro_rules! event_enum {
                 }
             }
 
-            fn decode(event_type: &str, schema_version: u32, data: serde_json::Value) -> Result<Self, $crate::events::DecodeError> {
+            fn decode(event_type: &str, schema_version: u32, data: &serde_json::Value) -> Result<Self, $crate::events::DecodeError> {
                 match event_type {
                     $($ty => {
-                        let data = $crate::events::upcast($ty, schema_version, $ver, data)?;
-                        serde_json::from_value(data)
+                        let payload = if schema_version == $ver {
+                            <$payload as serde::Deserialize>::deserialize(data)
+                        } else {
+                            let lifted = $crate::events::upcast($ty, schema_version, $ver, data.clone())?;
+                            <$payload as serde::Deserialize>::deserialize(&lifted)
+                        };
+                        payload
                             .map(Self::$variant)
                             .map_err(|source| $crate::events::DecodeError::Payload { event_type: $ty.into(), version: $ver, source })
                     })+
@@ -146,7 +152,7 @@ pub enum DomainEvent {
 }
 
 impl DomainEvent {
-    pub fn decode(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError> {
+    pub fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
         use crate::{claim::ClaimEvent, customer::CustomerEvent, order::OrderEvent, product::ProductEvent};
         let known = |types: &[(&str, u32)]| types.iter().any(|(ty, _)| *ty == event_type);
         if known(CustomerEvent::TYPES) {

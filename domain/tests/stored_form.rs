@@ -15,25 +15,25 @@ fn root() -> PathBuf {
 fn a_stored_product_added_v1_loads_through_the_upcaster() {
     let raw = std::fs::read_to_string(root().join("domain/tests/fixtures/ProductAdded.v1.json")).unwrap();
     let data: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let event = ProductEvent::decode("ProductAdded", 1, data).unwrap();
+    let event = ProductEvent::decode("ProductAdded", 1, &data).unwrap();
     let ProductEvent::Added(ProductAdded { price, initial_stock, sku, .. }) = event else { panic!("{event:?}") };
     assert_eq!(price, Money::new(1999, Currency::usd()));
     assert_eq!(initial_stock, 12);
     assert_eq!(sku.as_str(), "KET-1");
     // The same through the catch-all decoder consumers use.
     let data: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    assert!(matches!(DomainEvent::decode("ProductAdded", 1, data), Ok(DomainEvent::Product(ProductEvent::Added(_)))));
+    assert!(matches!(DomainEvent::decode("ProductAdded", 1, &data), Ok(DomainEvent::Product(ProductEvent::Added(_)))));
 }
 
 #[test]
 fn current_events_round_trip_and_unknown_or_future_versions_are_refused() {
     let raw = std::fs::read_to_string(root().join("domain/tests/fixtures/ProductAdded.v1.json")).unwrap();
-    let event = ProductEvent::decode("ProductAdded", 1, serde_json::from_str(&raw).unwrap()).unwrap();
+    let event = ProductEvent::decode("ProductAdded", 1, &serde_json::from_str(&raw).unwrap()).unwrap();
     let encoded = event.encode();
     assert_eq!((encoded.event_type, encoded.schema_version), ("ProductAdded", 2));
-    assert_eq!(ProductEvent::decode("ProductAdded", 2, encoded.data.clone()).unwrap(), event);
-    assert!(matches!(ProductEvent::decode("ProductAdded", 3, encoded.data), Err(DecodeError::FutureVersion { .. })));
-    assert!(matches!(ProductEvent::decode("ProductRenamed", 1, serde_json::json!({})), Err(DecodeError::UnknownType(_))));
+    assert_eq!(ProductEvent::decode("ProductAdded", 2, &encoded.data).unwrap(), event);
+    assert!(matches!(ProductEvent::decode("ProductAdded", 3, &encoded.data), Err(DecodeError::FutureVersion { .. })));
+    assert!(matches!(ProductEvent::decode("ProductRenamed", 1, &serde_json::json!({})), Err(DecodeError::UnknownType(_))));
 }
 
 #[test]

@@ -164,7 +164,7 @@ async fn apply_one(
     projection: &dyn Projection,
     event: &RecordedEvent,
 ) -> Result<Option<(String, u32)>, sqlx::Error> {
-    let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+    let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
         Ok(decoded) => decoded,
         Err(e) => return Ok(Some((format!("cannot decode: {e}"), 1))),
     };
@@ -233,7 +233,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
     // Fast path: the whole batch without savepoints. Should any event fail,
     // the transaction is dropped and the batch is applied event by event.
     let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
-        batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, e.data.clone()).ok().map(|d| (e, d))).collect();
+        batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
     let clean = match decoded {
         Some(decoded) => projection.apply_all(&mut tx, &decoded).await.is_ok(),
         None => false,

@@ -353,7 +353,7 @@ struct Indexer {
 const KNOWN_PRODUCTS: usize = 1_000_000;
 
 fn decode(e: &RecordedEvent) -> Option<ProductEvent> {
-    match ProductEvent::decode(&e.event_type, e.schema_version, e.data.clone()) {
+    match ProductEvent::decode(&e.event_type, e.schema_version, &e.data) {
         Ok(event) => Some(event),
         Err(error) => {
             tracing::error!(%error, stream_id = %e.stream_id, "search indexer: cannot decode a product event; skipping it");

@@ -126,7 +126,7 @@ async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
     // Redelivering the whole log on top changes nothing.
     let everything = log.read_all(0, usize::MAX).await.unwrap();
     let decoded: Vec<(&RecordedEvent, DomainEvent)> =
-        everything.iter().map(|e| (e, DomainEvent::decode(&e.event_type, e.schema_version, e.data.clone()).unwrap())).collect();
+        everything.iter().map(|e| (e, DomainEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap())).collect();
     let mut tx = pool.begin().await.unwrap();
     projections::ProductsProjection.apply_all(&mut tx, &decoded).await.unwrap();
     tx.commit().await.unwrap();

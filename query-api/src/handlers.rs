@@ -357,9 +357,8 @@ async fn fold_until<A: Aggregate>(state: &AppState, stream: &str, at: &AtQuery) 
             if past {
                 break 'pages;
             }
-            let event =
-                <A::Event as domain::events::EventCodec>::decode(&recorded.event_type, recorded.schema_version, recorded.data.clone())
-                    .map_err(ApiError::internal)?;
+            let event = <A::Event as domain::events::EventCodec>::decode(&recorded.event_type, recorded.schema_version, &recorded.data)
+                .map_err(ApiError::internal)?;
             folded = A::evolve(folded, &event);
             version = Some(recorded.stream_version);
         }

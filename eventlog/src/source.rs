@@ -212,3 +212,53 @@ async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_pinned() {
+        // The relay and every reader must agree across releases: changing
+        // this function reorders streams on a live topic.
+        // FNV-1a 64 of the stream id, modulo the partition count (values
+        // checked against an independent implementation).
+        for (stream, six, three) in [
+            ("product-0190f3c4-0000-7000-8000-00000000a001", 2, 2),
+            ("order-0190f3c4-0000-7000-8000-00000000e001", 3, 0),
+            ("customer-0190f3c4-0000-7000-8000-00000000c001", 3, 0),
+            ("", 5, 2),
+        ] {
+            assert_eq!((partition_for(stream, 6), partition_for(stream, 3)), (six, three), "{stream}");
+        }
+        assert!((0..1000).map(|i| partition_for(&format!("s-{i}"), 6)).all(|p| (0..6).contains(&p)));
+        assert_eq!(partition_for("anything", 1), 0);
+    }
+
+    #[test]
+    fn a_token_is_covered_once_its_streams_partitions_reach_it() {
+        let stream = "order-1".to_owned();
+        let mine = partition_for(&stream, 4);
+        let other = (mine + 1) % 4;
+        let mut progress = Progress::default();
+        assert!(!progress.covers(10, std::slice::from_ref(&stream)));
+        progress.advance(&Batch { partitions: [(other, 50)].into(), partition_count: 4, ..Batch::default() });
+        assert!(!progress.covers(10, std::slice::from_ref(&stream)), "another partition's progress says nothing");
+        progress.advance(&Batch { partitions: [(mine, 10)].into(), partition_count: 4, ..Batch::default() });
+        assert!(progress.covers(10, std::slice::from_ref(&stream)));
+        assert!(!progress.covers(11, std::slice::from_ref(&stream)));
+        assert!(!progress.covers(10, &[]), "a token whose streams are unknown is never covered");
+
+        let in_order = Progress { position: 10, ..Progress::default() };
+        assert!(in_order.covers(10, &[]) && !in_order.covers(11, &[]));
+    }
+
+    #[test]
+    fn inclusion_is_partition_by_partition() {
+        let a = Progress { position: 9, partitions: [(0, 9), (1, 3)].into(), partition_count: 2 };
+        let b = Progress { position: 5, partitions: [(0, 5), (1, 5)].into(), partition_count: 2 };
+        assert!(!a.includes(&b), "a higher maximum does not mean every partition is further");
+        assert!(a.includes(&Progress { position: 9, partitions: [(0, 9)].into(), partition_count: 2 }));
+        assert!(Progress { position: 9, ..Progress::default() }.includes(&Progress { position: 9, ..Progress::default() }));
+    }
+}

@@ -22,8 +22,7 @@ pub async fn load_partitions(pool: &PgPool, consumer: &str, progress: &mut Progr
     Ok(())
 }
 
-/// Records the batch's partitions (never moving one back) and notifies
-/// waiting readers when the transaction commits.
+/// Records the batch's partitions, never moving one back.
 pub async fn save_partitions(conn: &mut PgConnection, consumer: &str, batch: &Batch) -> Result<(), sqlx::Error> {
     if !batch.partitions.is_empty() {
         let partitions: Vec<i32> = batch.partitions.keys().copied().collect();
@@ -41,6 +40,12 @@ pub async fn save_partitions(conn: &mut PgConnection, consumer: &str, batch: &Ba
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Wakes readers waiting for consistency tokens, in any process, once the
+/// transaction commits.
+pub async fn notify_progress(conn: &mut PgConnection, consumer: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)").bind(PROGRESS_CHANNEL).bind(consumer).execute(conn).await?;
     Ok(())
 }

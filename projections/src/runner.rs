@@ -226,6 +226,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
             return Err(RunError::Superseded(target.checkpoint.clone()));
         }
         eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
+        eventlog::progress::notify_progress(&mut tx, &target.checkpoint).await?;
         tx.commit().await?;
         return Ok(());
     };
@@ -269,6 +270,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
         return Err(RunError::Superseded(target.checkpoint.clone()));
     }
     eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
+    eventlog::progress::notify_progress(&mut tx, &target.checkpoint).await?;
     tx.commit().await?;
     metrics::gauge!("storekeeper_projection_position", "projection" => projection.name()).set(last.global_position as f64);
     metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);

@@ -225,7 +225,8 @@ impl SearchIndex {
     /// Keeps the index up to date until `shutdown`, fed by `sources`; the
     /// documents come from `log`.
     pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, sources: SourceFactory, shutdown: watch::Receiver<bool>) {
-        eventlog::follow(&Indexer { index: self, log, known: Mutex::new(HashMap::new()) }, &sources, shutdown).await
+        let indexer = Indexer { index: self, log, known: Mutex::new(HashMap::new()), next_commit: Mutex::new(None) };
+        eventlog::follow(&indexer, &sources, shutdown).await
     }
 
     /// Whether every word of `q` is a term of the name, SKU or description
@@ -346,6 +347,18 @@ struct Indexer {
     /// folded in memory; only products seen for the first time, or with a
     /// gap, are read from the log.
     known: Mutex<HashMap<uuid::Uuid, (Option<Product>, u64)>>,
+    /// When the next commit may start.
+    next_commit: Mutex<Option<std::time::Instant>>,
+}
+
+/// After a commit that took `d`, the next one starts no sooner than `d`
+/// after it ended. A tantivy commit costs ~10 ms of CPU however small it is
+/// (more on a large index); under a steady stream of writes, committing back
+/// to back would take a core from the APIs and the projections, so the
+/// indexer keeps to about half of one and what arrives meanwhile goes into
+/// the next commit. After a quiet spell a batch commits at once.
+fn next_commit_after(ended: std::time::Instant, took: std::time::Duration) -> std::time::Instant {
+    ended + took
 }
 
 /// Beyond this many remembered products, the memory is cleared and
@@ -419,8 +432,14 @@ impl Consumer for Indexer {
             known.insert(id, (state, version));
         }
         *self.known.lock().expect("known products poisoned") = known;
+        let next = *self.next_commit.lock().expect("commit clock poisoned");
+        if let Some(next) = next {
+            tokio::time::sleep_until(next.into()).await;
+        }
+        let started = std::time::Instant::now();
         let (index, batch) = (self.index.clone(), batch.clone());
         let result = tokio::task::spawn_blocking(move || index.apply(products, &batch)).await.expect("the indexing task panicked");
+        *self.next_commit.lock().expect("commit clock poisoned") = Some(next_commit_after(std::time::Instant::now(), started.elapsed()));
         if result.is_err() {
             // What is remembered may be ahead of the index now.
             self.known.lock().expect("known products poisoned").clear();

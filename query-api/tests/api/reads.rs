@@ -180,9 +180,17 @@ async fn projections_report_their_positions_and_health_endpoints_answer() {
     let app = spawn_app().await;
     let (_, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;
     app.get_json("/v1/products", None, Some(&token)).await;
-    let listed = app.get_json("/v1/projections", None, None).await;
-    let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["audit", "customers", "orders", "products", "sales", "search"]);
+    // Each projection is listed once its runner has started it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let listed = app.get_json("/v1/projections", None, None).await;
+        let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        if names == ["audit", "customers", "orders", "products", "sales", "search"] {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "projections listed: {names:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let products = listed["items"].as_array().unwrap().iter().find(|p| p["name"] == "products").unwrap();
     assert!(products["position"].as_u64().unwrap() >= token.parse::<u64>().unwrap());
     assert_eq!(products["state"], "running");

@@ -12,7 +12,7 @@ mod runner;
 pub mod search;
 
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use runner::{LAG_COUNTED_UP_TO, ProjectionStatus, Runner, progress, request_rebuild, retry_parked, status};
+pub use runner::{LAG_COUNTED_UP_TO, ProjectionStatus, Runner, lag, progress, request_rebuild, retry_parked, status};
 
 use async_trait::async_trait;
 use domain::events::DomainEvent;

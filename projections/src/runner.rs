@@ -505,6 +505,21 @@ pub struct ProjectionStatus {
 /// as this many, so a status call stays cheap however far behind.
 pub const LAG_COUNTED_UP_TO: i64 = 1_000_000;
 
+/// How far the log runs ahead of `position`: events (counted up to
+/// `LAG_COUNTED_UP_TO`) and the age of the oldest one not applied.
+pub async fn lag(pool: &PgPool, position: u64) -> Result<(u64, f64), sqlx::Error> {
+    let (events, seconds): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM (SELECT FROM events WHERE global_position > $1 LIMIT $2) behind),
+                (SELECT extract(epoch FROM now() - recorded_at)::float8 FROM events WHERE global_position > $1
+                  ORDER BY global_position LIMIT 1)",
+    )
+    .bind(position as i64)
+    .bind(LAG_COUNTED_UP_TO)
+    .fetch_one(pool)
+    .await?;
+    Ok((events as u64, seconds.unwrap_or(0.0).max(0.0)))
+}
+
 /// The state of every projection that has run against this database.
 pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
@@ -515,33 +530,29 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         state: String,
         last_error: Option<String>,
         parked: i64,
-        lag_events: i64,
-        lag_seconds: Option<f64>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.projection, c.version, c.position, c.state, c.last_error,
-                (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked,
-                (SELECT count(*) FROM (SELECT FROM events e WHERE e.global_position > c.position LIMIT $1) behind) AS lag_events,
-                (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e WHERE e.global_position > c.position
-                  ORDER BY e.global_position LIMIT 1) AS lag_seconds
+                (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked
            FROM projection_checkpoints c ORDER BY c.projection",
     )
-    .bind(LAG_COUNTED_UP_TO)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ProjectionStatus {
+    let mut statuses = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (lag_events, lag_seconds) = lag(pool, r.position as u64).await?;
+        statuses.push(ProjectionStatus {
             name: r.projection,
             version: r.version,
             position: r.position as u64,
-            lag_events: r.lag_events as u64,
-            lag_seconds: r.lag_seconds.unwrap_or(0.0).max(0.0),
+            lag_events,
+            lag_seconds,
             state: if r.parked > 0 && r.state == "running" { "degraded".into() } else { r.state },
             parked: r.parked as u64,
             last_error: r.last_error,
-        })
-        .collect())
+        });
+    }
+    Ok(statuses)
 }
 
 /// Applies a projection's parked events again, in log order; those that

@@ -544,17 +544,9 @@ pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Valu
     let mut items: Vec<Value> = projections::status(&state.pool).await?.into_iter().map(|s| json!(s)).collect();
     // This node's search index lives beside the query API, not in PostgreSQL.
     let position = state.search.position();
-    let (lag_events, lag_seconds): (i64, Option<f64>) =
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM (SELECT FROM events WHERE global_position > $1 LIMIT $2) behind),
-                    (SELECT extract(epoch FROM now() - recorded_at)::float8 FROM events WHERE global_position > $1 ORDER BY global_position LIMIT 1)",
-        )
-        .bind(position as i64)
-        .bind(projections::LAG_COUNTED_UP_TO)
-            .fetch_one(&state.pool)
-            .await?;
+    let (lag_events, lag_seconds) = projections::lag(&state.pool, position).await?;
     items.push(json!({"name": "search", "version": projections::search::INDEX_VERSION, "position": position,
-                      "lag_events": lag_events, "lag_seconds": lag_seconds.unwrap_or(0.0).max(0.0),
+                      "lag_events": lag_events, "lag_seconds": lag_seconds,
                       "state": "running", "parked": 0, "last_error": null}));
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }

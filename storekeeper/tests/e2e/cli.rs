@@ -107,7 +107,8 @@ async fn serve_starts_its_own_postgres_keeps_data_across_restarts_and_stops_on_s
     let found: serde_json::Value = read("/v1/search/products?q=kettel".into()).await.unwrap().json().await.unwrap();
     assert_eq!(found["total"], 1, "and finds them in the search index");
     let url = std::fs::read_to_string(dir.join("postgres/url")).unwrap();
-    let listed = run(storekeeper(&["projections", "list"]).env("DATABASE_URL", url.trim()));
+    // Without DATABASE_URL, beside `serve`: its private cluster is found.
+    let listed = run(storekeeper(&["projections", "list"]).env("STOREKEEPER_DATA_DIR", &dir));
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let listed = String::from_utf8(listed.stdout).unwrap();
     for name in ["audit", "customers", "orders", "products", "sales"] {

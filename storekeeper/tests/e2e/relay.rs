@@ -2,7 +2,7 @@
 //! and restarted: every event still reaches Kafka, each stream in order.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,16 +11,14 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use uuid::Uuid;
 
-use crate::brokers;
+use crate::{brokers, storekeeper};
 
 fn relay(url: &str, topic: &str) -> Child {
-    Command::new(crate::BIN)
-        .arg("relay")
+    storekeeper(&["relay"])
         .env("DATABASE_URL", url)
         .env("KAFKA_BROKERS", brokers())
         .env("STOREKEEPER_KAFKA_TOPIC", topic)
         .env("STOREKEEPER_KAFKA_PARTITIONS", "3")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
@@ -112,12 +110,7 @@ async fn a_relay_killed_mid_stream_resumes_without_losing_an_event() {
 
 #[test]
 fn the_relay_needs_kafka_brokers() {
-    let out = Command::new(crate::BIN)
-        .arg("relay")
-        .env_remove("KAFKA_BROKERS")
-        .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")
-        .output()
-        .unwrap();
+    let out = storekeeper(&["relay"]).env("DATABASE_URL", "postgres://x@127.0.0.1:1/x").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KAFKA_BROKERS must be set"));
 }

@@ -2,9 +2,6 @@
 //! commands. Parsing refuses unknown fields and wrong types (400); the
 //! conversion checks values (422). Nothing reaches the domain unchecked.
 
-use axum::extract::{FromRequest, Request};
-use axum::http::header;
-use bytes::Bytes;
 use domain::customer::CustomerCommand;
 use domain::order::OrderCommand;
 use domain::product::ProductCommand;
@@ -14,53 +11,14 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::error::{ApiError, FieldError};
+use edge::FieldError;
 
-/// A JSON request body: at most 64 KiB, parsed strictly.
-pub struct JsonBody<T>(pub T);
+use crate::error::ApiError;
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let json = content_type.is_empty() || {
-            let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
-        };
-        if !json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::malformed("", "the request body could not be read")
-            }
-        })?;
-        parse(&bytes).map(JsonBody)
-    }
-}
-
-/// Parses JSON, naming the field at fault.
+/// Parses a body the way `edge::JsonBody` does (the webhook needs its raw
+/// bytes for the signature first).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        let inner = e.into_inner();
-        let message = match inner.classify() {
-            serde_json::error::Category::Eof | serde_json::error::Category::Syntax => {
-                format!("malformed JSON at line {} column {}", inner.line(), inner.column())
-            }
-            _ => strip_position(&inner.to_string()),
-        };
-        ApiError::malformed(field, message)
-    })
-}
-
-fn strip_position(message: &str) -> String {
-    message.split(" at line ").next().unwrap_or(message).to_owned()
+    Ok(edge::body::parse(bytes)?)
 }
 
 /// Collects every field error of a request before giving up.

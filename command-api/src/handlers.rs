@@ -7,20 +7,18 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use commands::Outcome;
 use domain::customer::CustomerCommand;
 use domain::order::{OrderAggregate, OrderCommand};
 use domain::product::ProductCommand;
+use edge::{JsonBody, Principal, Role};
 use eventlog::Metadata;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Principal, Role};
-use crate::dto::{self, JsonBody};
+use crate::dto;
 use crate::error::ApiError;
-use crate::service::Outcome;
 
 /// What every command carries besides its body.
 pub struct Ctx {
@@ -75,12 +73,12 @@ impl Ctx {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::malformed("id", "must be a UUID"))
+    Ok(edge::parse_id(raw)?)
 }
 
 /// The success answer of every command.
 fn respond(status: StatusCode, outcome: Outcome) -> Response {
-    let token = crate::consistency_token(outcome.position);
+    let token = edge::token::encode(outcome.position);
     tracing::info!(stream_id = %outcome.stream_id, version = outcome.version, position = outcome.position, appended = outcome.appended, "command handled");
     let body = json!({
         "id": outcome.id,
@@ -92,7 +90,7 @@ fn respond(status: StatusCode, outcome: Outcome) -> Response {
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", outcome.version)).expect("a number is a valid header"));
-    headers.insert("x-consistency-token", HeaderValue::from_str(&token).expect("a number is a valid header"));
+    headers.insert(edge::token::TOKEN_HEADER, edge::token::header_value(outcome.position));
     response
 }
 
@@ -113,7 +111,7 @@ pub async fn register_customer(
         Role::Admin => new_id(body.id),
         Role::Customer => {
             let own =
-                Uuid::parse_str(&principal.sub).map_err(|_| ApiError::Forbidden("a customer token's subject must be its customer id"))?;
+                Uuid::parse_str(&principal.sub).map_err(|_| ApiError::forbidden("a customer token's subject must be its customer id"))?;
             principal.require_customer(body.id.unwrap_or(own))?;
             own
         }
@@ -283,15 +281,10 @@ pub async fn deliver_order(
 /// The payment provider's webhook: authenticated by an HMAC-SHA256 of the
 /// raw body, idempotent by the provider's event id.
 pub async fn payment_webhook(State(state): State<AppState>, mut ctx: Ctx, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let signature = headers
-        .get("x-signature")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(|hex_sig| hex::decode(hex_sig.trim()).ok())
-        .ok_or(ApiError::Unauthorized("an X-Signature: sha256=<hex HMAC of the body> header is required"))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(state.webhook_secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(&body);
-    mac.verify_slice(&signature).map_err(|_| ApiError::Unauthorized("the webhook signature does not match"))?;
+    let header = headers.get("x-signature").and_then(|v| v.to_str().ok());
+    if !crate::webhook::verify(state.webhook_secret.as_bytes(), &body, header) {
+        return Err(ApiError::unauthorized("an X-Signature: sha256=<hex HMAC of the body> header matching the body is required"));
+    }
 
     let dto: dto::PaymentWebhook = dto::parse(&body)?;
     ctx.metadata.idempotency_key = Some(dto.provider_event_id.clone());

@@ -7,6 +7,7 @@
 //! skips an event.
 
 mod envelope;
+mod fold;
 mod memory;
 mod postgres;
 pub mod progress;
@@ -16,6 +17,7 @@ mod subscription;
 pub mod testing;
 
 pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppended, StreamWrite};
+pub use fold::{FoldError, Folded, fold_stream};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate};
 pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};

@@ -1,5 +1,8 @@
-//! Consumers' per-partition progress in PostgreSQL (`consumer_partitions`),
-//! and what a consistency token names: the streams of one append.
+//! Consumers' progress in PostgreSQL: one position per named consumer
+//! (`checkpoints`: the order process manager, the relay), the highest
+//! position applied per partition (`consumer_partitions`), and what a
+//! consistency token names: the streams of one append. It lives beside the
+//! log because every consumer of the log, in any crate, records it.
 
 use sqlx::{PgConnection, PgPool};
 
@@ -8,6 +11,26 @@ use crate::source::{Batch, Progress};
 /// The channel a notification goes out on after a consumer's progress
 /// moved, so readers waiting for a token wake at once.
 pub const PROGRESS_CHANNEL: &str = "storekeeper_progress";
+
+/// The position a named consumer has recorded (0: none yet).
+pub async fn load_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1").bind(name).fetch_optional(pool).await?;
+    Ok(position.unwrap_or(0) as u64)
+}
+
+/// Records a named consumer's position; it never moves back.
+pub async fn save_checkpoint<'c>(conn: impl sqlx::PgExecutor<'c>, name: &str, position: u64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO checkpoints (name, position) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position), updated_at = now()",
+    )
+    .bind(name)
+    .bind(position as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 /// Fills `progress` with the consumer's stored partitions.
 pub async fn load_partitions(pool: &PgPool, consumer: &str, progress: &mut Progress) -> Result<(), sqlx::Error> {

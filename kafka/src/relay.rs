@@ -57,23 +57,11 @@ impl Relay {
     }
 
     pub async fn checkpoint(&self) -> Result<u64, sqlx::Error> {
-        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-            .bind(self.checkpoint_name())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(position.unwrap_or(0) as u64)
+        eventlog::progress::load_checkpoint(&self.pool, &self.checkpoint_name()).await
     }
 
     async fn save(&self, position: u64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        )
-        .bind(self.checkpoint_name())
-        .bind(position as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        eventlog::progress::save_checkpoint(&self.pool, &self.checkpoint_name(), position).await
     }
 
     /// Publishes a batch and waits until the broker has acknowledged all of

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::CommandService;
+use commands::CommandService;
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Currency, Money, Sku};
-use eventlog::{Batch, EventLog, EventSource, Metadata, PgEventLog, Progress, RecordedEvent, Resume, SourceFactory};
+use eventlog::{Batch, EventLog, EventSource, Metadata, Progress, RecordedEvent, Resume, SourceFactory};
 use kafka::{Relay, ensure_topic};
 use projections::Runner;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -26,12 +26,7 @@ fn topic() -> String {
 }
 
 async fn setup() -> (PgPool, Arc<dyn EventLog>, CommandService) {
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    command_api::migrate(&pool).await.unwrap();
-    projections::migrate(&pool).await.unwrap();
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log.clone());
-    (pool, log, service)
+    test_support::command_side().await
 }
 
 /// Adds `products` products and restocks each `rounds` times.

@@ -7,12 +7,20 @@
 //! retried a bounded number of times, then parked in `dead_letters` with
 //! its error while the projection goes on.
 
+mod checkpoint;
+mod dead_letters;
 mod models;
+pub mod names;
+mod rebuild;
 mod runner;
 pub mod search;
+mod status;
 
+pub use dead_letters::retry_parked;
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use runner::{LAG_COUNTED_UP_TO, ProjectionStatus, Runner, lag, progress, request_rebuild, retry_parked, status};
+pub use rebuild::request_rebuild;
+pub use runner::Runner;
+pub use status::{LAG_COUNTED_UP_TO, ProjectionStatus, lag, progress, status};
 
 use async_trait::async_trait;
 use domain::events::DomainEvent;

@@ -13,7 +13,7 @@ use eventlog::RecordedEvent;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use crate::{ApplyError, Projection, entity_id};
+use crate::{ApplyError, Projection, entity_id, names};
 
 /// Every projection the query API reads.
 pub fn all() -> Vec<Arc<dyn Projection>> {
@@ -31,7 +31,7 @@ pub struct ProductsProjection;
 #[async_trait]
 impl Projection for ProductsProjection {
     fn name(&self) -> &'static str {
-        "products"
+        names::PRODUCTS
     }
     fn version(&self) -> i32 {
         1
@@ -218,7 +218,7 @@ pub struct CustomersProjection;
 #[async_trait]
 impl Projection for CustomersProjection {
     fn name(&self) -> &'static str {
-        "customers"
+        names::CUSTOMERS
     }
     fn version(&self) -> i32 {
         1
@@ -275,7 +275,7 @@ pub struct OrdersProjection;
 #[async_trait]
 impl Projection for OrdersProjection {
     fn name(&self) -> &'static str {
-        "orders"
+        names::ORDERS
     }
     fn version(&self) -> i32 {
         1
@@ -387,7 +387,7 @@ impl SalesProjection {
 #[async_trait]
 impl Projection for SalesProjection {
     fn name(&self) -> &'static str {
-        "sales"
+        names::SALES
     }
     fn version(&self) -> i32 {
         1
@@ -427,7 +427,7 @@ pub struct AuditProjection;
 #[async_trait]
 impl Projection for AuditProjection {
     fn name(&self) -> &'static str {
-        "audit"
+        names::AUDIT
     }
     fn version(&self) -> i32 {
         1

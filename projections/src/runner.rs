@@ -1,5 +1,7 @@
-//! Runs projections: one task each, batch by batch, checkpoint in the same
-//! transaction as the rows.
+//! The live follow loop: one task per projection, fed batch by batch, each
+//! batch applied with the checkpoint in the same transaction as the rows.
+//! A rebuild runs beside it through the same consumer (see `rebuild`);
+//! events that fail are left to `dead_letters`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,204 +9,26 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::events::DomainEvent;
 use eventlog::source::BoxError;
-use eventlog::{Batch, Consumer, EventLog, Progress, RecordedEvent, Resume, SourceFactory};
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use eventlog::{Batch, Consumer, EventLog, RecordedEvent, Resume, SourceFactory};
+use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::Projection;
+use crate::checkpoint::{RunError, Target, prepare};
+use crate::dead_letters::{apply_one, park};
+use crate::rebuild::{rebuild_requested, take_over};
+use crate::status::progress;
 
 /// Events per batch read in process: large enough to amortise a
 /// transaction while catching up; live batches are as small as the
 /// traffic.
 const BATCH: usize = 2000;
 
-/// Attempts at one event before it is parked.
-const ATTEMPTS: u32 = 3;
-
 pub struct Runner {
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
     sources: SourceFactory,
-}
-
-/// Where a projection's batches go: its live tables, or a rebuild's copies
-/// of them in a schema of their own.
-#[derive(Clone)]
-struct Target {
-    /// Its checkpoint row (and partitions and dead letters): the
-    /// projection's name, or `<name>:rebuild`.
-    checkpoint: String,
-    /// A rebuild's schema, put first on the search path.
-    schema: Option<String>,
-}
-
-impl Target {
-    fn live(projection: &dyn Projection) -> Target {
-        Target { checkpoint: projection.name().to_owned(), schema: None }
-    }
-
-    fn rebuild(projection: &dyn Projection) -> Target {
-        Target { checkpoint: format!("{}:rebuild", projection.name()), schema: Some(format!("rebuild_{}", projection.name())) }
-    }
-
-    async fn begin<'a>(&self, pool: &'a PgPool) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        if let Some(schema) = &self.schema {
-            sqlx::query(&format!("SET LOCAL search_path TO {schema}, public")).execute(&mut *tx).await?;
-        }
-        Ok(tx)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RunError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error("projection {0} is at version {1} in the database, newer than this process's {2}; leaving it to newer workers")]
-    Newer(String, i32, i32),
-    #[error("projection {0} was rebuilt or taken over meanwhile; resuming from its new checkpoint")]
-    Superseded(String),
-}
-
-/// The projection's checkpoint row for `target`, created when missing, and
-/// where to resume. A new live row starts at the beginning of the log; a
-/// row of an older version is only for a rebuild to replace.
-async fn prepare(pool: &PgPool, projection: &dyn Projection, target: &Target) -> Result<(Resume, Uuid), RunError> {
-    let mut tx = pool.begin().await?;
-    // Serialise workers preparing the same projection.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('projection:' || $1, 0))").bind(projection.name()).execute(&mut *tx).await?;
-    let row: Option<(i32, i64, Uuid)> =
-        sqlx::query_as("SELECT version, position, generation FROM projection_checkpoints WHERE projection = $1")
-            .bind(&target.checkpoint)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (position, generation) = match row {
-        Some((version, position, generation)) if version == projection.version() => (position as u64, generation),
-        Some((version, _, _)) if version > projection.version() && target.schema.is_none() => {
-            return Err(RunError::Newer(projection.name().into(), version, projection.version()));
-        }
-        _ => {
-            // Nothing yet, or a rebuild of another version: start over.
-            if let Some(schema) = &target.schema {
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut *tx).await?;
-                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut *tx).await?;
-                for table in projection.tables() {
-                    sqlx::query(&format!("CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")).execute(&mut *tx).await?;
-                }
-            } else {
-                projection.reset(&mut tx).await?;
-            }
-            sqlx::query("DELETE FROM dead_letters WHERE projection = $1").bind(&target.checkpoint).execute(&mut *tx).await?;
-            eventlog::progress::clear_partitions(&mut tx, &target.checkpoint).await?;
-            let state = if target.schema.is_some() { "rebuilding" } else { "running" };
-            let generation: Uuid = sqlx::query_scalar(
-                "INSERT INTO projection_checkpoints (projection, version, position, state) VALUES ($1, $2, 0, $3)
-                 ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, position = 0, state = EXCLUDED.state, last_error = NULL,
-                        generation = gen_random_uuid(), updated_at = now()
-                 RETURNING generation",
-            )
-            .bind(&target.checkpoint)
-            .bind(projection.version())
-            .bind(state)
-            .fetch_one(&mut *tx)
-            .await?;
-            (0, generation)
-        }
-    };
-    tx.commit().await?;
-    let mut progress = Progress { position, ..Progress::default() };
-    eventlog::progress::load_partitions(pool, &target.checkpoint, &mut progress).await?;
-    Ok((Resume { consumer: target.checkpoint.clone(), generation: generation.to_string(), progress }, generation))
-}
-
-/// Swaps a caught-up rebuild in for the live tables, in one transaction:
-/// readers see the old tables or the new ones, never a mix.
-async fn take_over(pool: &PgPool, projection: &dyn Projection) -> Result<(), sqlx::Error> {
-    let rebuild = Target::rebuild(projection);
-    let schema = rebuild.schema.as_deref().expect("a rebuild has a schema");
-    let name = projection.name();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('projection:' || $1, 0))").bind(name).execute(&mut *tx).await?;
-    let pending: Option<i32> = sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(&rebuild.checkpoint)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if pending.is_none() {
-        return Ok(()); // another worker took it over already
-    }
-    for table in projection.tables() {
-        sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}")).execute(&mut *tx).await?;
-        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET SCHEMA public")).execute(&mut *tx).await?;
-    }
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut *tx).await?;
-    for (table, column) in [("projection_checkpoints", "projection"), ("consumer_partitions", "consumer"), ("dead_letters", "projection")] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1")).bind(name).execute(&mut *tx).await?;
-        sqlx::query(&format!("UPDATE {table} SET {column} = $2 WHERE {column} = $1"))
-            .bind(&rebuild.checkpoint)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query("UPDATE projection_checkpoints SET state = 'running', rebuild_requested = false, updated_at = now() WHERE projection = $1")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)").bind(eventlog::progress::PROGRESS_CHANNEL).bind(name).execute(&mut *tx).await?;
-    tx.commit().await?;
-    tracing::info!(projection = name, version = projection.version(), "rebuild caught up and took over");
-    Ok(())
-}
-
-/// Applies one event with bounded retries inside a savepoint; answers the
-/// error it gave up on, if any.
-async fn apply_one(
-    conn: &mut PgConnection,
-    projection: &dyn Projection,
-    event: &RecordedEvent,
-) -> Result<Option<(String, u32)>, sqlx::Error> {
-    let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
-        Ok(decoded) => decoded,
-        Err(e) => return Ok(Some((format!("cannot decode: {e}"), 1))),
-    };
-    let mut last_error = String::new();
-    for attempt in 1..=ATTEMPTS {
-        sqlx::query("SAVEPOINT apply_event").execute(&mut *conn).await?;
-        match projection.apply(conn, event, &decoded).await {
-            Ok(()) => {
-                sqlx::query("RELEASE SAVEPOINT apply_event").execute(&mut *conn).await?;
-                return Ok(None);
-            }
-            Err(e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT apply_event").execute(&mut *conn).await?;
-                last_error = e.to_string();
-                tracing::warn!(projection = projection.name(), position = event.global_position, attempt, error = %e, "applying an event failed");
-                if attempt < ATTEMPTS {
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-            }
-        }
-    }
-    Ok(Some((last_error, ATTEMPTS)))
-}
-
-async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, error: &str, attempts: u32) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (projection, global_position) DO UPDATE SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, parked_at = now()",
-    )
-    .bind(projection)
-    .bind(event.global_position as i64)
-    .bind(&event.stream_id)
-    .bind(&event.event_type)
-    .bind(error)
-    .bind(attempts as i32)
-    .execute(conn)
-    .await?;
-    metrics::counter!("storekeeper_projection_parked_total", "projection" => projection.to_owned()).increment(1);
-    Ok(())
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
@@ -354,28 +178,6 @@ async fn run_projection(pool: PgPool, sources: SourceFactory, projection: Arc<dy
     }
 }
 
-/// Returns once someone asks for the projection to be rebuilt.
-async fn rebuild_requested(pool: &PgPool, name: &str) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let requested: Result<Option<bool>, _> =
-            sqlx::query_scalar("SELECT rebuild_requested FROM projection_checkpoints WHERE projection = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await;
-        if let Ok(Some(true)) = requested {
-            return;
-        }
-    }
-}
-
-/// Asks the running workers to rebuild `name` beside its live tables.
-pub async fn request_rebuild(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
-    let updated =
-        sqlx::query("UPDATE projection_checkpoints SET rebuild_requested = true WHERE projection = $1").bind(name).execute(pool).await?;
-    Ok(updated.rows_affected() > 0)
-}
-
 /// One projection, live or rebuilding, as a consumer of the log.
 struct ProjectionConsumer {
     pool: PgPool,
@@ -452,152 +254,4 @@ impl Consumer for ProjectionConsumer {
         }
         Ok(())
     }
-}
-
-/// How far each of `names` has applied the log (`None`: it never ran).
-pub async fn progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        projection: String,
-        position: i64,
-        partition: Option<i32>,
-        partitions: Option<i32>,
-        partition_position: Option<i64>,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.projection, c.position, p.partition, p.partitions, p.position AS partition_position
-           FROM projection_checkpoints c LEFT JOIN consumer_partitions p ON p.consumer = c.projection
-          WHERE c.projection = ANY($1)",
-    )
-    .bind(names)
-    .fetch_all(pool)
-    .await?;
-    Ok(names
-        .iter()
-        .map(|name| {
-            let mut found = None::<Progress>;
-            for row in rows.iter().filter(|r| r.projection == *name) {
-                let progress = found.get_or_insert_with(|| Progress { position: row.position as u64, ..Progress::default() });
-                if let (Some(partition), Some(partitions), Some(at)) = (row.partition, row.partitions, row.partition_position) {
-                    progress.partitions.insert(partition, at as u64);
-                    progress.partition_count = partitions;
-                }
-            }
-            found
-        })
-        .collect())
-}
-
-/// One projection's state, for `projections list` and the query API.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectionStatus {
-    pub name: String,
-    pub version: i32,
-    pub position: u64,
-    pub lag_events: u64,
-    pub lag_seconds: f64,
-    pub state: String,
-    pub parked: u64,
-    pub last_error: Option<String>,
-}
-
-/// Lag is counted event by event up to this many; beyond, it is reported
-/// as this many, so a status call stays cheap however far behind.
-pub const LAG_COUNTED_UP_TO: i64 = 1_000_000;
-
-/// How far the log runs ahead of `position`: events (counted up to
-/// `LAG_COUNTED_UP_TO`) and the age of the oldest one not applied.
-pub async fn lag(pool: &PgPool, position: u64) -> Result<(u64, f64), sqlx::Error> {
-    let (events, seconds): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM (SELECT FROM events WHERE global_position > $1 LIMIT $2) behind),
-                (SELECT extract(epoch FROM now() - recorded_at)::float8 FROM events WHERE global_position > $1
-                  ORDER BY global_position LIMIT 1)",
-    )
-    .bind(position as i64)
-    .bind(LAG_COUNTED_UP_TO)
-    .fetch_one(pool)
-    .await?;
-    Ok((events as u64, seconds.unwrap_or(0.0).max(0.0)))
-}
-
-/// The state of every projection that has run against this database.
-pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        projection: String,
-        version: i32,
-        position: i64,
-        state: String,
-        last_error: Option<String>,
-        parked: i64,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.projection, c.version, c.position, c.state, c.last_error,
-                (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked
-           FROM projection_checkpoints c ORDER BY c.projection",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut statuses = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (lag_events, lag_seconds) = lag(pool, r.position as u64).await?;
-        statuses.push(ProjectionStatus {
-            name: r.projection,
-            version: r.version,
-            position: r.position as u64,
-            lag_events,
-            lag_seconds,
-            state: if r.parked > 0 && r.state == "running" { "degraded".into() } else { r.state },
-            parked: r.parked as u64,
-            last_error: r.last_error,
-        });
-    }
-    Ok(statuses)
-}
-
-/// Applies a projection's parked events again, in log order; those that
-/// still fail stay parked. Answers how many were applied.
-pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Projection) -> Result<u64, RetryError> {
-    let parked: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM dead_letters WHERE projection = $1 ORDER BY global_position")
-        .bind(projection.name())
-        .fetch_all(pool)
-        .await?;
-    let mut applied = 0;
-    for position in parked {
-        let position = position as u64;
-        let Some(event) = log.read_all(position - 1, 1).await?.into_iter().find(|e| e.global_position == position) else {
-            return Err(RetryError::Missing(position));
-        };
-        let mut tx = pool.begin().await?;
-        match apply_one(&mut tx, projection, &event).await? {
-            None => {
-                sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND global_position = $2")
-                    .bind(projection.name())
-                    .bind(position as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                applied += 1;
-            }
-            Some((error, attempts)) => park(&mut tx, projection.name(), &event, &error, attempts).await?,
-        }
-        tx.commit().await?;
-    }
-    sqlx::query(
-        "UPDATE projection_checkpoints SET state = 'running', last_error = NULL
-          WHERE projection = $1 AND NOT EXISTS (SELECT FROM dead_letters WHERE projection = $1)",
-    )
-    .bind(projection.name())
-    .execute(pool)
-    .await?;
-    Ok(applied)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RetryError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Log(#[from] eventlog::EventLogError),
-    #[error("parked event at position {0} is not in the log")]
-    Missing(u64),
 }

@@ -337,7 +337,7 @@ impl SearchIndex {
 }
 
 /// The index's name among consumers (and in `/v1/projections`).
-pub const NAME: &str = "search";
+pub const NAME: &str = crate::names::SEARCH;
 
 struct Indexer {
     index: Arc<SearchIndex>,
@@ -449,22 +449,7 @@ impl Consumer for Indexer {
 }
 
 /// A product as the log says it is now, and its stream version.
-async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<(Option<Product>, u64), EventLogError> {
-    let stream = domain::stream_id::<ProductAggregate>(id);
-    let mut state = None;
-    let mut version = 0;
-    let mut from = 0;
-    loop {
-        let page = log.read_stream(&stream, from, 1000).await?;
-        for e in &page {
-            if let Some(event) = decode(e) {
-                state = ProductAggregate::evolve(state, &event);
-            }
-            version = e.stream_version;
-        }
-        if page.len() < 1000 {
-            return Ok((state, version));
-        }
-        from += 1000;
-    }
+async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<(Option<Product>, u64), eventlog::FoldError> {
+    let folded = eventlog::fold_stream::<ProductAggregate>(log, &domain::stream_id::<ProductAggregate>(id), |_| true).await?;
+    Ok((folded.state, folded.version.unwrap_or(0)))
 }

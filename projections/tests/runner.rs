@@ -5,23 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use command_api::CommandService;
+use commands::CommandService;
 use domain::events::DomainEvent;
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Currency, Money, Sku};
-use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, PgEventLog, RecordedEvent, StreamWrite};
+use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamWrite};
+use projections::names::PRODUCTS;
 use projections::{ApplyError, Projection, Runner};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 async fn setup() -> (PgPool, Arc<dyn EventLog>, CommandService) {
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    command_api::migrate(&pool).await.unwrap();
-    projections::migrate(&pool).await.unwrap();
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log.clone());
-    (pool, log, service)
+    test_support::command_side().await
 }
 
 fn start(
@@ -114,7 +110,7 @@ async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
     }
     writer.await.unwrap();
     let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 7);
-    caught_up(&pool, &log, "products").await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
     let incremental = products_table(&pool).await;
     assert_eq!(incremental.len(), 20);
@@ -135,7 +131,7 @@ async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
     // Forget the checkpoint: the projection rebuilds from the log.
     sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();
     let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 500);
-    caught_up(&pool, &log, "products").await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
     assert_eq!(products_table(&pool).await, incremental);
 }
@@ -193,7 +189,7 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     let flaky: Arc<dyn Projection> = Arc::new(Flaky);
     let running = start(&pool, &log, vec![flaky.clone(), Arc::new(projections::ProductsProjection)], 100);
     caught_up(&pool, &log, "flaky").await;
-    caught_up(&pool, &log, "products").await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
 
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM flaky_seen").fetch_one(&pool).await.unwrap();
@@ -202,7 +198,7 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     let flaky_status = status.iter().find(|s| s.name == "flaky").unwrap();
     assert_eq!((flaky_status.state.as_str(), flaky_status.parked), ("degraded", 2));
     assert!(flaky_status.last_error.is_some());
-    let products_status = status.iter().find(|s| s.name == "products").unwrap();
+    let products_status = status.iter().find(|s| s.name == PRODUCTS).unwrap();
     assert_eq!(products_status.parked, 1, "the undecodable event is parked");
     assert_eq!(products_table(&pool).await[0].3, "discontinued");
 
@@ -221,7 +217,7 @@ struct ProductsV2;
 #[async_trait]
 impl Projection for ProductsV2 {
     fn name(&self) -> &'static str {
-        "products"
+        PRODUCTS
     }
     fn version(&self) -> i32 {
         projections::ProductsProjection.version() + 1
@@ -261,7 +257,7 @@ async fn rebuilds_are_built_beside_the_live_tables_and_take_over_in_one_step() {
         service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 1 }, None, &metadata()).await.unwrap();
     }
     let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 500);
-    caught_up(&pool, &log, "products").await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
 
     // Readers keep reading the whole time; they must never see a
@@ -286,8 +282,8 @@ async fn rebuilds_are_built_beside_the_live_tables_and_take_over_in_one_step() {
     for id in &ids {
         service.execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: 2 }, None, &metadata()).await.unwrap();
     }
-    taken_over(&pool, "products", ProductsV2.version()).await;
-    caught_up(&pool, &log, "products").await;
+    taken_over(&pool, PRODUCTS, ProductsV2.version()).await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
     for (id, stock, ..) in products_table(&pool).await {
         let product = service.load::<ProductAggregate>(&domain::stream_id::<ProductAggregate>(id)).await.unwrap().state.unwrap();
@@ -308,7 +304,7 @@ async fn rebuilds_are_built_beside_the_live_tables_and_take_over_in_one_step() {
     let before = products_table(&pool).await;
     let generation: Uuid =
         sqlx::query_scalar("SELECT generation FROM projection_checkpoints WHERE projection = 'products'").fetch_one(&pool).await.unwrap();
-    assert!(projections::request_rebuild(&pool, "products").await.unwrap());
+    assert!(projections::request_rebuild(&pool, PRODUCTS).await.unwrap());
     let running = start(&pool, &log, vec![Arc::new(ProductsV2)], 7);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -322,8 +318,8 @@ async fn rebuilds_are_built_beside_the_live_tables_and_take_over_in_one_step() {
         assert!(tokio::time::Instant::now() < deadline, "the requested rebuild never took over");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    taken_over(&pool, "products", ProductsV2.version()).await;
-    caught_up(&pool, &log, "products").await;
+    taken_over(&pool, PRODUCTS, ProductsV2.version()).await;
+    caught_up(&pool, &log, PRODUCTS).await;
     stop(running).await;
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.await.unwrap() > 10, "the reader kept reading");

@@ -1,54 +1,39 @@
 //! Every way a read can fail, as `application/problem+json`.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use edge::{EdgeError, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{field}: {message}")]
-    Malformed { field: String, message: String },
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    Forbidden(&'static str),
+    /// Refused at the edge: unreadable request, no or bad token, limits.
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("the read models have not caught up with the given consistency token within {0} ms")]
     NotYetConsistent(u64),
-    #[error("the service is not available")]
-    Unavailable,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
     pub fn malformed(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Malformed { field: field.into(), message: message.into() }
+        ApiError::Edge(EdgeError::malformed(field, message))
     }
+
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(e))
     }
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::NotYetConsistent(_) | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-    fn code(&self) -> &'static str {
-        match self {
-            ApiError::Malformed { .. } => "validation_failed",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::NotYetConsistent(_) => "not_yet_consistent",
-            ApiError::Unavailable => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
+
+    fn problem(&self) -> Problem {
+        let (status, code) = match self {
+            ApiError::Edge(e) => return e.problem(),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Problem::new(status, code, self.to_string())
     }
 }
 
@@ -66,29 +51,9 @@ impl From<eventlog::EventLogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
         if let ApiError::Internal(e) = &self {
-            tracing::error!(error = %e, "internal error");
+            tracing::error!(error = %e, source = ?e.source(), "internal error");
         }
-        let mut body = json!({
-            "type": format!("https://storekeeper.dev/problems/{}", self.code()),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-            "code": self.code(),
-        });
-        if let ApiError::Malformed { field, message } = &self {
-            body["errors"] = json!([{ "field": field, "message": message }]);
-        }
-        let mut response = (status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        self.problem().into_response()
     }
 }

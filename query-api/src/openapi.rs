@@ -1,173 +1,164 @@
-//! The OpenAPI 3.1 document of the query API; a test compares it with the
-//! copy checked in under `schemas/openapi/`.
+//! The OpenAPI 3.1 document of the query API, generated from the query
+//! parameter and response types the handlers use, so it cannot drift from
+//! them; a test compares it with the copy under `schemas/openapi/`.
 
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-fn param(name: &str, location: &str, schema: Value) -> Value {
-    json!({ "name": name, "in": location, "required": location == "path", "schema": schema })
+use crate::reports::{AuditQuery, HistoryQuery, SalesQuery};
+use crate::responses::{AuditEntry, Customer, History, Order, Page, Product, Projection, SalesItem, SearchResults};
+use crate::time_travel::AtQuery;
+use crate::{orders::OrderFilter, products::ProductFilter, products::SearchQuery};
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+struct Op {
+    path: &'static str,
+    summary: &'static str,
+    /// Who may call it: `public`, `admin`, or `owner` (admin, or the customer it concerns).
+    auth: &'static str,
+    query: Option<SchemaFn>,
+    response: SchemaFn,
+    /// Whether `X-Consistency-Token` makes it wait.
+    consistent: bool,
 }
 
-pub fn document() -> Value {
-    let string = json!({ "type": "string" });
-    let uuid = json!({ "type": "string", "format": "uuid" });
-    let integer = json!({ "type": "integer", "minimum": 0 });
-    let token = json!({ "name": "X-Consistency-Token", "in": "header", "required": false,
-                        "description": "Token from a write: the read waits until it is visible (503 not_yet_consistent after X-Consistency-Timeout ms, default 2000)",
-                        "schema": { "type": "string" } });
-    let ops: Vec<(&str, &str, &str, Vec<Value>)> = vec![
-        (
-            "/v1/products",
-            "List products (keyset pagination)",
-            "public",
-            vec![
-                param("category", "query", string.clone()),
-                param("status", "query", json!({"enum": ["active", "discontinued"]})),
-                param("min_price", "query", integer.clone()),
-                param("max_price", "query", integer.clone()),
-                param("limit", "query", integer.clone()),
-                param("cursor", "query", string.clone()),
-                token.clone(),
-            ],
-        ),
-        ("/v1/products/{id}", "A product", "public", vec![param("id", "path", uuid.clone()), token.clone()]),
-        (
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+fn inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.root_schema_for::<T>()
+}
+
+fn operations() -> Vec<Op> {
+    let op = |path, summary, auth, query, response, consistent| Op { path, summary, auth, query, response, consistent };
+    vec![
+        op("/v1/products", "List products (keyset pagination)", "public", Some(inline::<ProductFilter>), schema::<Page<Product>>, true),
+        op("/v1/products/{id}", "A product", "public", None, schema::<Product>, true),
+        op("/v1/products/{id}/at", "A product as it was at a version or time", "public", Some(inline::<AtQuery>), schema::<Product>, false),
+        op(
             "/v1/search/products",
             "Full-text product search (typo tolerant) with category facet counts",
             "public",
-            vec![
-                param("q", "query", string.clone()),
-                param("category", "query", string.clone()),
-                param("in_stock", "query", json!({"type": "boolean"})),
-                param("min_price", "query", integer.clone()),
-                param("max_price", "query", integer.clone()),
-                param("sort", "query", json!({"enum": ["relevance", "price_asc", "price_desc"]})),
-                param("limit", "query", integer.clone()),
-                param("offset", "query", integer.clone()),
-                token.clone(),
-            ],
+            Some(inline::<SearchQuery>),
+            schema::<SearchResults>,
+            true,
         ),
-        (
-            "/v1/products/{id}/at",
-            "A product as it was at a version or time",
-            "public",
-            vec![
-                param("id", "path", uuid.clone()),
-                param("version", "query", integer.clone()),
-                param("time", "query", json!({"type": "string", "format": "date-time"})),
-            ],
-        ),
-        ("/v1/customers/{id}", "A customer", "admin, or the customer", vec![param("id", "path", uuid.clone()), token.clone()]),
-        (
+        op("/v1/customers/{id}", "A customer", "owner", None, schema::<Customer>, true),
+        op(
             "/v1/customers/{id}/at",
             "A customer as it was at a version or time",
-            "admin, or the customer",
-            vec![
-                param("id", "path", uuid.clone()),
-                param("version", "query", integer.clone()),
-                param("time", "query", json!({"type": "string", "format": "date-time"})),
-            ],
+            "owner",
+            Some(inline::<AtQuery>),
+            schema::<Customer>,
+            false,
         ),
-        (
-            "/v1/customers/{id}/orders",
-            "A customer's orders",
-            "admin, or the customer",
-            vec![
-                param("id", "path", uuid.clone()),
-                param("status", "query", string.clone()),
-                param("limit", "query", integer.clone()),
-                param("cursor", "query", string.clone()),
-                token.clone(),
-            ],
-        ),
-        (
-            "/v1/orders",
-            "List orders (customers see their own)",
-            "authenticated",
-            vec![
-                param("status", "query", string.clone()),
-                param("customer_id", "query", uuid.clone()),
-                param("limit", "query", integer.clone()),
-                param("cursor", "query", string.clone()),
-                token.clone(),
-            ],
-        ),
-        ("/v1/orders/{id}", "An order", "admin, or its customer", vec![param("id", "path", uuid.clone()), token.clone()]),
-        (
-            "/v1/orders/{id}/at",
-            "An order as it was at a version or time",
-            "admin, or its customer",
-            vec![
-                param("id", "path", uuid.clone()),
-                param("version", "query", integer.clone()),
-                param("time", "query", json!({"type": "string", "format": "date-time"})),
-            ],
-        ),
-        (
-            "/v1/reports/sales",
-            "Sales by day or by product",
-            "admin",
-            vec![
-                param("from", "query", json!({"type": "string", "format": "date"})),
-                param("to", "query", json!({"type": "string", "format": "date"})),
-                param("group_by", "query", json!({"enum": ["day", "product"]})),
-                token.clone(),
-            ],
-        ),
-        (
+        op("/v1/customers/{id}/orders", "A customer's orders", "owner", Some(inline::<OrderFilter>), schema::<Page<Order>>, true),
+        op("/v1/orders", "List orders (customers see their own)", "owner", Some(inline::<OrderFilter>), schema::<Page<Order>>, true),
+        op("/v1/orders/{id}", "An order", "owner", None, schema::<Order>, true),
+        op("/v1/orders/{id}/at", "An order as it was at a version or time", "owner", Some(inline::<AtQuery>), schema::<Order>, false),
+        op("/v1/reports/sales", "Sales per day or per product", "admin", Some(inline::<SalesQuery>), schema::<Page<SalesItem>>, true),
+        op(
             "/v1/streams/{stream_id}/events",
             "A stream's history from the log, with metadata",
             "admin",
-            vec![
-                param("stream_id", "path", string.clone()),
-                param("from_version", "query", integer.clone()),
-                param("limit", "query", integer.clone()),
-            ],
+            Some(inline::<HistoryQuery>),
+            schema::<History>,
+            false,
         ),
-        (
-            "/v1/audit",
-            "The audit log across all streams",
-            "admin",
-            vec![
-                param("actor", "query", string.clone()),
-                param("correlation_id", "query", uuid.clone()),
-                param("stream_id", "query", string.clone()),
-                param("event_type", "query", string.clone()),
-                param("from", "query", json!({"type": "string", "format": "date-time"})),
-                param("to", "query", json!({"type": "string", "format": "date-time"})),
-                param("limit", "query", integer.clone()),
-                param("cursor", "query", string.clone()),
-                token,
-            ],
-        ),
-        ("/v1/projections", "Every projection's version, position, lag and state", "public", vec![]),
-        ("/healthz", "Liveness", "public", vec![]),
-        ("/readyz", "Readiness: the database answers", "public", vec![]),
-        ("/metrics", "Prometheus metrics", "public", vec![]),
-        ("/openapi.json", "This document", "public", vec![]),
-    ];
+        op("/v1/audit", "The audit trail across all streams", "admin", Some(inline::<AuditQuery>), schema::<Page<AuditEntry>>, true),
+        op("/v1/projections", "Every projection's version, position, lag and state", "admin", None, schema::<Page<Projection>>, false),
+    ]
+}
+
+/// Each property of a query type's schema as one query parameter.
+fn query_parameters(schema: &Schema) -> Vec<Value> {
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return Vec::new() };
+    properties
+        .iter()
+        .map(|(name, property)| {
+            let mut property = property.clone();
+            let description = property.as_object_mut().and_then(|p| p.remove("description"));
+            let mut parameter = json!({ "name": name, "in": "query", "required": false, "schema": property });
+            if let Some(description) = description {
+                parameter["description"] = description;
+            }
+            parameter
+        })
+        .collect()
+}
+
+pub fn document() -> Value {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
     let mut paths = serde_json::Map::new();
-    for (path, summary, auth, parameters) in ops {
-        let security = if auth == "public" { json!([]) } else { json!([{ "bearer": [] }]) };
+    for op in operations() {
+        let mut parameters = Vec::new();
+        for segment in op.path.split('/').filter(|s| s.starts_with('{')) {
+            let name = segment.trim_matches(|c| c == '{' || c == '}');
+            let schema = if name == "id" { json!({ "type": "string", "format": "uuid" }) } else { json!({ "type": "string" }) };
+            parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
+        }
+        if let Some(query) = op.query {
+            parameters.extend(query_parameters(&query(&mut generator)));
+        }
+        if op.consistent {
+            parameters.push(json!({ "name": "X-Consistency-Token", "in": "header", "required": false,
+                "description": "Token from a write: the read waits until it is visible (503 not_yet_consistent after X-Consistency-Timeout ms, default 2000)",
+                "schema": { "type": "string" } }));
+            parameters.push(json!({ "name": "X-Consistency-Timeout", "in": "header", "required": false,
+                "description": "How long to wait for the tokens, in ms (at most 30000)", "schema": { "type": "string" } }));
+        }
+        let security = if op.auth == "public" { json!([]) } else { json!([{ "bearer": [] }]) };
+        let response = (op.response)(&mut generator);
         paths.insert(
-            path.to_owned(),
+            op.path.to_owned(),
             json!({ "get": {
-                "summary": summary,
-                "description": format!("Allowed: {auth}."),
+                "summary": op.summary,
+                "description": format!("Allowed: {}.", op.auth),
                 "security": security,
                 "parameters": parameters,
                 "responses": {
-                    "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object" } } } },
-                    "default": { "description": "A problem", "content": { "application/problem+json": { "schema": { "type": "object",
-                        "required": ["type", "title", "status", "detail", "code"] } } } }
+                    "200": { "description": "OK", "content": { "application/json": { "schema": response } } },
+                    "default": { "description": "A problem", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }
                 }
             }}),
         );
     }
+    for (path, summary) in [
+        ("/healthz", "Liveness"),
+        ("/readyz", "Readiness: the database answers"),
+        ("/metrics", "Prometheus metrics"),
+        ("/openapi.json", "This document"),
+    ] {
+        paths
+            .insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));
+    }
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "code"],
+            "properties": {
+                "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                "detail": { "type": "string" }, "code": { "type": "string" },
+                "errors": { "type": "array", "items": { "type": "object", "properties": { "field": { "type": "string" }, "message": { "type": "string" } } } }
+            }
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": { "title": "storekeeper query API", "version": env!("CARGO_PKG_VERSION") },
         "servers": [{ "url": "http://127.0.0.1:8081" }],
         "paths": paths,
-        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } } }
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } }
+        }
     })
 }

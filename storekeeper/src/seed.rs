@@ -4,7 +4,7 @@
 //! `projections` process reserves their stock as usual.
 
 use anyhow::{Context, Result};
-use command_api::CommandService;
+use commands::CommandService;
 use domain::customer::CustomerCommand;
 use domain::product::ProductCommand;
 use domain::{Address, Currency, Email, Money, Sku};

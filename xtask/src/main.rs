@@ -3,6 +3,7 @@
 //! write path. Nothing here is needed at run time.
 
 mod bench;
+mod deps;
 mod schemas;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
@@ -162,6 +163,8 @@ fn test(rest: &[&str]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt).context("formatting (run `cargo fmt --all`)")?;
+
+    deps::check()?;
 
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);

@@ -14,10 +14,9 @@ async fn a_missing_or_bad_token_is_401_and_appends_nothing() {
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     problem(response, 401, "unauthorized").await;
     problem(app.post_json("/v1/products", "not-a-jwt", product_body()).await, 401, "unauthorized").await;
-    let foreign =
-        command_api::JwtKeys::new(b"some-other-secret-0123456789abcd").mint("alice", command_api::Role::Admin, chrono::Duration::hours(1));
+    let foreign = edge::JwtKeys::new(b"some-other-secret-0123456789abcd").mint("alice", edge::Role::Admin, chrono::Duration::hours(1));
     problem(app.post_json("/v1/products", &foreign, product_body()).await, 401, "unauthorized").await;
-    let expired = app.jwt.mint("alice", command_api::Role::Admin, chrono::Duration::hours(-1));
+    let expired = app.jwt.mint("alice", edge::Role::Admin, chrono::Duration::hours(-1));
     problem(app.post_json("/v1/products", &expired, product_body()).await, 401, "unauthorized").await;
     assert_eq!(app.event_count().await, 0);
 }

@@ -30,7 +30,7 @@ async fn the_same_key_and_body_answer_the_first_response_and_append_nothing() {
     assert_eq!(app.product(id).await.stock, 3);
 
     // Keys belong to their caller: another caller's same key is its own.
-    let other = app.jwt.mint("bob", command_api::Role::Admin, chrono::Duration::hours(1));
+    let other = app.jwt.mint("bob", edge::Role::Admin, chrono::Duration::hours(1));
     let response = app
         .post(&format!("/v1/products/{id}/restock"), &other)
         .header("idempotency-key", "restock-1")
@@ -81,5 +81,5 @@ async fn a_key_expires_after_24_hours() {
     assert_eq!(fresh.status(), 200);
     assert!(fresh.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.product(id).await.stock, 3);
-    assert_eq!(command_api::idempotency::purge_expired(&app.pool).await.unwrap(), 0, "the renewed key is not expired");
+    assert_eq!(commands::IdempotencyStore::new(app.pool.clone()).purge_expired().await.unwrap(), 0, "the renewed key is not expired");
 }

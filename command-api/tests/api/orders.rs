@@ -122,7 +122,7 @@ async fn the_process_manager_survives_restarts_without_losing_or_doubling_a_rese
     let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events").fetch_one(&app.pool).await.unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let position = command_api::process_manager::ProcessManager::checkpoint(&app.pool).await.unwrap();
+        let position = commands::ProcessManager::checkpoint(&app.pool).await.unwrap();
         if position as i64 >= last {
             break;
         }

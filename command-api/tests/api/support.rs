@@ -1,16 +1,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::process_manager::ProcessManager;
-use command_api::{AppState, CommandService, JwtKeys, Role};
-use eventlog::{EventLog, PgEventLog, RecordedEvent};
+use commands::{CommandService, ProcessManager};
+use edge::{JwtKeys, Role};
+use eventlog::{EventLog, RecordedEvent};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use storekeeper::{App, Roles};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+pub use test_support::{WEBHOOK_SECRET, address, problem};
 
 pub struct TestApp {
     pub base: String,
@@ -20,6 +21,7 @@ pub struct TestApp {
     pub jwt: JwtKeys,
     pub http: reqwest::Client,
     pub admin: String,
+    _app: App,
     stop_manager: Option<watch::Sender<bool>>,
     manager: Option<tokio::task::JoinHandle<()>>,
 }
@@ -27,17 +29,21 @@ pub struct TestApp {
 /// The command API on port 0 over a fresh database, without the process
 /// manager.
 pub async fn spawn_app() -> TestApp {
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    command_api::migrate(&pool).await.expect("migrate");
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log.clone());
-    let jwt = JwtKeys::new(b"test-jwt-secret-0123456789abcdef");
-    let state = AppState { service: service.clone(), pool: pool.clone(), jwt: jwt.clone(), webhook_secret: WEBHOOK_SECRET.into() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, command_api::router(state)).await.unwrap() });
-    let admin = jwt.mint("alice", Role::Admin, chrono::Duration::hours(1));
-    TestApp { base, pool, log, service, jwt, http: reqwest::Client::new(), admin, stop_manager: None, manager: None }
+    let pool = test_support::migrated_database().await;
+    let spawned = test_support::spawn(pool.clone(), Roles { command: true, ..Roles::NONE }).await;
+    let app = spawned.app;
+    TestApp {
+        base: spawned.command.unwrap(),
+        pool,
+        log: app.log.clone(),
+        service: app.service.clone(),
+        jwt: app.jwt.clone(),
+        http: reqwest::Client::new(),
+        admin: test_support::admin_token(),
+        _app: app,
+        stop_manager: None,
+        manager: None,
+    }
 }
 
 /// The same, with the order process manager running.
@@ -105,16 +111,7 @@ impl TestApp {
     }
 
     pub async fn webhook(&self, body: &Value, secret: &str) -> Response {
-        let raw = serde_json::to_vec(body).unwrap();
-        let signature = command_api::auth::webhook_signature(secret.as_bytes(), &raw);
-        self.http
-            .post(format!("{}/v1/payments/webhook", self.base))
-            .header("content-type", "application/json")
-            .header("x-signature", signature)
-            .body(raw)
-            .send()
-            .await
-            .unwrap()
+        test_support::post_webhook(&self.http, &self.base, secret, body).await
     }
 
     /// Every event in the log, read straight from the table.
@@ -150,22 +147,7 @@ impl TestApp {
     }
 }
 
-pub fn address() -> Value {
-    json!({"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"})
-}
-
 pub async fn id_of(response: Response) -> Uuid {
     let body: Value = response.json().await.unwrap();
     Uuid::parse_str(body["id"].as_str().unwrap()).unwrap()
-}
-
-/// Asserts a problem+json answer and returns its body.
-pub async fn problem(response: Response, status: u16, code: &str) -> Value {
-    assert_eq!(response.status(), status, "unexpected status");
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
-    body
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod consistency;
+mod edge;
 mod reads;
 mod schema;
 mod search;

@@ -152,17 +152,8 @@ async fn sales_are_reported_by_day_and_by_product_once_paid() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let body = serde_json::to_vec(&json!({"provider_event_id": "evt_1", "order_id": order_id, "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"})).unwrap();
-    let signature = command_api::auth::webhook_signature(b"test-webhook-secret", &body);
-    let paid = app
-        .http
-        .post(format!("{}/v1/payments/webhook", app.command))
-        .header("content-type", "application/json")
-        .header("x-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let webhook = json!({"provider_event_id": "evt_1", "order_id": order_id, "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"});
+    let paid = test_support::post_webhook(&app.http, &app.command, test_support::WEBHOOK_SECRET, &webhook).await;
     assert_eq!(paid.status(), 200);
     let token = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
     let today = chrono::Utc::now().date_naive();
@@ -183,7 +174,7 @@ async fn projections_report_their_positions_and_health_endpoints_answer() {
     // Each projection is listed once its runner has started it.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let listed = loop {
-        let listed = app.get_json("/v1/projections", None, None).await;
+        let listed = app.get_json("/v1/projections", Some(&app.admin), None).await;
         let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         if names == ["audit", "customers", "orders", "products", "sales", "search"] {
             break listed;

@@ -1,12 +1,10 @@
-use std::sync::Arc;
-
-use command_api::process_manager::ProcessManager;
-use command_api::{CommandService, JwtKeys, Role};
-use eventlog::{EventLog, PgEventLog};
+use edge::{JwtKeys, Role};
 use reqwest::Response;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use storekeeper::{App, Roles};
 use uuid::Uuid;
+
+pub use test_support::address;
 
 pub struct TestApp {
     pub command: String,
@@ -14,55 +12,34 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub jwt: JwtKeys,
     pub admin: String,
-    stop_workers: watch::Sender<bool>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    base
+    pub pool: sqlx::PgPool,
+    _apis: App,
+    workers: Option<App>,
 }
 
 /// Both APIs on port 0 over a fresh database, with the projections and the
-/// process manager running in process.
+/// process manager running in process (as a separate part, so a test can
+/// stop them alone).
 pub async fn spawn_app() -> TestApp {
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    command_api::migrate(&pool).await.unwrap();
-    projections::migrate(&pool).await.unwrap();
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log.clone());
-    let jwt = JwtKeys::new(b"test-jwt-secret-0123456789abcdef");
-    let command = serve(command_api::router(command_api::AppState {
-        service: service.clone(),
-        pool: pool.clone(),
-        jwt: jwt.clone(),
-        webhook_secret: "test-webhook-secret".into(),
-    }))
-    .await;
-    let index_dir = std::env::temp_dir().join(format!("storekeeper-index-{}", Uuid::now_v7().simple()));
-    let search = projections::search::SearchIndex::open(&index_dir).unwrap();
-    let query = serve(query_api::router(query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search.clone()))).await;
-    let (stop_workers, stop) = watch::channel(false);
-    let indexer = search.run(log.clone(), eventlog::in_process(log.clone(), 2000), stop.clone());
-    let manager = ProcessManager::new(service, pool.clone());
-    let runner = projections::Runner::new(pool.clone(), log, projections::all());
-    let stop2 = stop.clone();
-    let workers = vec![
-        tokio::spawn(async move { manager.run(stop).await.unwrap() }),
-        tokio::spawn(async move { runner.run(stop2).await }),
-        tokio::spawn(indexer),
-    ];
-    let admin = jwt.mint("alice", Role::Admin, chrono::Duration::hours(1));
-    TestApp { command, query, http: reqwest::Client::new(), jwt, admin, stop_workers, workers }
+    let pool = test_support::migrated_database().await;
+    let apis = test_support::spawn(pool.clone(), Roles { command: true, query: true, ..Roles::NONE }).await;
+    let workers = test_support::spawn(pool.clone(), Roles { workers: true, ..Roles::NONE }).await;
+    TestApp {
+        command: apis.command.unwrap(),
+        query: apis.query.unwrap(),
+        http: reqwest::Client::new(),
+        jwt: test_support::jwt(),
+        admin: test_support::admin_token(),
+        pool,
+        _apis: apis.app,
+        workers: Some(workers.app),
+    }
 }
 
 impl TestApp {
     pub async fn stop_workers(&mut self) {
-        self.stop_workers.send(true).unwrap();
-        for worker in self.workers.drain(..) {
-            worker.await.unwrap();
+        if let Some(workers) = self.workers.take() {
+            workers.shutdown().await;
         }
     }
 
@@ -103,7 +80,7 @@ impl TestApp {
     pub async fn get_json(&self, path: &str, token: Option<&str>, consistency: Option<&str>) -> Value {
         let response = self.get(path, token, consistency).await;
         if response.status() != 200 {
-            let projections = self.get("/v1/projections", None, None).await.text().await.unwrap();
+            let projections = self.get("/v1/projections", Some(&self.admin), None).await.text().await.unwrap();
             panic!(
                 "{path}: {} {}\nprojections: {projections}\nconsistency token: {consistency:?}",
                 response.status(),
@@ -112,8 +89,4 @@ impl TestApp {
         }
         response.json().await.unwrap()
     }
-}
-
-pub fn address() -> Value {
-    json!({"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"})
 }

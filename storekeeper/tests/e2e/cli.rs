@@ -228,3 +228,36 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("line 1: not an event envelope"), "{refused:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sigterm_exits_within_ten_seconds_with_slow_clients_connected() {
+    use std::io::Write;
+    let dir = temp_dir("slow-clients");
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let mut slow = Vec::new();
+    for base in [&serve.base, &serve.query] {
+        let addr = base.trim_start_matches("http://").to_owned();
+        for i in 0..5 {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            if i % 2 == 0 {
+                // Headers that never end.
+                stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").unwrap();
+            } else {
+                // A body that never arrives.
+                stream
+                    .write_all(b"POST /v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+                    .unwrap();
+            }
+            slow.push(stream);
+        }
+    }
+    // One idle keep-alive client too.
+    let idle = reqwest::Client::new();
+    idle.get(format!("{}/healthz", serve.query)).send().await.unwrap();
+    let started = Instant::now();
+    let status = serve.terminate();
+    assert!(started.elapsed() < Duration::from_secs(10), "SIGTERM took {:?} with slow clients connected", started.elapsed());
+    assert!(status.success(), "{status}");
+    drop(slow);
+}

@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::{JwtKeys, Role};
+use edge::{JwtKeys, Role};
 use eventlog::{EventLog, PgEventLog};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -180,19 +180,9 @@ async fn scenario(d: &Deployment) {
     d.eventually(&format!("/v1/orders/{order}"), |o| o["status"] == "confirmed").await;
     d.eventually(&format!("/v1/products/{product}"), |p| p["stock"] == 8).await;
 
-    let body = serde_json::to_vec(&json!({"provider_event_id": format!("evt-{order}"), "order_id": order,
-                                          "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"}))
-    .unwrap();
-    let signature = command_api::auth::webhook_signature(WEBHOOK_SECRET.as_bytes(), &body);
-    let paid = d
-        .http
-        .post(format!("{}/v1/payments/webhook", d.command))
-        .header("content-type", "application/json")
-        .header("x-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let webhook = json!({"provider_event_id": format!("evt-{order}"), "order_id": order,
+                         "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"});
+    let paid = test_support::post_webhook(&d.http, &d.command, WEBHOOK_SECRET, &webhook).await;
     assert!(paid.status().is_success(), "webhook: {}", paid.status());
     let paid = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
     let read = d.read(&format!("/v1/orders/{order}"), &[&paid]).await;

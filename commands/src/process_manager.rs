@@ -64,22 +64,13 @@ impl ProcessManager {
     }
 
     pub async fn checkpoint(pool: &PgPool) -> Result<u64, sqlx::Error> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1").bind(NAME).fetch_optional(pool).await?;
-        Ok(position.unwrap_or(0) as u64)
+        eventlog::progress::load_checkpoint(pool, NAME).await
     }
 
     async fn save_checkpoint(&self, batch: &Batch) -> Result<(), sqlx::Error> {
         let last = batch.events.iter().map(|e| e.global_position).max().unwrap_or(0);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position), updated_at = now()",
-        )
-        .bind(NAME)
-        .bind(last as i64)
-        .execute(&mut *tx)
-        .await?;
+        eventlog::progress::save_checkpoint(&mut *tx, NAME, last).await?;
         eventlog::progress::save_partitions(&mut tx, NAME, batch).await?;
         tx.commit().await?;
         metrics::gauge!("storekeeper_consumer_position", "consumer" => NAME).set(last as f64);

@@ -21,11 +21,11 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, sku_claim_stream};
 use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
-use domain::events::{DecodeError, EventCodec};
+use domain::events::EventCodec;
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
-use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamWrite};
+use eventlog::{EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, StreamWrite};
 use uuid::Uuid;
 
 /// How often a decision is retried after losing a race without `If-Match`.
@@ -34,8 +34,6 @@ const MAX_ATTEMPTS: u32 = 20;
 /// so that they do not race each other through the log; races with other
 /// processes are still settled by expected versions and retries.
 const STRIPES: usize = 1024;
-/// Streams longer than this are read in pages.
-const PAGE: usize = 1000;
 /// Folded states kept in memory.
 const CACHE_ENTRIES: usize = 100_000;
 
@@ -45,16 +43,21 @@ pub enum ServiceError {
     Domain(#[from] DomainError),
     #[error("{stream_id} is at version {current:?}, not the expected {expected}")]
     VersionConflict { stream_id: String, expected: u64, current: Option<u64> },
-    #[error("stream {stream_id} holds an event this build cannot read: {source}")]
-    Decode {
-        stream_id: String,
-        #[source]
-        source: DecodeError,
-    },
+    #[error("a stream holds an event this build cannot read: {0}")]
+    Decode(#[source] FoldError),
     #[error("still conflicting after {MAX_ATTEMPTS} attempts")]
     Contention,
     #[error(transparent)]
     Log(#[from] EventLogError),
+}
+
+impl From<FoldError> for ServiceError {
+    fn from(e: FoldError) -> Self {
+        match e {
+            FoldError::Log(e) => ServiceError::Log(e),
+            decode => ServiceError::Decode(decode),
+        }
+    }
 }
 
 /// The result of a command: where its stream stands now.
@@ -179,21 +182,8 @@ impl CommandService {
 
     /// Reads and folds a whole stream from the log.
     pub async fn load<A: Aggregate>(&self, stream_id: &str) -> Result<Loaded<A>, ServiceError> {
-        let mut loaded = Loaded::<A> { state: A::State::default(), version: None, position: 0, cached: false };
-        loop {
-            let from = loaded.version.map_or(0, |v| v + 1);
-            let page = self.log.read_stream(stream_id, from, PAGE).await?;
-            for recorded in &page {
-                let event = A::Event::decode(&recorded.event_type, recorded.schema_version, &recorded.data)
-                    .map_err(|source| ServiceError::Decode { stream_id: stream_id.to_owned(), source })?;
-                loaded.state = A::evolve(loaded.state, &event);
-                loaded.version = Some(recorded.stream_version);
-                loaded.position = recorded.global_position;
-            }
-            if page.len() < PAGE {
-                return Ok(loaded);
-            }
-        }
+        let folded = eventlog::fold_stream::<A>(&*self.log, stream_id, |_| true).await?;
+        Ok(Loaded { state: folded.state, version: folded.version, position: folded.position, cached: false })
     }
 
     /// The cached state when allowed and present, else the log's.

@@ -1,0 +1,124 @@
+//! Read-your-writes: a request carrying consistency tokens waits until the
+//! projections (or this node's index) that serve it have applied them.
+//!
+//! A token is the position of the write's last event. Fed in process, a
+//! consumer has applied it once its position reaches it; fed from Kafka,
+//! once the partitions of the streams that write touched have
+//! (`Progress::covers`). Waiting requests wake on the runners' `NOTIFY`
+//! (polling every 25 ms only as a fallback).
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use eventlog::Progress;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::{ApiError, AppState};
+
+/// A counter that moves on every progress notification. Should the
+/// listening connection fail, it reconnects; waiters poll meanwhile.
+pub(crate) fn listen_for_progress(pool: PgPool) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(eventlog::progress::PROGRESS_CHANNEL).await?;
+                loop {
+                    listener.recv().await?;
+                    tx.send_modify(|n| *n += 1);
+                }
+            };
+            let result: Result<(), sqlx::Error> = tokio::select! {
+                result = listened => result,
+                _ = tx.closed() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "listening for projection progress failed; reconnecting");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    rx
+}
+
+/// Tokens, and the streams each one wrote (looked up once, when a
+/// partitioned consumer needs them).
+struct Tokens {
+    positions: Vec<u64>,
+    streams: Option<Vec<Vec<String>>>,
+}
+
+impl Tokens {
+    async fn covered_by(&mut self, pool: &PgPool, progress: &Progress) -> Result<bool, ApiError> {
+        if !progress.is_partitioned() {
+            return Ok(self.positions.iter().all(|t| progress.position >= *t));
+        }
+        if self.streams.is_none() {
+            let mut streams = Vec::with_capacity(self.positions.len());
+            for position in &self.positions {
+                streams.push(eventlog::progress::streams_of_append(pool, *position).await?);
+            }
+            self.streams = Some(streams);
+        }
+        let streams = self.streams.as_ref().expect("just filled");
+        Ok(self.positions.iter().zip(streams).all(|(token, streams)| progress.covers(*token, streams)))
+    }
+}
+
+/// Waits until `covered` holds for the request's tokens, waking whenever
+/// `wake` moves (and every 25 ms regardless).
+async fn wait_until<W, F>(
+    pool: &PgPool,
+    headers: &HeaderMap,
+    mut wake: watch::Receiver<W>,
+    mut progress: impl FnMut() -> F,
+) -> Result<(), ApiError>
+where
+    F: std::future::Future<Output = Result<Vec<Option<Progress>>, ApiError>>,
+{
+    let Some(wanted) = edge::token::decode(headers)? else { return Ok(()) };
+    let mut tokens = Tokens { positions: wanted.positions, streams: None };
+    let started = tokio::time::Instant::now();
+    let deadline = started + wanted.timeout;
+    loop {
+        wake.borrow_and_update();
+        let mut all = true;
+        for progress in progress().await? {
+            match progress {
+                Some(progress) if tokens.covered_by(pool, &progress).await? => {}
+                _ => all = false,
+            }
+        }
+        if all {
+            metrics::histogram!("storekeeper_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
+            return Err(ApiError::NotYetConsistent(wanted.timeout.as_millis() as u64));
+        }
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Waits until `projections` have applied every write the request's
+/// consistency tokens name.
+pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
+    wait_until(&state.pool, headers, state.progress.clone(), || async { Ok(projections::progress(&state.pool, projections).await?) }).await
+}
+
+/// Waits until this node's search index has applied the request's tokens.
+pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let index = state.search.clone();
+    wait_until(&state.pool, headers, state.search.progress(), || {
+        let progress = index.progress().borrow().clone();
+        async move { Ok(vec![Some(progress)]) }
+    })
+    .await
+}

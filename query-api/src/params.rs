@@ -1,0 +1,25 @@
+//! Query parameters every list shares, and their bounds.
+
+use uuid::Uuid;
+
+use crate::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 500;
+
+pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::malformed("limit", format!("must be between 1 and {MAX_LIMIT}"))),
+    }
+}
+
+/// A keyset cursor over ids, as handed out in `next_cursor`.
+pub fn cursor_id(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    cursor.map(|c| Uuid::parse_str(c).map_err(|_| ApiError::malformed("cursor", "is not a cursor from an earlier page"))).transpose()
+}
+
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Ok(edge::parse_id(raw)?)
+}

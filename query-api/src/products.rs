@@ -1,0 +1,195 @@
+//! Products: one by id, lists with keyset pagination, full-text search
+//! from this node's index, and time travel.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use domain::product::ProductAggregate;
+use domain::stream_id;
+use edge::Query;
+use projections::names::PRODUCTS;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::params::{cursor_id, limit, parse_id};
+use crate::responses::{Money, Page, Product, SearchResults};
+use crate::time_travel::{AtQuery, fold_until};
+use crate::{ApiError, AppState, wait_for_index, wait_for_tokens};
+
+#[derive(FromRow)]
+struct ProductRow {
+    id: Uuid,
+    sku: String,
+    name: String,
+    description: String,
+    category: String,
+    price_minor: i64,
+    currency: String,
+    stock: i64,
+    status: String,
+    version: i64,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Product {
+            id: r.id,
+            sku: r.sku,
+            name: r.name,
+            description: r.description,
+            category: r.category,
+            price: Money { amount_minor: r.price_minor, currency: r.currency },
+            stock: r.stock,
+            status: r.status,
+            version: r.version,
+        }
+    }
+}
+
+const PRODUCT_COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, stock, status, version";
+
+pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Product>, ApiError> {
+    let id = parse_id(&id)?;
+    wait_for_tokens(&state, &headers, &[PRODUCTS]).await?;
+    let row: Option<ProductRow> =
+        sqlx::query_as(&format!("SELECT {PRODUCT_COLUMNS} FROM rm_products WHERE id = $1")).bind(id).fetch_optional(&state.pool).await?;
+    row.map(|r| Json(r.into())).ok_or(ApiError::NotFound("product"))
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductFilter {
+    category: Option<String>,
+    /// `active` or `discontinued`.
+    status: Option<String>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub async fn list_products(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(filter): Query<ProductFilter>,
+) -> Result<Json<Page<Product>>, ApiError> {
+    let limit = limit(filter.limit)?;
+    if let Some(status) = &filter.status
+        && status != "active"
+        && status != "discontinued"
+    {
+        return Err(ApiError::malformed("status", "must be active or discontinued"));
+    }
+    let after = cursor_id(filter.cursor.as_deref())?;
+    wait_for_tokens(&state, &headers, &[PRODUCTS]).await?;
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM rm_products
+          WHERE ($1::text IS NULL OR category = $1) AND ($2::text IS NULL OR status = $2)
+            AND ($3::bigint IS NULL OR price_minor >= $3) AND ($4::bigint IS NULL OR price_minor <= $4)
+            AND ($5::uuid IS NULL OR id > $5)
+          ORDER BY id LIMIT $6"
+    ))
+    .bind(&filter.category)
+    .bind(&filter.status)
+    .bind(filter.min_price)
+    .bind(filter.max_price)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Page::new(rows.into_iter().map(Product::from).collect(), limit, |p| p.id.to_string())))
+}
+
+/// Search text is bounded so that no one request can take more than a few
+/// MB: every word becomes (fuzzy) term queries over three fields.
+pub const MAX_QUERY_CHARS: usize = 256;
+pub const MAX_QUERY_TERMS: usize = 32;
+const MAX_OFFSET: usize = 10_000;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Words to find in name, description and SKU (at most 32 words and
+    /// 256 characters).
+    q: Option<String>,
+    category: Option<String>,
+    in_stock: Option<bool>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+    /// `relevance` (default), `price_asc` or `price_desc`.
+    sort: Option<String>,
+    limit: Option<i64>,
+    offset: Option<usize>,
+}
+
+/// The query text with whitespace collapsed, refused when over the bounds.
+pub fn normalise_query(q: &str) -> Result<String, ApiError> {
+    let words: Vec<&str> = q.split_whitespace().collect();
+    if words.len() > MAX_QUERY_TERMS {
+        return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_TERMS} words")));
+    }
+    let normalised = words.join(" ");
+    if normalised.chars().count() > MAX_QUERY_CHARS {
+        return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_CHARS} characters")));
+    }
+    Ok(normalised)
+}
+
+pub async fn search_products(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<SearchResults>, ApiError> {
+    use projections::search::{SearchRequest, Sort};
+    let sort = match q.sort.as_deref().unwrap_or("relevance") {
+        "relevance" => Sort::Relevance,
+        "price_asc" => Sort::PriceAsc,
+        "price_desc" => Sort::PriceDesc,
+        _ => return Err(ApiError::malformed("sort", "must be relevance, price_asc or price_desc")),
+    };
+    let offset = q.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::malformed("offset", format!("must be at most {MAX_OFFSET}")));
+    }
+    if q.category.as_ref().is_some_and(|c| c.chars().count() > MAX_QUERY_CHARS) {
+        return Err(ApiError::malformed("category", format!("at most {MAX_QUERY_CHARS} characters")));
+    }
+    let request = SearchRequest {
+        q: normalise_query(q.q.as_deref().unwrap_or(""))?,
+        category: q.category,
+        in_stock: q.in_stock,
+        min_price: q.min_price,
+        max_price: q.max_price,
+        sort,
+        limit: limit(q.limit)? as usize,
+        offset,
+    };
+    wait_for_index(&state, &headers).await?;
+    let index = state.search.clone();
+    let results =
+        tokio::task::spawn_blocking(move || index.search(&request)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    Ok(Json(results.into()))
+}
+
+pub async fn product_at(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(at): Query<AtQuery>,
+) -> Result<Json<Product>, ApiError> {
+    let id = parse_id(&id)?;
+    let (product, version) = fold_until::<ProductAggregate>(&state, &stream_id::<ProductAggregate>(id), &at).await?;
+    let p = product.ok_or(ApiError::NotFound("product"))?;
+    Ok(Json(Product {
+        id: p.id,
+        sku: p.sku.as_str().to_owned(),
+        name: p.name,
+        description: p.description,
+        category: p.category,
+        price: (&p.price).into(),
+        stock: p.stock as i64,
+        status: if p.discontinued { "discontinued" } else { "active" }.to_owned(),
+        version: version as i64,
+    }))
+}

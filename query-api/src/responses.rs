@@ -1,0 +1,191 @@
+//! What the query API answers, as types: handlers build these, and the
+//! OpenAPI document is generated from them, so the two cannot drift.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Money {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+impl From<&domain::Money> for Money {
+    fn from(m: &domain::Money) -> Self {
+        Money { amount_minor: m.amount_minor, currency: m.currency.as_str().to_owned() }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+    pub stock: i64,
+    /// `active` or `discontinued`.
+    pub status: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Customer {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub shipping_address: Option<Value>,
+    /// `active` or `deactivated`.
+    pub status: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    pub quantity: u32,
+    pub unit_price: Money,
+    pub line_total: Money,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// `placed`, `confirmed`, `rejected`, `paid`, `shipped`, `delivered` or `cancelled`.
+    pub status: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub shipping_address: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// One page of a list; `next_cursor` is absent on the last page.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of at most `limit` items; a full page has a next one.
+    pub fn new(items: Vec<T>, limit: i64, last: impl Fn(&T) -> String) -> Self {
+        let next_cursor = if items.len() as i64 == limit { items.last().map(last) } else { None };
+        Page { items, next_cursor }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchHit {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub price: Value,
+    pub in_stock: bool,
+    pub score: Option<f32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    pub total: usize,
+    /// `{"category": {"<category>": count}}`.
+    pub facets: Value,
+}
+
+impl From<projections::search::SearchResults> for SearchResults {
+    fn from(r: projections::search::SearchResults) -> Self {
+        SearchResults {
+            hits: r
+                .hits
+                .into_iter()
+                .map(|h| SearchHit {
+                    id: h.id,
+                    sku: h.sku,
+                    name: h.name,
+                    category: h.category,
+                    price: h.price,
+                    in_stock: h.in_stock,
+                    score: h.score,
+                })
+                .collect(),
+            total: r.total,
+            facets: r.facets,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SalesItem {
+    Day { day: NaiveDate, orders: i64, units: i64, revenue: Money },
+    Product { product_id: Uuid, units: i64, revenue: Money },
+}
+
+/// A stream's history, from the log, with metadata.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct History {
+    /// Envelopes: `event_id`, `stream_id`, `stream_version`,
+    /// `global_position`, `event_type`, `schema_version`, `occurred_at`,
+    /// `recorded_at`, `metadata`, `data`.
+    pub events: Vec<Value>,
+    pub next_from_version: Option<u64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub global_position: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub actor: String,
+    pub role: Option<String>,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Projection {
+    pub name: String,
+    pub version: ProjectionVersion,
+    pub position: u64,
+    pub lag_events: u64,
+    pub lag_seconds: f64,
+    /// `running`, `rebuilding` or `failed`.
+    pub state: String,
+    pub parked: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<projections::ProjectionStatus> for Projection {
+    fn from(s: projections::ProjectionStatus) -> Self {
+        Projection {
+            name: s.name,
+            version: ProjectionVersion::Number(s.version),
+            position: s.position,
+            lag_events: s.lag_events,
+            lag_seconds: s.lag_seconds,
+            state: s.state,
+            parked: s.parked,
+            last_error: s.last_error,
+        }
+    }
+}
+
+/// A read model's version number, or the search index's version name.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ProjectionVersion {
+    Number(i32),
+    Name(String),
+}

@@ -1,0 +1,87 @@
+//! A product history to project: products with their events appended
+//! straight into the log, named from small word lists that the read
+//! benchmark's searches draw on too.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use chrono::Utc;
+use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, StreamWrite};
+use uuid::Uuid;
+
+pub(super) const ADJECTIVES: [&str; 16] = [
+    "red", "blue", "green", "steel", "copper", "wooden", "compact", "deluxe", "electric", "classic", "modern", "rustic", "silver",
+    "golden", "tiny", "giant",
+];
+pub(super) const NOUNS: [&str; 16] = [
+    "kettle", "mug", "lamp", "chair", "table", "shovel", "hose", "blender", "toaster", "pillow", "blanket", "bottle", "knife", "pan",
+    "clock", "vase",
+];
+
+fn product_name(i: usize) -> String {
+    format!("{} {} {}", ADJECTIVES[i % 16], ADJECTIVES[(i / 16) % 16], NOUNS[(i / 256) % 16])
+}
+
+/// Appends `products` products with `per_product` events each, straight
+/// into the log in batches, as a history to project.
+pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_product: usize) -> Result<Vec<Uuid>> {
+    use domain::events::EventCodec;
+    use domain::product::{ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked};
+    let ids: Arc<Vec<Uuid>> = Arc::new((0..products).map(|_| Uuid::now_v7()).collect());
+    let writers = 8;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (log, ids) = (log.clone(), ids.clone());
+            tokio::spawn(async move {
+                let metadata = Metadata::system("bench-seed");
+                let usd = domain::Currency::usd();
+                let mine: Vec<(usize, Uuid)> = ids.iter().copied().enumerate().skip(w).step_by(writers).collect();
+                for chunk in mine.chunks(100) {
+                    let mut writes = Vec::with_capacity(chunk.len());
+                    for &(i, id) in chunk {
+                        let mut events = vec![ProductEvent::Added(ProductAdded {
+                            product_id: id,
+                            sku: domain::Sku::parse(&format!("B-{i}")).expect("valid sku"),
+                            name: product_name(i),
+                            description: format!("A {} for every {}", NOUNS[i % 16], ADJECTIVES[(i / 7) % 16]),
+                            category: format!("category-{}", i % 20),
+                            price: domain::Money::new(500 + (i % 10_000) as i64, usd.clone()),
+                            initial_stock: (i % 5) as u32,
+                        })];
+                        for n in 1..per_product {
+                            events.push(if n % 4 == 0 {
+                                ProductEvent::PriceChanged(ProductPriceChanged {
+                                    previous_price: domain::Money::new(500, usd.clone()),
+                                    price: domain::Money::new(500 + n as i64, usd.clone()),
+                                })
+                            } else {
+                                ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: (i % 5 + n) as u32 })
+                            });
+                        }
+                        let events = events
+                            .iter()
+                            .map(|e| {
+                                let encoded = e.encode();
+                                NewEvent {
+                                    event_id: Uuid::now_v7(),
+                                    event_type: encoded.event_type.to_owned(),
+                                    schema_version: encoded.schema_version,
+                                    occurred_at: Utc::now(),
+                                    metadata: metadata.clone(),
+                                    data: encoded.data,
+                                }
+                            })
+                            .collect();
+                        writes.push(StreamWrite { stream_id: format!("product-{id}"), expected: ExpectedVersion::NoStream, events });
+                    }
+                    log.append(writes).await?;
+                }
+                Ok::<_, eventlog::EventLogError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(Arc::try_unwrap(ids).unwrap_or_else(|ids| (*ids).clone()))
+}

@@ -1,0 +1,88 @@
+//! `storekeeper serve`, built in release and started on free ports against
+//! a benchmark's database, with an admin token to drive it: the system
+//! under test for both benchmarks.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use uuid::Uuid;
+
+use crate::workspace_root;
+
+pub(super) fn build_storekeeper() -> Result<()> {
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(workspace_root()).args(["build", "--release", "--quiet", "--package", "storekeeper"]);
+    if !build.status().context("build storekeeper")?.success() {
+        bail!("building storekeeper failed");
+    }
+    Ok(())
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+const SECRET: &str = "bench-jwt-secret-0123456789abcdef";
+
+/// `storekeeper serve` (release) on `url`, with both APIs on free ports.
+pub(super) struct Serve {
+    _server: Server,
+    pub(super) command: String,
+    pub(super) query: String,
+    _index: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub(super) async fn serve(url: &str, client: &reqwest::Client, kafka: Option<(&str, &str)>) -> Result<Serve> {
+    let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (command, query) = (free()?, free()?);
+    let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
+    let binary = workspace_root().join("target/release/storekeeper");
+    let mut command_line = Command::new(&binary);
+    match kafka {
+        Some((brokers, topic)) => command_line.env("KAFKA_BROKERS", brokers).env("STOREKEEPER_KAFKA_TOPIC", topic),
+        None => command_line.env_remove("KAFKA_BROKERS"),
+    };
+    let server = Server(
+        command_line
+            .arg("serve")
+            .env("DATABASE_URL", url)
+            .env("STOREKEEPER_DATA_DIR", &dir.0)
+            .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{command}"))
+            .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{query}"))
+            .env("STOREKEEPER_JWT_SECRET", SECRET)
+            .env("STOREKEEPER_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?,
+    );
+    let serve =
+        Serve { _server: server, command: format!("http://127.0.0.1:{command}"), query: format!("http://127.0.0.1:{query}"), _index: dir };
+    let ready = Instant::now();
+    while !client.get(format!("{}/readyz", serve.command)).send().await.is_ok_and(|r| r.status().is_success()) {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("storekeeper did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(serve)
+}
+
+pub(super) fn admin_token() -> String {
+    edge::JwtKeys::new(SECRET.as_bytes()).mint("bench", edge::Role::Admin, chrono::Duration::hours(2))
+}

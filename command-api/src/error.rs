@@ -46,14 +46,6 @@ impl ApiError {
         ApiError::Edge(EdgeError::Forbidden(why))
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.problem().status
-    }
-
-    pub fn code(&self) -> &'static str {
-        self.problem().code
-    }
-
     fn problem(&self) -> Problem {
         let (status, code) = match self {
             ApiError::Edge(e) => return e.problem(),

@@ -159,22 +159,7 @@ pub fn document() -> Value {
             }
         }),
     );
-    schemas.insert(
-        "Problem".into(),
-        json!({
-            "type": "object",
-            "required": ["type", "title", "status", "detail", "code"],
-            "properties": {
-                "type": { "type": "string" },
-                "title": { "type": "string" },
-                "status": { "type": "integer" },
-                "detail": { "type": "string" },
-                "code": { "type": "string" },
-                "errors": { "type": "array", "items": { "type": "object", "properties": { "field": { "type": "string" }, "message": { "type": "string" } } } },
-                "current_version": { "type": ["integer", "null"] }
-            }
-        }),
-    );
+    schemas.insert("Problem".into(), edge::problem::openapi_schema());
     let mut get = |path: &str, summary: &str| {
         paths
             .insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));

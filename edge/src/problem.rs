@@ -70,6 +70,23 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The JSON Schema of a problem answer, for both APIs' OpenAPI documents.
+pub fn openapi_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": { "type": "string" },
+            "title": { "type": "string" },
+            "status": { "type": "integer" },
+            "detail": { "type": "string" },
+            "code": { "type": "string" },
+            "errors": { "type": "array", "items": { "type": "object", "properties": { "field": { "type": "string" }, "message": { "type": "string" } } } },
+            "current_version": { "type": ["integer", "null"] }
+        }
+    })
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = json!({

@@ -107,7 +107,8 @@ pub struct SearchRequest {
     pub offset: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One search hit, as the query API answers it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Hit {
     pub id: String,
     pub sku: String,
@@ -118,10 +119,11 @@ pub struct Hit {
     pub score: Option<f32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SearchResults {
     pub hits: Vec<Hit>,
     pub total: usize,
+    /// `{"category": {"<category>": count}}`.
     pub facets: serde_json::Value,
 }
 

@@ -139,18 +139,7 @@ pub fn document() -> Value {
             .insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));
     }
     let mut schemas = generator.take_definitions(true);
-    schemas.insert(
-        "Problem".into(),
-        json!({
-            "type": "object",
-            "required": ["type", "title", "status", "detail", "code"],
-            "properties": {
-                "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
-                "detail": { "type": "string" }, "code": { "type": "string" },
-                "errors": { "type": "array", "items": { "type": "object", "properties": { "field": { "type": "string" }, "message": { "type": "string" } } } }
-            }
-        }),
-    );
+    schemas.insert("Problem".into(), edge::problem::openapi_schema());
     json!({
         "openapi": "3.1.0",
         "info": { "title": "storekeeper query API", "version": env!("CARGO_PKG_VERSION") },

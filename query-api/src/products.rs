@@ -170,7 +170,7 @@ pub async fn search_products(
     let index = state.search.clone();
     let results =
         tokio::task::spawn_blocking(move || index.search(&request)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
-    Ok(Json(results.into()))
+    Ok(Json(results))
 }
 
 pub async fn product_at(

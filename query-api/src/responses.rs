@@ -81,46 +81,8 @@ impl<T> Page<T> {
     }
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct SearchHit {
-    pub id: String,
-    pub sku: String,
-    pub name: String,
-    pub category: String,
-    pub price: Value,
-    pub in_stock: bool,
-    pub score: Option<f32>,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct SearchResults {
-    pub hits: Vec<SearchHit>,
-    pub total: usize,
-    /// `{"category": {"<category>": count}}`.
-    pub facets: Value,
-}
-
-impl From<projections::search::SearchResults> for SearchResults {
-    fn from(r: projections::search::SearchResults) -> Self {
-        SearchResults {
-            hits: r
-                .hits
-                .into_iter()
-                .map(|h| SearchHit {
-                    id: h.id,
-                    sku: h.sku,
-                    name: h.name,
-                    category: h.category,
-                    price: h.price,
-                    in_stock: h.in_stock,
-                    score: h.score,
-                })
-                .collect(),
-            total: r.total,
-            facets: r.facets,
-        }
-    }
-}
+/// The search index answers in its own typed form.
+pub use projections::search::{Hit as SearchHit, SearchResults};
 
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(untagged)]

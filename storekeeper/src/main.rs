@@ -46,81 +46,62 @@ struct RoleArgs {
     log_format: LogFormat,
 }
 
+impl RoleArgs {
+    /// `roles` on `db`, with nothing else configured.
+    fn new(roles: Roles, db: DatabaseArgs, log: cli::LogArgs) -> Self {
+        RoleArgs {
+            roles,
+            embedded: false,
+            db,
+            command_addr: None,
+            query_addr: None,
+            jwt_secret: None,
+            webhook_secret: None,
+            kafka: None,
+            log_format: log.log_format,
+        }
+    }
+}
+
 async fn dispatch(command: Cmd) -> Result<()> {
     let none = Roles::NONE;
     match command {
         Cmd::Serve { db, command, query, jwt, webhook, kafka, log } => {
             run(RoleArgs {
-                roles: Roles::ALL,
                 embedded: true,
-                db,
                 command_addr: Some(command.command_addr),
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
                 kafka: Some(kafka),
-                log_format: log.log_format,
+                ..RoleArgs::new(Roles::ALL, db, log)
             })
             .await
         }
         Cmd::CommandApi { db, command, jwt, webhook, log } => {
             run(RoleArgs {
-                roles: Roles { command: true, ..none },
-                embedded: false,
-                db,
                 command_addr: Some(command.command_addr),
-                query_addr: None,
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
-                kafka: None,
-                log_format: log.log_format,
+                ..RoleArgs::new(Roles { command: true, ..none }, db, log)
             })
             .await
         }
         Cmd::QueryApi { db, query, jwt, kafka, log } => {
             run(RoleArgs {
-                roles: Roles { query: true, ..none },
-                embedded: false,
-                db,
-                command_addr: None,
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
-                webhook_secret: None,
                 kafka: Some(kafka),
-                log_format: log.log_format,
+                ..RoleArgs::new(Roles { query: true, ..none }, db, log)
             })
             .await
         }
         Cmd::Relay { kafka, .. } if kafka.kafka_brokers.is_none() => bail!("KAFKA_BROKERS must be set for `storekeeper relay`"),
         Cmd::Relay { db, kafka, log } => {
-            let roles = Roles { relay: true, ..none };
-            run(RoleArgs {
-                roles,
-                embedded: false,
-                db,
-                command_addr: None,
-                query_addr: None,
-                jwt_secret: None,
-                webhook_secret: None,
-                kafka: Some(kafka),
-                log_format: log.log_format,
-            })
-            .await
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { relay: true, ..none }, db, log) }).await
         }
         Cmd::Projections { action: None, db, kafka, log } => {
-            let roles = Roles { workers: true, ..none };
-            run(RoleArgs {
-                roles,
-                embedded: false,
-                db,
-                command_addr: None,
-                query_addr: None,
-                jwt_secret: None,
-                webhook_secret: None,
-                kafka: Some(kafka),
-                log_format: log.log_format,
-            })
-            .await
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { workers: true, ..none }, db, log) }).await
         }
         Cmd::Projections { action: Some(action), .. } => projections_admin(action).await,
         Cmd::Events { action } => events(action).await,

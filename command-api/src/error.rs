@@ -90,6 +90,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Domain(e) => e.into(),
             ServiceError::VersionConflict { expected, current, .. } => ApiError::VersionConflict { expected, current },
             ServiceError::Contention => ApiError::Contention,
+            ServiceError::Log(eventlog::EventLogError::Backend(source))
+                if source.downcast_ref::<sqlx::Error>().is_some_and(edge::database_unavailable) =>
+            {
+                tracing::warn!(error = %source, "the database is not available");
+                ApiError::Edge(EdgeError::Unavailable)
+            }
             other => ApiError::internal(other),
         }
     }

@@ -50,7 +50,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     let key = key
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| ApiError::malformed("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?
         .to_owned();
     let principal = request.extensions().get::<Principal>().map_or_else(|| "anonymous".to_owned(), |p| p.sub.clone());

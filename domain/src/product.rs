@@ -163,7 +163,7 @@ pub struct ProductAggregate;
 
 fn details(name: &str, description: &str, category: &str) -> Result<(), DomainError> {
     text("name", name, 200)?;
-    if description.len() > 10_000 {
+    if description.chars().count() > 10_000 {
         return Err(DomainError::invalid("description", "must be at most 10000 characters"));
     }
     text("category", category, 100)

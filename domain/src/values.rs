@@ -99,7 +99,7 @@ impl Address {
             text(&format!("{field}.{name}"), value, 200)?;
         }
         if let Some(line2) = &self.line2
-            && line2.len() > 200
+            && line2.chars().count() > 200
         {
             return Err(DomainError::invalid(format!("{field}.line2"), "must be at most 200 characters"));
         }
@@ -110,11 +110,11 @@ impl Address {
     }
 }
 
-/// A required, trimmed-non-empty text of at most `max` bytes.
+/// A required, trimmed-non-empty text of at most `max` characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
     if value.trim().is_empty() {
         Err(DomainError::invalid(field, "must not be empty"))
-    } else if value.len() > max {
+    } else if value.chars().count() > max {
         Err(DomainError::invalid(field, format!("must be at most {max} characters")))
     } else {
         Ok(())

@@ -67,6 +67,9 @@ impl Principal {
     }
 }
 
+/// Longest token subject accepted.
+pub const MAX_SUBJECT_BYTES: usize = 255;
+
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
@@ -95,14 +98,22 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, EdgeError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| EdgeError::Unauthorized("the bearer token is invalid or expired"))?;
-        Ok(Principal { sub: data.claims.sub, role: data.claims.role })
+        let invalid = || EdgeError::Unauthorized("the bearer token is invalid or expired");
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| invalid())?;
+        // The subject becomes the actor of every event the caller writes.
+        let sub = data.claims.sub;
+        if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES || sub.chars().any(char::is_control) {
+            return Err(invalid());
+        }
+        Ok(Principal { sub, role: data.claims.role })
     }
 }
 
 /// Verifies a bearer token when one is present; records the caller.
 pub async fn authenticate(State(keys): State<JwtKeys>, mut request: Request, next: Next) -> Response {
+    if request.headers().get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return EdgeError::Unauthorized("send one Authorization header").into_response();
+    }
     if let Some(value) = request.headers().get(header::AUTHORIZATION) {
         let token = value
             .to_str()

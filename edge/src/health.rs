@@ -18,6 +18,12 @@ pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool) -> Router<S> {
         .route("/metrics", get(crate::metrics::page))
 }
 
+/// Whether a database error means "not reachable now" (503) rather than a
+/// fault (500): the pool timed out or closed, or the connection broke.
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+}
+
 async fn readyz(pool: PgPool) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),

@@ -18,6 +18,7 @@ pub mod token;
 
 pub use auth::{Admin, Authenticated, Caller, JwtKeys, Principal, Role};
 pub use body::JsonBody;
+pub use health::database_unavailable;
 pub use problem::{EdgeError, FieldError, Problem};
 pub use request::{Query, parse_id};
 pub use serve::serve;

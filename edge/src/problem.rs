@@ -133,6 +133,8 @@ pub enum EdgeError {
     UriTooLong,
     #[error("the request headers are too large")]
     HeadersTooLarge,
+    #[error("the request body did not arrive within {0} seconds")]
+    RequestTimeout(u64),
     #[error("the service is not available")]
     Unavailable,
 }
@@ -152,6 +154,7 @@ impl EdgeError {
             EdgeError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             EdgeError::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             EdgeError::HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
+            EdgeError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             EdgeError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         let problem = Problem::new(status, code, self.to_string());

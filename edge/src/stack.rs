@@ -11,9 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{JwtKeys, authenticate};
@@ -24,8 +22,10 @@ use crate::{BODY_LIMIT, EdgeError, Problem};
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most header bytes (names and values) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A request body that takes longer than this to arrive is cut off.
+/// A request body must have arrived whole within this of its headers.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `X-Request-Id` taken from a client (longer ones are replaced).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 /// Wraps an API's routes in the shared stack. `api` labels its metrics.
 pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
@@ -34,8 +34,7 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
         .fallback(|| async { EdgeError::NotFound("route") })
         .layer(middleware::from_fn_with_state(jwt, authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(middleware::from_fn(buffer_body))
         .layer(middleware::from_fn(guard))
         .layer(middleware::from_fn(problemify))
         .layer(middleware::from_fn(move |request, next| crate::metrics::track_requests(api, request, next)))
@@ -45,6 +44,43 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id, correlation_id = tracing::field::Empty)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(drop_odd_request_id))
+}
+
+/// Reads every request's body whole, before any handler, within one
+/// deadline and the size limit: a client trickling a body (one byte a
+/// second, fixed length or chunked) is answered 408 at the deadline, and
+/// an oversized body is 413 on every endpoint, also where the handler
+/// would never read it.
+async fn buffer_body(request: Request, next: Next) -> Response {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return EdgeError::PayloadTooLarge.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => return EdgeError::RequestTimeout(BODY_READ_TIMEOUT.as_secs()).into_response(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return EdgeError::PayloadTooLarge.into_response(),
+        Ok(Err(_)) => return EdgeError::malformed("", "the request body could not be read").into_response(),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+/// A client's `X-Request-Id` is kept (and echoed) only when it is short
+/// visible ASCII; otherwise one is made for it.
+async fn drop_odd_request_id(mut request: Request, next: Next) -> Response {
+    let odd = request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || v.len() > MAX_REQUEST_ID_BYTES || !v.as_bytes().iter().all(|b| b.is_ascii_graphic()));
+    if odd {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
 }
 
 /// Refuses what no endpoint can take: oversized request lines and headers,

@@ -254,6 +254,22 @@ impl Cluster {
         self.pg_ctl(&["stop", "-w", "-m", "fast"])
     }
 
+    /// Stops the server within about `budget`: a fast shutdown for up to
+    /// that long, then an immediate one without waiting (data stays safe:
+    /// the next start replays the WAL). A server that cannot answer (frozen,
+    /// its disk hung) must not hold its owner's exit.
+    pub fn stop_within(&mut self, budget: std::time::Duration) -> Result<(), Error> {
+        self.stop_on_drop = false;
+        let seconds = budget.as_secs().max(1).to_string();
+        match self.pg_ctl(&["stop", "-w", "-t", &seconds, "-m", "fast"]) {
+            Ok(()) => Ok(()),
+            Err(fast) => {
+                let _ = self.pg_ctl(&["stop", "-W", "-m", "immediate"]);
+                Err(fast)
+            }
+        }
+    }
+
     /// Runs a program from the server's bin directory (e.g. `pg_test_fsync`)
     /// and returns its standard output.
     pub fn run_tool(&self, program: &str, args: &[&str]) -> Result<String, Error> {

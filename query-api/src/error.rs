@@ -39,13 +39,23 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if edge::database_unavailable(&e) {
+            tracing::warn!(error = %e, "the database is not available");
+            return ApiError::Edge(EdgeError::Unavailable);
+        }
         ApiError::internal(e)
     }
 }
 
 impl From<eventlog::EventLogError> for ApiError {
     fn from(e: eventlog::EventLogError) -> Self {
-        ApiError::internal(e)
+        match e {
+            eventlog::EventLogError::Backend(source) => match source.downcast::<sqlx::Error>() {
+                Ok(e) => (*e).into(),
+                Err(other) => ApiError::Internal(other),
+            },
+            other => ApiError::internal(other),
+        }
     }
 }
 

@@ -20,6 +20,15 @@ pub fn cursor_id(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
     cursor.map(|c| Uuid::parse_str(c).map_err(|_| ApiError::malformed("cursor", "is not a cursor from an earlier page"))).transpose()
 }
 
+/// Dates a filter may name: PostgreSQL's range is narrower than chrono's,
+/// and no sale or event lies outside these years anyway.
+pub fn check_year(field: &str, year: Option<i32>) -> Result<(), ApiError> {
+    match year {
+        Some(y) if !(1..=9999).contains(&y) => Err(ApiError::malformed(field, "must be a date between the years 1 and 9999")),
+        _ => Ok(()),
+    }
+}
+
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Ok(edge::parse_id(raw)?)
 }

@@ -125,12 +125,14 @@ pub struct SearchQuery {
 }
 
 /// The query text with whitespace collapsed, refused when over the bounds.
+/// Terms are counted as the index's tokenizer splits them (runs of
+/// letters and digits), so `a-b-c` is three.
 pub fn normalise_query(q: &str) -> Result<String, ApiError> {
-    let words: Vec<&str> = q.split_whitespace().collect();
-    if words.len() > MAX_QUERY_TERMS {
-        return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_TERMS} words")));
+    let terms = q.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).count();
+    if terms > MAX_QUERY_TERMS {
+        return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_TERMS} terms")));
     }
-    let normalised = words.join(" ");
+    let normalised = q.split_whitespace().collect::<Vec<_>>().join(" ");
     if normalised.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_CHARS} characters")));
     }

@@ -4,14 +4,14 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use edge::{Admin, Query};
 use projections::names::{AUDIT, SALES};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::params::limit;
+use crate::params::{check_year, limit};
 use crate::responses::{AuditEntry, History, Money, Page, Projection, ProjectionVersion, SalesItem};
 use crate::{ApiError, AppState, wait_for_tokens};
 
@@ -30,6 +30,8 @@ pub async fn sales_report(
     headers: HeaderMap,
     Query(q): Query<SalesQuery>,
 ) -> Result<Json<Page<SalesItem>>, ApiError> {
+    check_year("from", q.from.map(|d| d.year()))?;
+    check_year("to", q.to.map(|d| d.year()))?;
     let group_by = q.group_by.as_deref().unwrap_or("day");
     if group_by != "day" && group_by != "product" {
         return Err(ApiError::malformed("group_by", "must be day or product"));
@@ -110,6 +112,8 @@ pub async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    check_year("from", q.from.map(|d| d.year()))?;
+    check_year("to", q.to.map(|d| d.year()))?;
     let limit = limit(q.limit)?;
     let after: Option<i64> = q
         .cursor

@@ -164,8 +164,9 @@ impl App {
     }
 }
 
-/// How long shutdown waits for the parts, within SIGTERM's 10 s.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
+/// How long shutdown waits for the parts, within SIGTERM's 10 s (the
+/// servers' own drain is `edge::serve::DRAIN`, shorter).
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(7);
 
 async fn serve_until(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>, what: &'static str) -> Result<()> {
     edge::serve(listener, router, async move {

@@ -5,6 +5,7 @@ mod cli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -23,7 +24,7 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let result = runtime.block_on(dispatch(cli.command));
     // Whatever is still running (a stuck task) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -150,9 +151,16 @@ async fn run(args: RoleArgs) -> Result<()> {
         Ok(app) => app.run_until(shutdown_signal()).await,
         Err(e) => Err(e),
     };
-    tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await.ok();
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_millis(500), pool.close()).await.ok();
     if let Some(mut cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop()).await.ok();
+        // Whatever is left of SIGTERM's 10 s, less a margin for the exit.
+        let since_signal = SIGNALLED.get().map_or(Duration::ZERO, |at| stopping.duration_since(*at));
+        let budget = EXIT_WITHIN.saturating_sub(since_signal).saturating_sub(Duration::from_millis(1500));
+        let stopped = tokio::task::spawn_blocking(move || cluster.stop_within(budget)).await;
+        if let Ok(Err(e)) = stopped {
+            tracing::warn!(error = %e, "the private PostgreSQL did not stop in time; stopped it immediately");
+        }
     }
     result
 }
@@ -273,6 +281,11 @@ async fn bind(addr: SocketAddr, what: &str, variable: &str) -> Result<tokio::net
         .with_context(|| format!("cannot listen on {addr} for the {what} (is another server using it? set {variable})"))
 }
 
+/// SIGTERM to exit, whatever is still running.
+const EXIT_WITHIN: Duration = Duration::from_secs(10);
+/// When the shutdown signal arrived.
+static SIGNALLED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -282,5 +295,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+    let _ = SIGNALLED.set(Instant::now());
     tracing::info!("shutting down: draining in-flight requests");
 }

@@ -138,6 +138,14 @@ async fn the_frameworks_own_rejections_are_problem_json() {
         (app.http.post(format!("{c}/v1/products")).bearer_auth(&app.admin).body(vec![b' '; 70_000]), 413, "command body over 64 KiB"),
         (app.http.get(format!("{q}/v1/products")).body(vec![b' '; 70_000]), 413, "read body over 64 KiB"),
         (app.http.get(format!("{q}/no/such/route")), 404, "unknown route"),
+        (app.http.get(format!("{q}/v1/reports/sales?from=-4714-11-24")).bearer_auth(&app.admin), 400, "date before PostgreSQL's range"),
+        (app.http.get(format!("{q}/v1/audit?to=-262143-01-01T00:00:00Z")).bearer_auth(&app.admin), 400, "time before PostgreSQL's range"),
+        (app.http.get(format!("{q}/v1/search/products?q={}", vec!["abc"; 33].join("-"))), 400, "33 terms without spaces"),
+        (
+            app.http.post(format!("{c}/v1/products")).bearer_auth(&app.admin).header("idempotency-key", "a\tb").json(&json!({})),
+            400,
+            "idempotency key with a tab",
+        ),
     ];
     for (request, status, what) in cases {
         assert_eq!(send(&app, request, what).await, status, "{what}");
@@ -183,6 +191,12 @@ async fn a_present_but_invalid_token_is_401_everywhere_public_endpoints_included
         let status = send(&app, app.http.get(format!("{}/v1/products", app.query)).header("authorization", "Basic abc"), "basic").await;
         assert_eq!(status, 401);
     }
+    // A subject the log cannot store as an actor, and a second header.
+    let nul_sub = keys.sign(&edge::auth::Claims { sub: "a\u{0}b".into(), role: Role::Admin, exp: now + 3600, nbf: None });
+    let request = app.http.post(format!("{}/v1/products/{}/restock", app.command, Uuid::now_v7())).bearer_auth(nul_sub);
+    assert_eq!(send(&app, request.json(&json!({"quantity": 1})), "NUL subject").await, 401);
+    let two = app.http.get(&public[0]).bearer_auth(&app.admin).header("authorization", "Bearer garbage");
+    assert_eq!(send(&app, two, "two Authorization headers").await, 401);
     // And without any token, public reads stay public.
     assert_eq!(send(&app, app.http.get(&public[0]), "anonymous").await, 200);
 }
@@ -300,4 +314,67 @@ async fn arbitrary_input_from_the_openapi_documents_never_breaks_the_edge() {
     if writes_accepted == 0 {
         assert_eq!(event_count(&app).await, before, "a refused request appended events");
     }
+}
+
+/// Sends raw bytes and returns what came back until the server closed or
+/// `wait` passed.
+async fn raw(addr: &str, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_is_413_even_where_no_handler_reads_it() {
+    let app = spawn_app().await;
+    let addr = app.query.trim_start_matches("http://").to_owned();
+    let mut request = b"GET /v1/products HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..70 {
+        request.extend_from_slice(b"400\r\n");
+        request.extend_from_slice(&[b' '; 1024]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(&addr, &request, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(200)]);
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_trickled_one_byte_a_second_is_answered_408_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.command.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // No token needed: the webhook is public, so anyone could try this.
+    stream.write_all(b"POST /v1/payments/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = loop {
+        if stream.write_all(b"x").await.is_err() {
+            break 0;
+        }
+        if let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut answer)).await {
+            break read.unwrap_or(0);
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "a trickled body was never cut off");
+    };
+    assert!(started.elapsed() < Duration::from_secs(13), "cut off after {:?}", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test]
+async fn clients_cannot_mint_metric_series_with_made_up_methods() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        send(&app, app.http.request(method, format!("{}/v1/products", app.query)), "made-up method").await;
+    }
+    let metrics = app.http.get(format!("{}/metrics", app.query)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("MADEUP"), "a request's method became a label value");
+    assert!(metrics.contains("method=\"other\""), "made-up methods are counted as other");
 }

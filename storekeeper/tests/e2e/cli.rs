@@ -261,3 +261,40 @@ async fn sigterm_exits_within_ten_seconds_with_slow_clients_connected() {
     assert!(status.success(), "{status}");
     drop(slow);
 }
+
+/// Every process of the private cluster under `data_dir`: the postmaster
+/// (first line of `postmaster.pid`) and its children.
+fn cluster_processes(data_dir: &Path) -> Vec<String> {
+    let pid_file = data_dir.join("postgres/pgdata/postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let postmaster = text.lines().next().unwrap().trim().to_owned();
+    let children = Command::new("pgrep").args(["-P", &postmaster]).output().unwrap();
+    let mut pids = vec![postmaster];
+    pids.extend(String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned));
+    pids
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_ten_seconds_with_its_database_frozen() {
+    let dir = temp_dir("frozen-db");
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let pids = cluster_processes(&dir);
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = Command::new("kill").args([sig, pid]).status();
+        }
+    };
+    // The database stops answering (a hung disk, a frozen VM): nothing it
+    // is asked returns.
+    signal("-STOP");
+    let started = Instant::now();
+    let status = serve.terminate();
+    let took = started.elapsed();
+    signal("-CONT");
+    // Whatever happened, leave no server behind.
+    let _ = Command::new("kill").args(["-QUIT", &pids[0]]).status();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?} with the database frozen");
+    // It may report that the database did not stop cleanly; it must exit.
+    assert!(status.code().is_some(), "{status}");
+}

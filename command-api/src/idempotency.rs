@@ -4,6 +4,11 @@
 //!
 //! Only successful responses are kept: after an error nothing was appended,
 //! so the client may fix the request and retry under the same key.
+//!
+//! This table only remembers answers. What makes a key exact is the event
+//! log's receipt, which commits in the same transaction as the command's
+//! events: a retry after a crash between the append and storing the answer
+//! finds the receipt and answers the first outcome, never applying twice.
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -71,6 +76,10 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
             Err(_) => return Err(ApiError::IdempotencyInProgress),
         },
         Begin::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+        // The first request's events may be in (its receipt commits with
+        // them) while its answer is not stored yet, or never will be: it
+        // crashed in between. Running it again answers the first outcome.
+        Begin::InProgress if state.service.took_effect(&principal, &key).await.map_err(ApiError::internal)? => {}
         Begin::InProgress => return Err(ApiError::IdempotencyInProgress),
     }
 

@@ -31,7 +31,9 @@ impl IdempotencyStore {
     /// Claims `key` for the request whose fingerprint is `hash`.
     pub async fn begin(&self, principal: &str, key: &str, hash: &[u8]) -> Result<Begin, sqlx::Error> {
         // A new key, an expired one, or one whose first request died mid-way
-        // (no response after a minute) starts afresh.
+        // (no response after ten seconds) starts afresh. Taking over a key
+        // whose first request is in fact still running is safe: the event
+        // log's receipt lets only one of them append.
         let claimed: Option<bool> = sqlx::query_scalar(
             "INSERT INTO idempotency_keys (principal, key, request_hash) VALUES ($1, $2, $3)
              ON CONFLICT (principal, key) DO UPDATE
@@ -39,7 +41,7 @@ impl IdempotencyStore {
               WHERE idempotency_keys.created_at < now() - interval '24 hours'
                  OR (idempotency_keys.response IS NULL
                      AND idempotency_keys.request_hash = EXCLUDED.request_hash
-                     AND idempotency_keys.created_at < now() - interval '60 seconds')
+                     AND idempotency_keys.created_at < now() - interval '10 seconds')
              RETURNING true",
         )
         .bind(principal)
@@ -86,11 +88,13 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Forgets keys older than 24 hours.
+    /// Forgets keys older than 24 hours, and the log's receipts with them.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
             .execute(&self.pool)
             .await?
-            .rows_affected())
+            .rows_affected();
+        eventlog::purge_receipts(&self.pool).await?;
+        Ok(keys)
     }
 }

@@ -25,7 +25,7 @@ use domain::events::EventCodec;
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
-use eventlog::{EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, StreamWrite};
+use eventlog::{AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite};
 use uuid::Uuid;
 
 /// How often a decision is retried after losing a race without `If-Match`.
@@ -204,12 +204,22 @@ impl CommandService {
     /// Runs `decide` until its append wins, or the client's pinned version
     /// (`if_match`) no longer holds. `decide` is told whether it may use
     /// cached state.
-    async fn run<F, Fut>(&self, id: Uuid, stream: &str, if_match: Option<u64>, mut decide: F) -> Result<Outcome, ServiceError>
+    async fn run<F, Fut>(
+        &self,
+        id: Uuid,
+        stream: &str,
+        if_match: Option<u64>,
+        metadata: &Metadata,
+        mut decide: F,
+    ) -> Result<Outcome, ServiceError>
     where
         F: FnMut(bool) -> Fut,
         Fut: Future<Output = Result<Decision, ServiceError>>,
     {
         let _turn = self.stripe(stream).lock().await;
+        if let Some(outcome) = self.earlier(metadata).await? {
+            return Ok(outcome);
+        }
         let mut use_cache = true;
         for attempt in 0..MAX_ATTEMPTS {
             let decision = match decide(use_cache).await {
@@ -236,7 +246,8 @@ impl CommandService {
                 return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.position, appended: false });
             }
             let writes: Vec<StreamWrite> = decision.writes.into_iter().filter(|w| !w.events.is_empty()).collect();
-            match self.log.append(writes).await {
+            match self.log.append_once(writes, receipt(metadata)).await {
+                Ok(result) if result.replayed => return Ok(replayed(&result)),
                 Ok(result) => {
                     let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
                     let version = primary.and_then(|s| s.version).or(decision.version);
@@ -258,6 +269,21 @@ impl CommandService {
         Err(ServiceError::Contention)
     }
 
+    /// The outcome of the command already taken under the request's
+    /// idempotency key, if there was one: it is answered again and nothing
+    /// is decided (a retry after a crash must not apply twice, nor be
+    /// refused because its first run changed the state).
+    async fn earlier(&self, metadata: &Metadata) -> Result<Option<Outcome>, ServiceError> {
+        let Some(receipt) = receipt(metadata) else { return Ok(None) };
+        Ok(self.log.receipt(receipt).await?.map(|result| replayed(&result)))
+    }
+
+    /// Whether a command under `actor`'s idempotency `key` took effect
+    /// (within the last 24 hours).
+    pub async fn took_effect(&self, actor: &str, key: &str) -> Result<bool, ServiceError> {
+        Ok(self.log.receipt(Receipt { actor, key }).await?.is_some())
+    }
+
     /// A command on one aggregate.
     pub async fn execute<A: Aggregate>(
         &self,
@@ -271,7 +297,7 @@ impl CommandService {
     {
         let stream = &stream_id::<A>(id);
         let command = &command;
-        self.run(id, stream, if_match, |cached| async move {
+        self.run(id, stream, if_match, metadata, |cached| async move {
             let loaded = self.state::<A>(stream, cached).await?;
             let events = A::decide(&loaded.state, command.clone())?;
             let writes = vec![write(stream, &loaded, &events, metadata)];
@@ -299,7 +325,7 @@ impl CommandService {
     ) -> Result<Outcome, ServiceError> {
         let stream = &stream_id::<CustomerAggregate>(id);
         let command = &command;
-        self.run(id, stream, if_match, |cached| async move {
+        self.run(id, stream, if_match, metadata, |cached| async move {
             let loaded = self.state::<CustomerAggregate>(stream, cached).await?;
             let events = CustomerAggregate::decide(&loaded.state, command.clone())?;
             let mut writes = vec![write(stream, &loaded, &events, metadata)];
@@ -338,7 +364,7 @@ impl CommandService {
         let claim_stream = &sku_claim_stream(sku);
         let sku_key = &sku.key();
         let command = &command;
-        self.run(id, stream, if_match, |cached| async move {
+        self.run(id, stream, if_match, metadata, |cached| async move {
             let loaded = self.state::<ProductAggregate>(stream, cached).await?;
             let events = ProductAggregate::decide(&loaded.state, command.clone())?;
             let claim = ClaimCommand::Claim { kind: ClaimKind::Sku, value: sku_key.clone(), owner_stream_id: stream.clone() };
@@ -358,6 +384,9 @@ impl CommandService {
         shipping_address: domain::Address,
         metadata: &Metadata,
     ) -> Result<Outcome, ServiceError> {
+        if let Some(outcome) = self.earlier(metadata).await? {
+            return Ok(outcome);
+        }
         let customer = self.load::<CustomerAggregate>(&stream_id::<CustomerAggregate>(customer_id)).await?;
         let customer_active = match customer.state {
             Some(c) => c.active,
@@ -373,6 +402,27 @@ impl CommandService {
         }
         let command = OrderCommand::Place { order_id, customer_id, customer_active, lines: priced, shipping_address };
         self.execute::<OrderAggregate>(order_id, command, None, metadata).await
+    }
+}
+
+/// What a command's append is recorded under: its idempotency key, scoped
+/// to the actor, so that the record commits with the events.
+fn receipt(metadata: &Metadata) -> Option<Receipt<'_>> {
+    Some(Receipt { actor: &metadata.actor, key: metadata.idempotency_key.as_deref()? })
+}
+
+/// The outcome of an append made earlier under the same receipt: its first
+/// write is the command's own stream.
+fn replayed(result: &AppendResult) -> Outcome {
+    let primary = result.streams.first();
+    let stream_id = primary.map(|s| s.stream_id.clone()).unwrap_or_default();
+    let id = stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()).unwrap_or_default();
+    Outcome {
+        id,
+        stream_id,
+        version: primary.and_then(|s| s.version).unwrap_or(0),
+        position: primary.and_then(|s| s.position).unwrap_or(result.position),
+        appended: true,
     }
 }
 

@@ -115,6 +115,17 @@ pub struct AppendResult {
     pub streams: Vec<StreamAppended>,
     /// The highest global position written (0 when nothing was).
     pub position: u64,
+    /// The append's receipt was already recorded within 24 hours: nothing
+    /// was appended, and this is the first append's result.
+    pub replayed: bool,
+}
+
+/// What an append is recorded under, for exact idempotency: the caller's
+/// idempotency key, scoped to the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt<'a> {
+    pub actor: &'a str,
+    pub key: &'a str,
 }
 
 /// Checks what every adapter refuses before touching storage.

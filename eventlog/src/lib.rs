@@ -16,10 +16,10 @@ mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppended, StreamWrite};
+pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite};
 pub use fold::{FoldError, Folded, fold_stream};
 pub use memory::InMemoryEventLog;
-pub use postgres::{PgEventLog, migrate};
+pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
 pub use subscription::Subscription;
 
@@ -48,7 +48,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appends to one or more streams, atomically: every write's expected
     /// version holds and all events are stored, or nothing is. Acknowledged
     /// only once durable.
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError>;
+    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError> {
+        self.append_once(writes, None).await
+    }
+
+    /// `append`, recorded under `receipt` in the same transaction when one
+    /// is given: a repeat within 24 hours appends nothing and answers the
+    /// first append's result (`replayed`), whatever it is asked to write.
+    async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError>;
 
     /// Events of one stream with `stream_version >= from_version`, in order.
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError>;
@@ -57,6 +64,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// start), in global order. Never returns an event while one with a
     /// lower position may still appear: what it skips past is final.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError>;
+
+    /// The result of the append recorded under `receipt` within the last
+    /// 24 hours (see `append_once`).
+    async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError>;
 
     /// A counter that moves after every append this process makes, so that
     /// local subscribers wake at once instead of at their next poll.

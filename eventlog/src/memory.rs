@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::envelope::validate;
-use crate::{AppendResult, EventLog, EventLogError, RecordedEvent, StreamAppended, StreamWrite};
+use crate::{AppendResult, EventLog, EventLogError, Receipt, RecordedEvent, StreamAppended, StreamWrite};
 
 pub struct InMemoryEventLog {
     inner: Mutex<Inner>,
@@ -29,6 +29,9 @@ struct Inner {
     events: Vec<RecordedEvent>,
     streams: HashMap<String, Vec<usize>>,
     event_ids: HashSet<Uuid>,
+    /// Appends by (actor, idempotency key). Kept forever: nothing here
+    /// lives 24 hours.
+    receipts: HashMap<(String, String), AppendResult>,
 }
 
 impl InMemoryEventLog {
@@ -39,9 +42,13 @@ impl InMemoryEventLog {
 
 #[async_trait]
 impl EventLog for InMemoryEventLog {
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError> {
+    async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         validate(&writes)?;
         let mut inner = self.inner.lock().expect("in-memory log poisoned");
+        let receipt = receipt.map(|r| (r.actor.to_owned(), r.key.to_owned()));
+        if let Some(first) = receipt.as_ref().and_then(|r| inner.receipts.get(r)) {
+            return Ok(first.clone());
+        }
         for w in &writes {
             let actual = inner.streams.get(&w.stream_id).map(|s| s.len() as u64 - 1);
             if !w.expected.admits(actual) {
@@ -53,7 +60,7 @@ impl EventLog for InMemoryEventLog {
             return Err(EventLogError::InvalidAppend("an event with this event_id is already stored".into()));
         }
         let recorded_at = Utc::now();
-        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0 };
+        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0, replayed: false };
         for w in writes {
             let mut version = inner.streams.get(&w.stream_id).map(|s| s.len() as u64);
             let mut position = None;
@@ -82,6 +89,11 @@ impl EventLog for InMemoryEventLog {
             let version = inner.streams.get(&w.stream_id).map(|s| s.len() as u64 - 1);
             result.streams.push(StreamAppended { stream_id: w.stream_id, version, position });
         }
+        if let Some(receipt) = receipt
+            && result.position > 0
+        {
+            inner.receipts.insert(receipt, AppendResult { replayed: true, ..result.clone() });
+        }
         drop(inner);
         self.appended.send_modify(|n| *n += 1);
         Ok(result)
@@ -99,6 +111,11 @@ impl EventLog for InMemoryEventLog {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
         let inner = self.inner.lock().expect("in-memory log poisoned");
         Ok(inner.events.iter().skip(after as usize).take(limit).cloned().collect())
+    }
+
+    async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
+        let inner = self.inner.lock().expect("in-memory log poisoned");
+        Ok(inner.receipts.get(&(receipt.actor.to_owned(), receipt.key.to_owned())).cloned())
     }
 
     fn appends(&self) -> watch::Receiver<u64> {

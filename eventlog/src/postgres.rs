@@ -1,12 +1,12 @@
 //! The PostgreSQL event log.
 //!
-//! An append is one call of the `append_events` function (see the
-//! migrations). Writers lock their streams with transaction-scoped advisory
-//! locks before their first write, so a transaction id is only assigned once every
-//! earlier writer of those streams has committed. Positions are derived from
-//! that id, and readers only read below the oldest transaction still
-//! running: together these make `read_all` skip nothing and keep per-stream
-//! order, without serialising writers of different streams.
+//! An append is one call of the `append_events` function, a read of the
+//! whole log one call of `read_events` (see migration 10005 for why they
+//! are correct). Positions come from a sequence taken while the stream
+//! locks are held, so they are data that a dump and restore keep; a reader
+//! reads up to the frontier below the lowest append still in flight, which
+//! only appends can hold back: not an unrelated transaction, not a
+//! projection's batch.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,13 +16,18 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::envelope::validate;
-use crate::{AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, RecordedEvent, StreamAppended, StreamWrite};
+use crate::{AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, Receipt, RecordedEvent, StreamAppended, StreamWrite};
 
 /// Applies the event log's migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
     migrator.run(pool).await
+}
+
+/// Forgets receipts older than 24 hours (they no longer replay).
+pub async fn purge_receipts(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM append_receipts WHERE recorded_at < now() - interval '24 hours'").execute(pool).await?.rows_affected())
 }
 
 pub struct PgEventLog {
@@ -84,7 +89,7 @@ fn map_insert_error(e: sqlx::Error, writes: &[StreamWrite]) -> EventLogError {
 #[async_trait]
 impl EventLog for PgEventLog {
     #[tracing::instrument(skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, EventLogError> {
+    async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         validate(&writes)?;
         let total: usize = writes.iter().map(|w| w.events.len()).sum();
         let streams: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
@@ -115,8 +120,9 @@ impl EventLog for PgEventLog {
             }
         }
         // One statement, so one round trip and its own transaction.
-        let rows: Vec<(String, Option<i64>, Option<i64>, bool)> = sqlx::query_as(
-            "SELECT out_stream, out_version, out_position, out_conflict FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        let rows: Vec<(String, Option<i64>, Option<i64>, bool, bool)> = sqlx::query_as(
+            "SELECT out_stream, out_version, out_position, out_conflict, out_replayed
+               FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&streams)
         .bind(&expected)
@@ -127,20 +133,23 @@ impl EventLog for PgEventLog {
         .bind(&occurred)
         .bind(&metadata)
         .bind(&data)
+        .bind(receipt.map(|r| r.actor))
+        .bind(receipt.map(|r| r.key))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_insert_error(e, &writes))?;
-        if let Some((stream_id, actual, _, _)) = rows.iter().find(|r| r.3) {
+        if let Some((stream_id, actual, _, _, _)) = rows.iter().find(|r| r.3) {
             let expected = writes.iter().find(|w| w.stream_id == *stream_id).map_or(ExpectedVersion::Any, |w| w.expected);
             return Err(EventLogError::VersionConflict { stream_id: stream_id.clone(), expected, actual: actual.map(|v| v as u64) });
         }
-        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0 };
-        for (stream_id, version, position, _) in rows {
+        let replayed = rows.iter().any(|r| r.4);
+        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0, replayed };
+        for (stream_id, version, position, _, _) in rows {
             let position = position.map(|p| p as u64);
             result.position = result.position.max(position.unwrap_or(0));
             result.streams.push(StreamAppended { stream_id, version: version.map(|v| v as u64), position });
         }
-        if total > 0 {
+        if total > 0 && !replayed {
             self.appended.send_modify(|n| *n += 1);
         }
         Ok(result)
@@ -159,21 +168,42 @@ impl EventLog for PgEventLog {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
-        // Below the oldest running transaction every position is final.
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events
-             WHERE global_position > $1
-               AND global_position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
-             ORDER BY global_position LIMIT $2"
-        ))
-        .bind(after.min(i64::MAX as u64) as i64)
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        // Up to the frontier every position is final.
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM read_events($1, $2)"))
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(limit.min(i32::MAX as usize) as i32)
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(decode_row).collect()
+    }
+
+    async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
+        let result: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT result FROM append_receipts WHERE actor = $1 AND key = $2 AND recorded_at > now() - interval '24 hours'",
+        )
+        .bind(receipt.actor)
+        .bind(receipt.key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(result) = result else { return Ok(None) };
+        let rows: Vec<ReceiptRow> = serde_json::from_value(result).map_err(|e| EventLogError::Backend(Box::new(e)))?;
+        let mut appended = AppendResult { streams: Vec::with_capacity(rows.len()), position: 0, replayed: true };
+        for row in rows {
+            appended.position = appended.position.max(row.position.unwrap_or(0));
+            appended.streams.push(StreamAppended { stream_id: row.stream, version: row.version, position: row.position });
+        }
+        Ok(Some(appended))
     }
 
     fn appends(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
     }
+}
+
+/// One stream of a stored receipt, as `append_events` writes it.
+#[derive(serde::Deserialize)]
+struct ReceiptRow {
+    stream: String,
+    version: Option<u64>,
+    position: Option<u64>,
 }

@@ -81,13 +81,19 @@ pub async fn clear_partitions(conn: &mut PgConnection, consumer: &str) -> Result
 }
 
 /// The streams written by the append whose last event is at `position`
-/// (a consistency token). Every event of one append shares its writing
-/// transaction, the upper bits of the position.
+/// (a consistency token). An append's events take one range of positions,
+/// whose start each of them records; events appended before that was
+/// recorded (migration 10005) share their writing transaction, the upper
+/// bits of the position. A position with no event names no streams.
 pub async fn streams_of_append(pool: &PgPool, position: u64) -> Result<Vec<String>, sqlx::Error> {
-    let first = (position >> 20) << 20;
-    sqlx::query_scalar("SELECT DISTINCT stream_id FROM events WHERE global_position BETWEEN $1 AND $2")
-        .bind(first as i64)
-        .bind(position as i64)
-        .fetch_all(pool)
-        .await
+    let position = position.min(i64::MAX as u64) as i64;
+    sqlx::query_scalar(
+        "SELECT DISTINCT e.stream_id
+           FROM (SELECT coalesce(first_in_append, (global_position >> 20) << 20) AS first
+                   FROM events WHERE global_position = $1) AS a
+           JOIN events e ON e.global_position BETWEEN a.first AND $1",
+    )
+    .bind(position)
+    .fetch_all(pool)
+    .await
 }

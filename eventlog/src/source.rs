@@ -123,29 +123,63 @@ pub trait EventSource: Send {
 pub type SourceFactory = Arc<dyn Fn(&Resume) -> Result<Box<dyn EventSource>, EventLogError> + Send + Sync>;
 
 /// A catch-up subscription to the log in this process.
-pub struct InProcessSource(Subscription);
+///
+/// A consumer that comes from a partitioned source (Kafka) has applied
+/// each partition up to its own position, and faster partitions are ahead
+/// of slower ones. It resumes here from the slowest, passes over what each
+/// partition already applied, and keeps its progress per partition (the
+/// partitions computed as the relay does), so nothing is skipped or
+/// applied twice, now or after a crash, and it can move back to Kafka
+/// without starting over.
+pub struct InProcessSource {
+    subscription: Subscription,
+    /// The partitioned progress carried over, if any.
+    applied: Option<Progress>,
+}
 
 impl InProcessSource {
     pub fn new(log: Arc<dyn EventLog>, after: u64, batch_size: usize) -> Self {
-        InProcessSource(Subscription::new(log, after).with_batch_size(batch_size))
+        InProcessSource { subscription: Subscription::new(log, after).with_batch_size(batch_size), applied: None }
+    }
+
+    /// Resumes `progress`, partitioned or not.
+    pub fn resuming(log: Arc<dyn EventLog>, progress: &Progress, batch_size: usize) -> Self {
+        if !progress.is_partitioned() {
+            return InProcessSource::new(log, progress.position, batch_size);
+        }
+        let slowest = (0..progress.partition_count).map(|p| progress.partitions.get(&p).copied().unwrap_or(0)).min().unwrap_or(0);
+        InProcessSource { subscription: Subscription::new(log, slowest).with_batch_size(batch_size), applied: Some(progress.clone()) }
     }
 }
 
 #[async_trait]
 impl EventSource for InProcessSource {
     async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
-        Ok(Batch { events: self.0.next_batch().await?, ..Batch::default() })
+        let events = self.subscription.next_batch().await?;
+        let Some(applied) = &mut self.applied else { return Ok(Batch { events, ..Batch::default() }) };
+        let count = applied.partition_count;
+        let mut batch = Batch { partition_count: count, ..Batch::default() };
+        for event in events {
+            let partition = partition_for(&event.stream_id, count);
+            let done = applied.partitions.entry(partition).or_default();
+            if event.global_position > *done {
+                *done = event.global_position;
+                batch.partitions.insert(partition, event.global_position);
+                batch.events.push(event);
+            }
+        }
+        Ok(batch)
     }
 
     fn is_partitioned(&self) -> bool {
-        false
+        self.applied.is_some()
     }
 }
 
 /// In-process catch-up subscriptions to `log`.
 pub fn in_process(log: Arc<dyn EventLog>, batch_size: usize) -> SourceFactory {
     Arc::new(move |resume: &Resume| {
-        Ok(Box::new(InProcessSource::new(log.clone(), resume.progress.position, batch_size)) as Box<dyn EventSource>)
+        Ok(Box::new(InProcessSource::resuming(log.clone(), &resume.progress, batch_size)) as Box<dyn EventSource>)
     })
 }
 
@@ -158,10 +192,6 @@ pub trait Consumer: Send + Sync {
     fn name(&self) -> &str;
     /// Where to resume, from the consumer's durable state.
     async fn resume(&self) -> Result<Resume, BoxError>;
-    /// Called once the source is open, before the first batch.
-    async fn opened(&self, _resume: &Resume, _partitioned: bool) -> Result<(), BoxError> {
-        Ok(())
-    }
     /// Applies a batch and records the progress, durably, or fails as a whole.
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError>;
 }
@@ -194,7 +224,6 @@ pub async fn follow(consumer: &dyn Consumer, sources: &SourceFactory, mut shutdo
 async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown: &mut watch::Receiver<bool>) -> Result<(), BoxError> {
     let resume = consumer.resume().await?;
     let mut source = sources(&resume)?;
-    consumer.opened(&resume, source.is_partitioned()).await?;
     tracing::info!(consumer = consumer.name(), position = resume.progress.position, "consuming the log");
     loop {
         if *shutdown.borrow() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamWrite, Subscription};
+use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, Receipt, StreamWrite, Subscription};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -204,6 +204,53 @@ async fn concurrent_writers_and_a_tailing_subscriber(log: Arc<dyn EventLog>) {
 }
 
 /// Reads the whole log once it holds `count` events.
+async fn an_append_under_a_receipt_happens_once(log: Arc<dyn EventLog>) {
+    let (a, b) = (stream(), stream());
+    let receipt = Receipt { actor: "user-1", key: "key-1" };
+    assert_eq!(log.receipt(receipt).await.unwrap(), None);
+    let first =
+        log.append_once(vec![write(&a, ExpectedVersion::NoStream, 2), write(&b, ExpectedVersion::Any, 1)], Some(receipt)).await.unwrap();
+    assert!(!first.replayed);
+    // The same receipt again, whatever it asks to write: nothing is
+    // appended and the first result comes back.
+    let again = log.append_once(vec![write(&a, ExpectedVersion::NoStream, 5)], Some(receipt)).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.streams.clone(), again.position), (first.streams.clone(), first.position));
+    assert_eq!(log.receipt(receipt).await.unwrap().map(|r| (r.streams, r.position)), Some((first.streams, first.position)));
+    assert_eq!(log.read_stream(&a, 0, 100).await.unwrap().len(), 2);
+    // Scoped to the actor; a refused append records nothing.
+    let other = Receipt { actor: "user-2", key: "key-1" };
+    assert!(!log.append_once(vec![write(&a, ExpectedVersion::Exact(1), 1)], Some(other)).await.unwrap().replayed);
+    let refused = Receipt { actor: "user-1", key: "key-2" };
+    assert!(matches!(
+        log.append_once(vec![write(&a, ExpectedVersion::Exact(0), 1)], Some(refused)).await,
+        Err(EventLogError::VersionConflict { .. })
+    ));
+    assert_eq!(log.receipt(refused).await.unwrap(), None);
+    assert!(!log.append_once(vec![write(&a, ExpectedVersion::Exact(2), 1)], Some(refused)).await.unwrap().replayed);
+    assert_eq!(log.read_stream(&a, 0, 100).await.unwrap().len(), 4);
+}
+
+/// Sixteen tasks race one receipt: exactly one appends.
+async fn racing_appends_under_one_receipt_append_once(log: Arc<dyn EventLog>) {
+    let receipt_key = format!("key-{}", Uuid::now_v7());
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (log, key) = (log.clone(), receipt_key.clone());
+        // Each racer writes its own new stream, as a retried create would.
+        tasks.push(tokio::spawn(async move {
+            log.append_once(vec![write(&stream(), ExpectedVersion::NoStream, 1)], Some(Receipt { actor: "user", key: &key })).await.unwrap()
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(results.iter().all(|r| r.streams == results[0].streams));
+    assert_eq!(read_all_until(&*log, 1).await.len(), 1);
+}
+
 async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::RecordedEvent> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -248,6 +295,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_subscription_catches_up_then_goes_live() {
                 super::a_subscription_catches_up_then_goes_live($make).await
+            }
+            #[tokio::test]
+            async fn an_append_under_a_receipt_happens_once() {
+                super::an_append_under_a_receipt_happens_once($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn racing_appends_under_one_receipt_append_once() {
+                super::racing_appends_under_one_receipt_append_once($make).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_writers_and_a_tailing_subscriber() {

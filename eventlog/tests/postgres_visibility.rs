@@ -1,5 +1,7 @@
-//! The hard case, made deterministic: a transaction that took its position
-//! first commits last. A reader must not skip past it in the meantime.
+//! The PostgreSQL log's tail, made deterministic: an append that took its
+//! position first commits last, one rolls back, an unrelated transaction
+//! stays open. A reader must not skip past the first, must pass the second,
+//! and must not wait for the third.
 
 use std::sync::Arc;
 
@@ -23,42 +25,93 @@ fn write(stream_id: &str) -> StreamWrite {
     }
 }
 
+/// Appends one event inside `tx`, so the append stays in flight until the
+/// test commits or rolls it back.
+async fn append_in(tx: &mut sqlx::PgConnection, stream_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT out_position FROM append_events(ARRAY[$1], ARRAY[-1]::bigint[], ARRAY[1], ARRAY[$2]::uuid[], ARRAY['ThingHappened'],
+                ARRAY[1], ARRAY[now()], ARRAY[$3::jsonb], ARRAY['{}'::jsonb], NULL, NULL)",
+    )
+    .bind(stream_id)
+    .bind(Uuid::now_v7())
+    .bind(serde_json::to_value(Metadata::system("test")).unwrap())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_reader_never_skips_an_event_committed_late_with_a_lower_position() {
     let pool = eventlog::testing::fresh_event_log_database().await;
     let log = Arc::new(PgEventLog::new(pool.clone()));
     let (slow_stream, fast_stream) = (format!("thing-{}", Uuid::now_v7()), format!("thing-{}", Uuid::now_v7()));
 
-    // The slow writer takes its transaction id (and so its position) first...
+    // The slow writer takes its position first...
     let mut slow = pool.begin().await.unwrap();
-    let slow_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *slow).await.unwrap();
+    let slow_position = append_in(&mut slow, &slow_stream).await;
     // ...then a fast writer appends and commits.
     let fast = log.append(vec![write(&fast_stream)]).await.unwrap();
-    assert!(fast.position > (slow_xid as u64) << 20);
+    assert!(fast.position > slow_position as u64);
     assert!(log.read_all(0, 100).await.unwrap().is_empty(), "nothing is handed out while a lower position may still commit");
 
-    // The slow writer commits an event below the fast one.
-    sqlx::query(
-        "INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, schema_version, occurred_at, metadata, data)
-         VALUES (pg_current_xact_id()::text::bigint << 20, $1, 0, $2, 'ThingHappened', 1, now(), $3, '{}')",
-    )
-    .bind(&slow_stream)
-    .bind(Uuid::now_v7())
-    .bind(serde_json::to_value(Metadata::system("test")).unwrap())
-    .execute(&mut *slow)
-    .await
-    .unwrap();
     slow.commit().await.unwrap();
-
-    // Other tests' transactions on the same server may hold the tail back
-    // for a moment; once released, both come, the late one first.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let all = loop {
-        let all = log.read_all(0, 100).await.unwrap();
-        if all.len() >= 2 || tokio::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let all = log.read_all(0, 100).await.unwrap();
     assert_eq!(all.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>(), vec![slow_stream.as_str(), fast_stream.as_str()]);
+}
+
+#[tokio::test]
+async fn an_append_rolled_back_leaves_a_gap_that_readers_pass() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+    let mut abandoned = pool.begin().await.unwrap();
+    append_in(&mut abandoned, &format!("thing-{}", Uuid::now_v7())).await;
+    let kept = format!("thing-{}", Uuid::now_v7());
+    log.append(vec![write(&kept)]).await.unwrap();
+    assert!(log.read_all(0, 100).await.unwrap().is_empty());
+    abandoned.rollback().await.unwrap();
+    let all = log.read_all(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>(), vec![kept.as_str()]);
+}
+
+/// Only appends hold the tail back: an unrelated transaction that wrote a
+/// row and stays open (a projection's long batch, a migration, another
+/// application's session) delays nothing, in this database or another.
+#[tokio::test]
+async fn an_unrelated_open_transaction_does_not_hold_readers_back() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let other_database = eventlog::testing::fresh_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+
+    let mut unrelated = pool.begin().await.unwrap();
+    sqlx::query("CREATE TABLE unrelated (n int)").execute(&mut *unrelated).await.unwrap();
+    sqlx::query("INSERT INTO unrelated VALUES (1)").execute(&mut *unrelated).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(42), pg_advisory_xact_lock(7, 7)").execute(&mut *unrelated).await.unwrap();
+    let mut elsewhere = other_database.begin().await.unwrap();
+    sqlx::query("CREATE TABLE t (n int)").execute(&mut *elsewhere).await.unwrap();
+    // An append in flight in another database is no business of this log.
+    sqlx::query(&format!("SELECT pg_advisory_xact_lock({}, 0)", 1 << 30)).execute(&mut *elsewhere).await.unwrap();
+
+    let stream = format!("thing-{}", Uuid::now_v7());
+    let appended = log.append(vec![write(&stream)]).await.unwrap();
+    let all = log.read_all(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![appended.position]);
+    unrelated.rollback().await.unwrap();
+    elsewhere.rollback().await.unwrap();
+}
+
+/// A token's streams are those of its append, however its positions fall.
+#[tokio::test]
+async fn a_token_names_the_streams_of_its_append() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+    let (a, b, c) = (format!("thing-{}", Uuid::now_v7()), format!("thing-{}", Uuid::now_v7()), format!("thing-{}", Uuid::now_v7()));
+    log.append(vec![write(&c)]).await.unwrap();
+    let both = log.append(vec![write(&a), write(&b)]).await.unwrap();
+    log.append(vec![write(&c)]).await.unwrap();
+    let mut streams = eventlog::progress::streams_of_append(&pool, both.position).await.unwrap();
+    streams.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(streams, expected);
+    assert!(eventlog::progress::streams_of_append(&pool, both.position + 1_000_000).await.unwrap().is_empty());
 }

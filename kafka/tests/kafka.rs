@@ -253,13 +253,14 @@ mod source_contract {
         pub log: Arc<dyn EventLog>,
         pub service: CommandService,
         pub sources: SourceFactory,
+        topic: String,
         _relay: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     }
 
     pub async fn in_process() -> Fixture {
         let (pool, log, service) = setup().await;
         let sources = eventlog::in_process(log.clone(), 7);
-        Fixture { pool, log, service, sources, _relay: None }
+        Fixture { pool, log, service, sources, topic: String::new(), _relay: None }
     }
 
     async fn kafka_fixture(catch_up: bool) -> Fixture {
@@ -268,7 +269,7 @@ mod source_contract {
         ensure_topic(&brokers(), &topic, 3).await.unwrap();
         let relay = start_relay(&log, &pool, &topic);
         let sources = if catch_up { kafka::sources(&brokers(), &topic, log.clone()) } else { kafka::topic_sources(&brokers(), &topic) };
-        Fixture { pool, log, service, sources, _relay: Some(relay) }
+        Fixture { pool, log, service, sources, topic, _relay: Some(relay) }
     }
 
     /// Only the topic.
@@ -279,6 +280,10 @@ mod source_contract {
     /// A consumer new to the topic: the log up to its head, then the topic.
     pub async fn catching_up_from_the_log() -> Fixture {
         kafka_fixture(true).await
+    }
+
+    fn topic_of(f: &Fixture) -> String {
+        f.topic.clone()
     }
 
     fn resume(generation: &str, progress: &Progress) -> Resume {
@@ -366,6 +371,55 @@ mod source_contract {
         }
     }
 
+    /// A deployment moved from Kafka to the in-process feed with some
+    /// partitions ahead of others, written to, and moved back: every event
+    /// applied once, in stream order, and the progress covers them all.
+    pub async fn switching_feeds_never_skips_in_either_direction() {
+        let f = kafka_fixture(false).await;
+        write(&f.service, 9, 3).await;
+        let log = all_events(&f.pool, &f.log).await;
+        let generation = Uuid::now_v7().to_string();
+        // Where a Kafka consumer may stand: partition 0 all applied,
+        // partition 1 half, partition 2 nothing yet.
+        let mut progress = Progress { partition_count: 3, ..Progress::default() };
+        let mut applied = Vec::new();
+        for partition in 0..3 {
+            let events: Vec<&RecordedEvent> = log.iter().filter(|e| eventlog::partition_for(&e.stream_id, 3) == partition).collect();
+            let cut = match partition {
+                0 => events.len(),
+                1 => events.len() / 2,
+                _ => 0,
+            };
+            if let Some(last) = events[..cut].last() {
+                progress.partitions.insert(partition, last.global_position);
+                progress.position = progress.position.max(last.global_position);
+            }
+            applied.extend(events[..cut].iter().map(|e| (*e).clone()));
+        }
+        applied.sort_by_key(|e| e.global_position);
+        assert!(!applied.is_empty() && applied.len() < log.len());
+
+        let in_process = eventlog::in_process(f.log.clone(), 4);
+        let mut source = in_process(&resume(&generation, &progress)).unwrap();
+        let rest = take(&mut source, log.len() - applied.len()).await;
+        rest.iter().for_each(|b| progress.advance(b));
+        applied.extend(events(&rest));
+        assert_once_in_stream_order(&applied, &log);
+        drop(source);
+
+        write(&f.service, 4, 2).await;
+        let all = all_events(&f.pool, &f.log).await;
+        let back = kafka::sources(&brokers(), &topic_of(&f), f.log.clone());
+        let mut source = back(&resume(&generation, &progress)).unwrap();
+        let newer = take(&mut source, all.len() - log.len()).await;
+        newer.iter().for_each(|b| progress.advance(b));
+        applied.extend(events(&newer));
+        assert_once_in_stream_order(&applied, &all);
+        for event in &all {
+            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
+        }
+    }
+
     pub async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps(f: Fixture) {
         write(&f.service, 6, 3).await;
         let log = all_events(&f.pool, &f.log).await;
@@ -415,3 +469,8 @@ macro_rules! source_contract {
 }
 
 source_contract!(in_process, through_kafka, catching_up_from_the_log);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_feeds_never_skips_in_either_direction() {
+    source_contract::switching_feeds_never_skips_in_either_direction().await
+}

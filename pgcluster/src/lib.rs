@@ -50,11 +50,16 @@ pub struct Options {
     /// Durability settings on (the default). Tests turn them off for speed.
     pub durable: bool,
     pub max_connections: u32,
+    /// A new cluster starts at this transaction id (`pg_resetwal -x`), as
+    /// one that has run that many transactions would: for tests of what
+    /// must not depend on transaction ids. At most 1,048,575 (the first
+    /// commit-log segment).
+    pub first_xid: Option<u32>,
 }
 
 impl Options {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Options { dir: dir.into(), durable: true, max_connections: 200 }
+        Options { dir: dir.into(), durable: true, max_connections: 200, first_xid: None }
     }
 }
 
@@ -207,7 +212,18 @@ impl Cluster {
         if !options.durable {
             cmd.arg("--no-sync");
         }
-        run(cmd, "initdb")
+        run(cmd, "initdb")?;
+        if let Some(xid) = options.first_xid {
+            let mut cmd = self.command("pg_resetwal");
+            cmd.args(["-x", &xid.min(1_048_575).to_string(), "-D", self.pgdata.to_str().unwrap_or_default()]);
+            run(cmd, "pg_resetwal")?;
+            // The server reads the new id's commit-log page: a whole first
+            // segment of zeros (no transaction ran below it).
+            let clog = self.pgdata.join("pg_xact/0000");
+            let file = fs::OpenOptions::new().write(true).open(&clog).map_err(io(format!("open {}", clog.display())))?;
+            file.set_len(32 * 8192).map_err(io(format!("extend {}", clog.display())))?;
+        }
+        Ok(())
     }
 
     fn command(&self, program: &str) -> Command {

@@ -1,20 +1,72 @@
-//! Poison events: an event that fails is retried a bounded number of times
-//! inside a savepoint, then parked in `dead_letters` so the projection
-//! goes on; `retry_parked` applies the parked ones again on request.
+//! Poison events, and failures that are not.
+//!
+//! A transient failure (a deadlock, a lock or statement timeout, a lost
+//! connection, a server shutting down) says nothing about the event: the
+//! whole batch fails and the follow loop tries again from the checkpoint,
+//! with backoff, for as long as it takes. Anything else is the event's own
+//! problem: after a few tries inside a savepoint it is parked in
+//! `dead_letters` and the projection goes on with the other streams.
+//!
+//! A parked event holds back every later event of its stream in that
+//! projection (they are parked behind it, in order), so a stream's rows
+//! never move past an event they have not seen. `retry_parked` applies a
+//! projection's parked events again in log order, and a stream stays held
+//! back from its first event that still fails.
+//!
+//! Batches take the projection's dead-letter lock shared, a retry takes it
+//! exclusively: a batch never decides on a parked set a retry is changing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::events::DomainEvent;
 use eventlog::{EventLog, RecordedEvent};
 use sqlx::{PgConnection, PgPool};
 
-use crate::Projection;
+use crate::{ApplyError, Projection};
 
 /// Attempts at one event before it is parked.
 const ATTEMPTS: u32 = 3;
 
+/// Whether a failure is the database's passing state rather than the
+/// event's: worth trying again as it is, never a reason to park.
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // serialization failure, deadlock, lock not available, query
+            // cancelled (statement or lock timeout), server shutting down,
+            // connection exceptions, insufficient resources.
+            matches!(&*code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
+                || code.starts_with("08")
+                || code.starts_with("53")
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Takes the projection's dead-letter lock for the transaction on `conn`
+/// (shared for a batch, exclusive for a retry) and answers the streams it
+/// holds back, each with its first parked position.
+pub(crate) async fn held_back(conn: &mut PgConnection, checkpoint: &str, exclusive: bool) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let lock = if exclusive { "pg_advisory_xact_lock" } else { "pg_advisory_xact_lock_shared" };
+    sqlx::query(&format!("SELECT {lock}(hashtextextended('dead_letters:' || $1, 0))")).bind(checkpoint).execute(&mut *conn).await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stream_id, min(global_position) FROM dead_letters WHERE projection = $1 GROUP BY stream_id")
+            .bind(checkpoint)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().map(|(stream, position)| (stream, position as u64)).collect())
+}
+
 /// Applies one event with bounded retries inside a savepoint; answers the
-/// error it gave up on, if any.
+/// error it gave up on, if any. A transient failure is returned as an
+/// error: the caller's transaction is lost, and nothing is parked.
 pub(crate) async fn apply_one(
     conn: &mut PgConnection,
     projection: &dyn Projection,
@@ -32,6 +84,7 @@ pub(crate) async fn apply_one(
                 sqlx::query("RELEASE SAVEPOINT apply_event").execute(&mut *conn).await?;
                 return Ok(None);
             }
+            Err(ApplyError::Database(e)) if is_transient(&e) => return Err(e),
             Err(e) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT apply_event").execute(&mut *conn).await?;
                 last_error = e.to_string();
@@ -45,13 +98,30 @@ pub(crate) async fn apply_one(
     Ok(Some((last_error, ATTEMPTS)))
 }
 
-pub(crate) async fn park(
+/// Applies `event` unless its stream is held back; parks it when it fails
+/// or is held back, and then holds its stream back. Answers the error when
+/// it was parked.
+pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
-    projection: &str,
+    projection: &dyn Projection,
+    checkpoint: &str,
+    held: &mut HashMap<String, u64>,
     event: &RecordedEvent,
-    error: &str,
-    attempts: u32,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<String>, sqlx::Error> {
+    let (error, attempts) = match held.get(&event.stream_id) {
+        Some(first) => (format!("held back behind the parked event at position {first} of this stream"), 0),
+        None => match apply_one(conn, projection, event).await? {
+            None => return Ok(None),
+            Some(failed) => failed,
+        },
+    };
+    tracing::error!(projection = checkpoint, position = event.global_position, stream_id = %event.stream_id, %error, "parking an event");
+    park(conn, checkpoint, event, &error, attempts).await?;
+    held.entry(event.stream_id.clone()).or_insert(event.global_position);
+    Ok(Some(error))
+}
+
+async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, error: &str, attempts: u32) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -69,41 +139,55 @@ pub(crate) async fn park(
     Ok(())
 }
 
-/// Applies a projection's parked events again, in log order; those that
-/// still fail stay parked. Answers how many were applied.
-pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Projection) -> Result<u64, RetryError> {
+/// What a retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retried {
+    /// Parked events applied now.
+    pub applied: u64,
+    /// Events still parked: failing again, or held back behind one that is.
+    pub still_parked: u64,
+}
+
+/// Applies a projection's parked events again, in log order and in one
+/// transaction; a stream is held back again from its first event that
+/// still fails.
+pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Projection) -> Result<Retried, RetryError> {
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    held_back(&mut tx, name, true).await?;
     let parked: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM dead_letters WHERE projection = $1 ORDER BY global_position")
-        .bind(projection.name())
-        .fetch_all(pool)
+        .bind(name)
+        .fetch_all(&mut *tx)
         .await?;
-    let mut applied = 0;
+    let mut held = HashMap::new();
+    let mut retried = Retried { applied: 0, still_parked: 0 };
     for position in parked {
         let position = position as u64;
         let Some(event) = log.read_all(position - 1, 1).await?.into_iter().find(|e| e.global_position == position) else {
             return Err(RetryError::Missing(position));
         };
-        let mut tx = pool.begin().await?;
-        match apply_one(&mut tx, projection, &event).await? {
-            None => {
-                sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND global_position = $2")
-                    .bind(projection.name())
-                    .bind(position as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                applied += 1;
-            }
-            Some((error, attempts)) => park(&mut tx, projection.name(), &event, &error, attempts).await?,
+        if apply_or_park(&mut tx, projection, name, &mut held, &event).await?.is_some() {
+            retried.still_parked += 1;
+            continue;
         }
-        tx.commit().await?;
+        sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND global_position = $2")
+            .bind(name)
+            .bind(position as i64)
+            .execute(&mut *tx)
+            .await?;
+        retried.applied += 1;
     }
     sqlx::query(
-        "UPDATE projection_checkpoints SET state = 'running', last_error = NULL
-          WHERE projection = $1 AND NOT EXISTS (SELECT FROM dead_letters WHERE projection = $1)",
+        "UPDATE projection_checkpoints SET state = CASE WHEN $2 THEN 'running' ELSE 'degraded' END,
+                last_error = CASE WHEN $2 THEN NULL ELSE last_error END
+          WHERE projection = $1",
     )
-    .bind(projection.name())
-    .execute(pool)
+    .bind(name)
+    .bind(retried.still_parked == 0)
+    .execute(&mut *tx)
     .await?;
-    Ok(applied)
+    tx.commit().await?;
+    Ok(retried)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,4 +198,17 @@ pub enum RetryError {
     Log(#[from] eventlog::EventLogError),
     #[error("parked event at position {0} is not in the log")]
     Missing(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_databases_passing_states_are_transient() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
 }

@@ -5,7 +5,9 @@
 //! in the same transaction as its rows, so a crash or a redelivery never
 //! applies an event twice or skips one. An event that cannot be applied is
 //! retried a bounded number of times, then parked in `dead_letters` with
-//! its error while the projection goes on.
+//! its error, holding back the rest of its stream, while the projection
+//! goes on with the others; transient failures are never parked (see
+//! `dead_letters`).
 
 mod checkpoint;
 mod dead_letters;
@@ -16,7 +18,7 @@ mod runner;
 pub mod search;
 mod status;
 
-pub use dead_letters::retry_parked;
+pub use dead_letters::{Retried, RetryError, retry_parked};
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
 pub use rebuild::request_rebuild;
 pub use runner::Runner;

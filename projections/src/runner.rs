@@ -14,11 +14,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::Projection;
 use crate::checkpoint::{RunError, Target, prepare};
-use crate::dead_letters::{apply_one, park};
+use crate::dead_letters::{apply_or_park, held_back, is_transient};
 use crate::rebuild::{rebuild_requested, take_over};
 use crate::status::progress;
+use crate::{ApplyError, Projection};
 
 /// Events per batch read in process: large enough to amortise a
 /// transaction while catching up; live batches are as small as the
@@ -55,23 +55,31 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
         return Ok(());
     };
     let mut tx = target.begin(pool).await?;
-    // Fast path: the whole batch without savepoints. Should any event fail,
-    // the transaction is dropped and the batch is applied event by event.
-    let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
-        batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
-    let clean = match decoded {
-        Some(decoded) => projection.apply_all(&mut tx, &decoded).await.is_ok(),
-        None => false,
-    };
-    if !clean {
-        tx.rollback().await?;
-        tx = target.begin(pool).await?;
+    let mut held = held_back(&mut tx, &target.checkpoint, false).await?;
+    // Fast path: the whole batch without savepoints, when no stream of it is
+    // held back. Should it fail for the events' sake, the transaction is
+    // dropped and the batch is applied event by event; a transient failure
+    // fails the batch, to be tried again.
+    let mut clean = false;
+    if !batch.iter().any(|e| held.contains_key(&e.stream_id)) {
+        let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
+            batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
+        if let Some(decoded) = decoded {
+            match projection.apply_all(&mut tx, &decoded).await {
+                Ok(()) => clean = true,
+                Err(ApplyError::Database(e)) if is_transient(&e) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        if !clean {
+            tx.rollback().await?;
+            tx = target.begin(pool).await?;
+            held = held_back(&mut tx, &target.checkpoint, false).await?;
+        }
     }
     let mut parked = None;
     for event in batch.iter().filter(|_| !clean) {
-        if let Some((error, attempts)) = apply_one(&mut tx, projection, event).await? {
-            tracing::error!(projection = projection.name(), position = event.global_position, stream_id = %event.stream_id, %error, "parking a poison event");
-            park(&mut tx, &target.checkpoint, event, &error, attempts).await?;
+        if let Some(error) = apply_or_park(&mut tx, projection, &target.checkpoint, &mut held, event).await? {
             parked = Some(error);
         }
     }
@@ -226,16 +234,6 @@ impl Consumer for ProjectionConsumer {
         let (resume, generation) = prepare(&self.pool, &*self.projection, &self.target).await?;
         *self.generation.lock().expect("generation lock") = generation;
         Ok(resume)
-    }
-
-    async fn opened(&self, resume: &Resume, partitioned: bool) -> Result<(), BoxError> {
-        // Partitions recorded by an earlier partitioned run would otherwise
-        // stand still and hold every consistency token back.
-        if resume.progress.is_partitioned() && !partitioned {
-            let mut conn = self.pool.acquire().await?;
-            eventlog::progress::clear_partitions(&mut conn, &self.target.checkpoint).await?;
-        }
-        Ok(())
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {

@@ -68,18 +68,18 @@ impl Tokens {
 }
 
 /// Waits until `covered` holds for the request's tokens, waking whenever
-/// `wake` moves (and every 25 ms regardless).
+/// `wake` moves (and every 25 ms regardless); answers the tokens, if any.
 async fn wait_until<W, F>(
     pool: &PgPool,
     headers: &HeaderMap,
     mut wake: watch::Receiver<W>,
     mut progress: impl FnMut() -> F,
-) -> Result<(), ApiError>
+) -> Result<Option<edge::token::Wanted>, ApiError>
 where
     F: std::future::Future<Output = Result<Vec<Option<Progress>>, ApiError>>,
 {
-    let Some(wanted) = edge::token::decode(headers)? else { return Ok(()) };
-    let mut tokens = Tokens { positions: wanted.positions, streams: None };
+    let Some(wanted) = edge::token::decode(headers)? else { return Ok(None) };
+    let mut tokens = Tokens { positions: wanted.positions.clone(), streams: None };
     let started = tokio::time::Instant::now();
     let deadline = started + wanted.timeout;
     loop {
@@ -93,7 +93,7 @@ where
         }
         if all {
             metrics::histogram!("storekeeper_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
-            return Ok(());
+            return Ok(Some(wanted));
         }
         if tokio::time::Instant::now() >= deadline {
             metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
@@ -108,9 +108,33 @@ where
 }
 
 /// Waits until `projections` have applied every write the request's
-/// consistency tokens name.
+/// consistency tokens name. A write one of whose events is parked (or held
+/// back behind a parked one) in those projections is never going to show:
+/// the read is refused rather than answered stale.
 pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
-    wait_until(&state.pool, headers, state.progress.clone(), || async { Ok(projections::progress(&state.pool, projections).await?) }).await
+    let Some(tokens) =
+        wait_until(&state.pool, headers, state.progress.clone(), || async { Ok(projections::progress(&state.pool, projections).await?) })
+            .await?
+    else {
+        return Ok(());
+    };
+    let newest = tokens.positions.iter().copied().max().unwrap_or(0);
+    let parked: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT projection, stream_id, min(global_position) FROM dead_letters
+          WHERE projection = ANY($1) AND global_position <= $2 GROUP BY projection, stream_id",
+    )
+    .bind(projections)
+    .bind(newest.min(i64::MAX as u64) as i64)
+    .fetch_all(&state.pool)
+    .await?;
+    for (projection, stream, first) in parked {
+        for &token in tokens.positions.iter().filter(|t| **t >= first as u64) {
+            if eventlog::progress::streams_of_append(&state.pool, token).await?.contains(&stream) {
+                return Err(ApiError::ProjectionDegraded(projection));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until this node's search index has applied the request's tokens.
@@ -121,4 +145,5 @@ pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(),
         async move { Ok(vec![Some(progress)]) }
     })
     .await
+    .map(|_| ())
 }

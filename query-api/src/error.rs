@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("the read models have not caught up with the given consistency token within {0} ms")]
     NotYetConsistent(u64),
+    #[error("the {0} read model cannot show this write: one of its events is parked as a dead letter (see /v1/projections)")]
+    ProjectionDegraded(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -31,6 +33,7 @@ impl ApiError {
             ApiError::Edge(e) => return e.problem(),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
+            ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Problem::new(status, code, self.to_string())

@@ -216,8 +216,11 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
             let projection =
                 projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
             let log = PgEventLog::new(pool.clone());
-            let applied = projections::retry_parked(&pool, &log, &*projection).await.context("retry parked events")?;
-            println!("{applied} parked event(s) of {name} applied");
+            let retried = projections::retry_parked(&pool, &log, &*projection).await.context("retry parked events")?;
+            println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
+            if retried.still_parked > 0 {
+                bail!("{} event(s) of {name} are still parked: see `storekeeper projections list`", retried.still_parked);
+            }
         }
         ProjectionsAction::Rebuild { name, db } => {
             let (_cluster, pool) = open(&db, false).await?;

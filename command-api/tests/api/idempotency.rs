@@ -77,6 +77,7 @@ async fn a_key_expires_after_24_hours() {
     assert_eq!(send(1).await.unwrap().status(), 200);
     problem(send(2).await.unwrap(), 422, "idempotency_key_reused").await;
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'").execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE append_receipts SET recorded_at = now() - interval '25 hours'").execute(&app.pool).await.unwrap();
     let fresh = send(2).await.unwrap();
     assert_eq!(fresh.status(), 200);
     assert!(fresh.headers().get("idempotent-replayed").is_none());

@@ -59,3 +59,33 @@ async fn with_the_projections_stopped_a_read_answers_503_not_yet_consistent() {
     let bad = app.get(&format!("/v1/products/{id}"), None, Some("yesterday")).await;
     assert_eq!(bad.status(), 400);
 }
+
+/// A write whose event the products projection parked never shows there:
+/// a read with its token answers 503 projection_degraded at once instead
+/// of stale data, other products still read, and after a retry it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_that_depends_on_a_parked_event_answers_503_projection_degraded() {
+    let app = spawn_app().await;
+    let (poisoned, _) = app.add_product("KET-1", "kitchen", 1999, 10).await;
+    let (other, _) = app.add_product("KET-2", "kitchen", 1999, 10).await;
+    sqlx::query("ALTER TABLE rm_products ADD CONSTRAINT poison_price CHECK (price_minor <> 666)").execute(&app.pool).await.unwrap();
+    let (_, parked) =
+        app.write(&format!("/v1/products/{poisoned}/price"), json!({"price": {"amount_minor": 666, "currency": "USD"}})).await;
+    let (_, held) = app.write(&format!("/v1/products/{poisoned}/restock"), json!({"quantity": 1})).await;
+    let (_, fine) = app.write(&format!("/v1/products/{other}/restock"), json!({"quantity": 1})).await;
+
+    for token in [&parked, &held] {
+        let started = std::time::Instant::now();
+        let response = app.get(&format!("/v1/products/{poisoned}"), None, Some(token)).await;
+        test_support::problem(response, 503, "projection_degraded").await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "answered once the projection passed it, not at the timeout");
+    }
+    assert_eq!(app.get_json(&format!("/v1/products/{other}"), None, Some(&fine)).await["stock"], 11);
+
+    sqlx::query("ALTER TABLE rm_products DROP CONSTRAINT poison_price").execute(&app.pool).await.unwrap();
+    let log = eventlog::PgEventLog::new(app.pool.clone());
+    let retried = projections::retry_parked(&app.pool, &log, &projections::ProductsProjection).await.unwrap();
+    assert_eq!(retried, projections::Retried { applied: 2, still_parked: 0 });
+    let product = app.get_json(&format!("/v1/products/{poisoned}"), None, Some(&held)).await;
+    assert_eq!((product["stock"].as_u64(), product["price"]["amount_minor"].as_u64()), (Some(11), Some(666)));
+}

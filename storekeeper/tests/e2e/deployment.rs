@@ -25,17 +25,17 @@ const WEBHOOK_SECRET: &str = "e2e-webhook-secret-0123456789abcdef";
 const PARTITIONS: i32 = 3;
 
 /// A running deployment; its processes are killed when it is dropped.
-struct Deployment {
-    url: String,
+pub(crate) struct Deployment {
+    pub(crate) url: String,
     topic: Option<String>,
     dir: PathBuf,
-    command: String,
-    query: String,
+    pub(crate) command: String,
+    pub(crate) query: String,
     command_port: u16,
     query_port: u16,
     processes: Vec<(&'static str, Child)>,
-    http: reqwest::Client,
-    admin: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) admin: String,
 }
 
 impl Drop for Deployment {
@@ -48,7 +48,7 @@ impl Drop for Deployment {
 }
 
 impl Deployment {
-    fn new(url: String, topic: Option<String>) -> Deployment {
+    pub(crate) fn new(url: String, topic: Option<String>) -> Deployment {
         let (command_port, query_port) = (free_port(), free_port());
         Deployment {
             url,
@@ -65,7 +65,7 @@ impl Deployment {
     }
 
     /// Starts one role as its own process.
-    fn start(&mut self, name: &'static str, args: &[&str]) {
+    pub(crate) fn start(&mut self, name: &'static str, args: &[&str]) {
         let mut cmd = storekeeper(args);
         cmd.env("DATABASE_URL", &self.url)
             .env("STOREKEEPER_JWT_SECRET", JWT_SECRET)
@@ -83,14 +83,14 @@ impl Deployment {
         self.processes.push((name, cmd.spawn().unwrap()));
     }
 
-    fn kill(&mut self, name: &str) {
+    pub(crate) fn kill(&mut self, name: &str) {
         let at = self.processes.iter().position(|(n, _)| *n == name).unwrap_or_else(|| panic!("no {name} running"));
         let (_, mut child) = self.processes.remove(at);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
 
-    async fn wait_ready(&mut self) {
+    pub(crate) async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let command = self.http.get(format!("{}/readyz", self.command)).send().await;
@@ -109,7 +109,7 @@ impl Deployment {
     }
 
     /// A command as the admin: the body and the consistency token.
-    async fn write(&self, path: &str, body: Value) -> (Value, String) {
+    pub(crate) async fn write(&self, path: &str, body: Value) -> (Value, String) {
         let response = self.http.post(format!("{}{path}", self.command)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
         assert!(response.status().is_success(), "{path}: {} {}", response.status(), response.text().await.unwrap());
         let token = response.headers()["x-consistency-token"].to_str().unwrap().to_owned();
@@ -117,7 +117,7 @@ impl Deployment {
     }
 
     /// A read as the admin, waiting for `tokens`.
-    async fn read(&self, path: &str, tokens: &[&str]) -> Value {
+    pub(crate) async fn read(&self, path: &str, tokens: &[&str]) -> Value {
         let mut request = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.admin).header("x-consistency-timeout", "20000");
         for token in tokens {
             request = request.header("x-consistency-token", *token);
@@ -128,7 +128,7 @@ impl Deployment {
     }
 
     /// Reads `path` until `done` holds (for effects of the order process).
-    async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let value = self.read(path, &[]).await;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod deployment;
+mod operations;
 mod relay;
 
 use std::net::TcpListener;

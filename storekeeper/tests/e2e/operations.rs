@@ -1,0 +1,185 @@
+//! What operators do to a running `storekeeper serve`: kill it mid-burst,
+//! and restart it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::deployment::Deployment;
+
+const RESTOCKS: usize = 600;
+
+/// One restock under its key; `Ok(true)` when it answered success, whether
+/// applied now or replayed.
+async fn restock(d: &Deployment, product: Uuid, key: &str) -> Result<bool, reqwest::Error> {
+    let response = d
+        .http
+        .post(format!("{}/v1/products/{product}/restock", d.command))
+        .bearer_auth(&d.admin)
+        .header("idempotency-key", key)
+        .json(&json!({"quantity": 1}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    Ok(response.status().is_success())
+}
+
+/// 600 restocks under distinct keys, `serve` killed with SIGKILL in the
+/// middle of the burst, restarted, and every request retried: each restock
+/// is applied exactly once. The key's record commits with the events, so
+/// no crash leaves an effect without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_apply_once_across_a_sigkill() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let mut d = Deployment::new(url.clone(), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    let product = Uuid::now_v7();
+    d.write(
+        "/v1/products",
+        json!({"id": product, "sku": format!("IDEM-{}", &product.simple().to_string()[20..]), "name": "Idempotent",
+               "description": "restocked exactly once per key", "category": "test",
+               "price": {"amount_minor": 100, "currency": "EUR"}, "initial_stock": 0}),
+    )
+    .await;
+    let keys: Vec<String> = (0..RESTOCKS).map(|i| format!("restock-{product}-{i}")).collect();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = Arc::new(tokio::sync::Mutex::new(d));
+    let burst = {
+        let (d, keys, done) = (d.clone(), keys.clone(), done.clone());
+        tokio::spawn(async move {
+            let http = d.lock().await.http.clone();
+            let (command, admin) = {
+                let d = d.lock().await;
+                (d.command.clone(), d.admin.clone())
+            };
+            futures::stream::iter(keys)
+                .for_each_concurrent(16, |key| {
+                    let (http, command, admin, done) = (http.clone(), command.clone(), admin.clone(), done.clone());
+                    async move {
+                        let sent = http
+                            .post(format!("{command}/v1/products/{product}/restock"))
+                            .bearer_auth(&admin)
+                            .header("idempotency-key", &key)
+                            .json(&json!({"quantity": 1}))
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await;
+                        if sent.is_ok_and(|r| r.status().is_success()) {
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    while done.load(Ordering::SeqCst) < RESTOCKS / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.lock().await.kill("serve");
+    burst.await.unwrap();
+    let answered_before = done.load(Ordering::SeqCst);
+    assert!(answered_before < RESTOCKS, "the kill came after the burst");
+
+    let mut d = Arc::try_unwrap(d).ok().unwrap().into_inner();
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    // Every request again, until each one answers (a key whose first run
+    // died before appending is taken over after ten seconds).
+    let mut pending: HashSet<String> = keys.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{} retries never succeeded", pending.len());
+        let mut answered = Vec::new();
+        for key in &pending {
+            if restock(&d, product, key).await.unwrap_or(false) {
+                answered.push(key.clone());
+            }
+        }
+        for key in answered {
+            pending.remove(&key);
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let restocked: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = 'ProductRestocked'")
+        .bind(format!("product-{product}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(restocked, RESTOCKS as i64, "{answered_before} answered before the kill");
+    let (_, token) = d.write(&format!("/v1/products/{product}/restock"), json!({"quantity": 1})).await;
+    let read = d.read(&format!("/v1/products/{product}"), &[&token]).await;
+    assert_eq!(read["stock"].as_u64(), Some(RESTOCKS as u64 + 1), "{read}");
+}
+
+/// A log written on a cluster whose transaction ids ran far ahead, dumped
+/// and restored into another cluster (the test cluster, far behind): old
+/// reads and old tokens still answer, new writes are projected and read
+/// with their tokens, and the order process runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_restored_into_another_cluster_keeps_positions_progress_and_tokens() {
+    let dir = crate::temp_dir("restore");
+    let mut options = pgcluster::Options::new(dir.join("source"));
+    options.durable = false;
+    options.first_xid = Some(1_000_000);
+    let source = tokio::task::spawn_blocking(move || pgcluster::Cluster::start(&options)).await.unwrap().unwrap();
+    let admin = sqlx::PgPool::connect(&source.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE shop").execute(&admin).await.unwrap();
+    admin.close().await;
+
+    let mut d = Deployment::new(source.url("shop"), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    let (product, customer) = (Uuid::now_v7(), Uuid::now_v7());
+    let (_, added) = d
+        .write(
+            "/v1/products",
+            json!({"id": product, "sku": format!("RST-{}", &product.simple().to_string()[20..]), "name": "Restored",
+                   "description": "survives a dump", "category": "test",
+                   "price": {"amount_minor": 250, "currency": "EUR"}, "initial_stock": 5}),
+        )
+        .await;
+    d.write("/v1/customers", json!({"id": customer, "email": format!("{}@example.com", customer.simple()), "name": "Old"})).await;
+    let old = d.read(&format!("/v1/products/{product}"), &[&added]).await;
+    d.kill("serve");
+
+    let dump = dir.join("shop.dump");
+    source.run_tool("pg_dump", &["-Fc", "-f", dump.to_str().unwrap(), &source.url("shop")]).unwrap();
+    let target = eventlog::testing::fresh_database_url().await;
+    source.run_tool("pg_restore", &["--no-owner", "--no-acl", "-d", &target, dump.to_str().unwrap()]).unwrap();
+    drop(source);
+
+    let mut d = Deployment::new(target.clone(), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    assert_eq!(d.read(&format!("/v1/products/{product}"), &[&added]).await, old, "an old token still answers");
+    let (_, restocked) = d.write(&format!("/v1/products/{product}/restock"), json!({"quantity": 3})).await;
+    assert!(restocked.parse::<u64>().unwrap() > added.parse::<u64>().unwrap(), "new positions continue above the old ones");
+    let read = d.read(&format!("/v1/products/{product}"), &[&restocked]).await;
+    assert_eq!(read["stock"], 8, "{read}");
+    let order = Uuid::now_v7();
+    let (_, placed) = d
+        .write(
+            "/v1/orders",
+            json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 2}],
+                   "shipping_address": {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}}),
+        )
+        .await;
+    assert_eq!(d.read(&format!("/v1/orders/{order}"), &[&placed]).await["status"], "placed");
+    d.eventually(&format!("/v1/orders/{order}"), |o| o["status"] == "confirmed").await;
+    d.eventually(&format!("/v1/products/{product}"), |p| p["stock"] == 6).await;
+    let found = d.read("/v1/search/products?q=restored", &[&restocked]).await;
+    assert!(found["hits"].as_array().unwrap().iter().any(|h| h["id"] == product.to_string()), "{found}");
+    let projections = d.read("/v1/projections", &[]).await;
+    assert!(projections["items"].as_array().unwrap().iter().all(|p| p["parked"] == 0), "{projections}");
+}

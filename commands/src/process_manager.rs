@@ -25,6 +25,9 @@ use crate::service::{CommandService, ServiceError};
 
 pub const NAME: &str = "order-process";
 
+/// Tries per step before the batch fails and is resumed from the checkpoint.
+const STEP_ATTEMPTS: u32 = 3;
+
 pub struct ProcessManager {
     service: CommandService,
     pool: PgPool,
@@ -110,19 +113,25 @@ impl ProcessManager {
         Ok(())
     }
 
-    async fn handle_with_retries(&self, event: &RecordedEvent) {
-        let mut delay = Duration::from_millis(50);
+    /// A few quick tries for a failing step (a lock timeout, a lost
+    /// connection); then the batch fails, and `follow` resumes from the
+    /// checkpoint after its own backoff, which shutdown interrupts. The
+    /// steps are idempotent, so handling the batch's events again is safe.
+    async fn handle_with_retries(&self, event: &RecordedEvent) -> Result<(), ServiceError> {
+        let (mut delay, mut attempt) = (Duration::from_millis(50), 0);
         loop {
+            attempt += 1;
             match self.handle(event).await {
-                Ok(Handled::Done) => return,
+                Ok(Handled::Done) => return Ok(()),
                 Ok(Handled::Skipped) => {
                     metrics::counter!("storekeeper_process_manager_skipped_total").increment(1);
-                    return;
+                    return Ok(());
                 }
+                Err(e) if attempt >= STEP_ATTEMPTS => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, position = event.global_position, "order process step failed; retrying");
+                    tracing::warn!(error = %e, position = event.global_position, attempt, "order process step failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay *= 4;
                 }
             }
         }
@@ -187,7 +196,7 @@ impl Consumer for ProcessManager {
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         for event in &batch.events {
-            self.handle_with_retries(event).await;
+            self.handle_with_retries(event).await?;
         }
         Ok(self.save_checkpoint(batch).await?)
     }

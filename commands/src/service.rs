@@ -332,6 +332,9 @@ impl CommandService {
             for event in &events {
                 let (claim, release) = match event {
                     CustomerEvent::Registered(e) => (Some(&e.email), None),
+                    // Only the letter case changed: the claim (case-insensitive)
+                    // stays the customer's; releasing it would free it.
+                    CustomerEvent::EmailChanged(e) if e.email.key() == e.previous_email.key() => (None, None),
                     CustomerEvent::EmailChanged(e) => (Some(&e.email), Some(&e.previous_email)),
                     _ => (None, None),
                 };

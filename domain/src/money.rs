@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 /// A three-letter upper-case ISO 4217 currency code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(into = "String")]
 #[schemars(with = "String")]
 pub struct Currency(String);
 
@@ -86,5 +86,14 @@ impl Money {
             .checked_add(other.amount_minor)
             .map(|amount_minor| Money { amount_minor, currency: self.currency.clone() })
             .ok_or_else(|| DomainError::invalid("lines", "order total is too large"))
+    }
+}
+
+/// Read back as recorded: the rules apply when a command makes one
+/// (`parse`), never when history is read, so tightening a rule cannot make
+/// stored events unreadable.
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Currency)
     }
 }

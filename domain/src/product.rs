@@ -4,7 +4,7 @@
 //! manager's commands idempotent: a redelivered reserve or release for the
 //! same order changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -130,11 +130,12 @@ pub enum ProductCommand {
     Release { order_id: Uuid },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservationStatus {
-    Held,
-    Released,
-}
+/// How many released reservations a product remembers, so that a
+/// reservation redelivered after its release is still recognised. Older
+/// ones are forgotten: the state stays bounded however many orders the
+/// product has seen (the event log's receipts cover redeliveries within a
+/// day regardless).
+pub const REMEMBERED_RELEASES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Product {
@@ -146,14 +147,23 @@ pub struct Product {
     pub price: Money,
     pub stock: u32,
     pub discontinued: bool,
-    /// Every order that ever reserved here, with its quantity.
-    pub reservations: BTreeMap<Uuid, (u32, ReservationStatus)>,
+    /// Orders holding units now, with how many: only open reservations,
+    /// so the state does not grow with the product's history.
+    pub held: BTreeMap<Uuid, u32>,
+    /// The most recently released reservations (at most
+    /// `REMEMBERED_RELEASES`), oldest first.
+    pub released: VecDeque<Uuid>,
 }
 
 impl Product {
     /// Units held by orders right now.
-    pub fn reserved(&self) -> u32 {
-        self.reservations.values().filter(|(_, s)| *s == ReservationStatus::Held).map(|(q, _)| q).sum()
+    pub fn reserved(&self) -> u64 {
+        self.held.values().map(|q| u64::from(*q)).sum()
+    }
+
+    /// Whether `order_id` has reserved here (held or released lately).
+    pub fn has_reserved_for(&self, order_id: &Uuid) -> bool {
+        self.held.contains_key(order_id) || self.released.contains(order_id)
     }
 }
 
@@ -215,13 +225,19 @@ impl Aggregate for ProductAggregate {
             }
             (_, C::Restock { quantity: 0 }) => Err(DomainError::invalid("quantity", "must be greater than zero")),
             (p, C::Restock { quantity }) => {
-                let stock_after = p.stock.checked_add(quantity).ok_or_else(|| DomainError::invalid("quantity", "stock would overflow"))?;
+                // Units held by orders come back on release: stock plus
+                // everything held must fit, or a release would lose units.
+                let stock_after = p
+                    .stock
+                    .checked_add(quantity)
+                    .filter(|after| u64::from(*after) + p.reserved() <= u64::from(u32::MAX))
+                    .ok_or_else(|| DomainError::invalid("quantity", "stock and reserved units would exceed 4294967295"))?;
                 Ok(vec![ProductEvent::Restocked(ProductRestocked { quantity, stock_after })])
             }
             (p, C::Discontinue) if p.discontinued => Ok(vec![]),
             (_, C::Discontinue) => Ok(vec![ProductEvent::Discontinued(ProductDiscontinued {})]),
             // Reserving twice for one order is a redelivery: nothing to do.
-            (p, C::Reserve { order_id, .. }) if p.reservations.contains_key(&order_id) => Ok(vec![]),
+            (p, C::Reserve { order_id, .. }) if p.has_reserved_for(&order_id) => Ok(vec![]),
             (_, C::Reserve { quantity: 0, .. }) => Err(DomainError::invalid("quantity", "must be greater than zero")),
             (p, C::Reserve { order_id, quantity }) => {
                 let failure = if p.discontinued {
@@ -241,11 +257,12 @@ impl Aggregate for ProductAggregate {
                     None => ProductEvent::StockReserved(StockReserved { order_id, quantity, stock_after: p.stock - quantity }),
                 }])
             }
-            (p, C::Release { order_id }) => match p.reservations.get(&order_id) {
-                Some((quantity, ReservationStatus::Held)) => Ok(vec![ProductEvent::StockReservationReleased(StockReservationReleased {
+            (p, C::Release { order_id }) => match p.held.get(&order_id) {
+                Some(quantity) => Ok(vec![ProductEvent::StockReservationReleased(StockReservationReleased {
                     order_id,
                     quantity: *quantity,
-                    stock_after: p.stock.saturating_add(*quantity),
+                    // Never overflows: restocks keep stock + held within u32.
+                    stock_after: p.stock.checked_add(*quantity).ok_or_else(|| DomainError::state("stock would overflow"))?,
                 })]),
                 _ => Ok(vec![]),
             },
@@ -266,7 +283,8 @@ impl Aggregate for ProductAggregate {
                     price: e.price.clone(),
                     stock: e.initial_stock,
                     discontinued: false,
-                    reservations: BTreeMap::new(),
+                    held: BTreeMap::new(),
+                    released: VecDeque::new(),
                 });
             }
             (None, _) => return None,
@@ -290,12 +308,16 @@ impl Aggregate for ProductAggregate {
             E::Discontinued(_) => p.discontinued = true,
             E::StockReserved(e) => {
                 p.stock = e.stock_after;
-                p.reservations.insert(e.order_id, (e.quantity, ReservationStatus::Held));
+                p.held.insert(e.order_id, e.quantity);
             }
             E::StockReservationFailed(_) => {}
             E::StockReservationReleased(e) => {
                 p.stock = e.stock_after;
-                p.reservations.insert(e.order_id, (e.quantity, ReservationStatus::Released));
+                p.held.remove(&e.order_id);
+                if p.released.len() == REMEMBERED_RELEASES {
+                    p.released.pop_front();
+                }
+                p.released.push_back(e.order_id);
             }
         }
         Some(p)

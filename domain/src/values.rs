@@ -7,8 +7,8 @@ use crate::DomainError;
 
 /// An email address as the customer typed it; `key()` is its
 /// case-insensitive identity, used for uniqueness.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(into = "String")]
 #[schemars(with = "String")]
 pub struct Email(String);
 
@@ -47,8 +47,8 @@ impl From<Email> for String {
 
 /// A stock keeping unit: 1 to 64 visible ASCII characters. Unique
 /// case-insensitively.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(into = "String")]
 #[schemars(with = "String")]
 pub struct Sku(String);
 
@@ -118,5 +118,23 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
         Err(DomainError::invalid(field, format!("must be at most {max} characters")))
     } else {
         Ok(())
+    }
+}
+
+/// Read back as recorded: the rules apply when a command makes one
+/// (`parse`), never when history is read, so tightening a rule cannot make
+/// stored events unreadable.
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Email)
+    }
+}
+
+/// Read back as recorded: the rules apply when a command makes one
+/// (`parse`), never when history is read, so tightening a rule cannot make
+/// stored events unreadable.
+impl<'de> Deserialize<'de> for Sku {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Sku)
     }
 }

@@ -401,3 +401,48 @@ fn the_process_manager_reserves_every_line_then_reports_outcomes_and_releases_on
     let late = DomainEvent::Order(OrderEvent::ReservationDiscarded(OrderReservationDiscarded { product_id: b }));
     assert_eq!(react(order, &late), vec![Step::Product { product_id: b, command: ProductCommand::Release { order_id: order } }]);
 }
+
+// --- stock at the limits, and bounded state ---
+
+fn reserved(order_id: Uuid, quantity: u32, stock_after: u32) -> ProductEvent {
+    ProductEvent::StockReserved(StockReserved { order_id, quantity, stock_after })
+}
+
+#[test]
+fn a_restock_that_would_leave_no_room_for_held_units_is_refused_so_releases_never_lose_units() {
+    let (id, order) = (Uuid::now_v7(), Uuid::now_v7());
+    let history = vec![added(id, 10), reserved(order, 5, 5)];
+    assert!(matches!(
+        given::<ProductAggregate>(&history, ProductCommand::Restock { quantity: u32::MAX - 5 }),
+        Err(DomainError::Invalid { .. })
+    ));
+    let restocked = given::<ProductAggregate>(&history, ProductCommand::Restock { quantity: u32::MAX - 10 }).unwrap();
+    let mut history = history;
+    history.extend(restocked);
+    let released = given::<ProductAggregate>(&history, ProductCommand::Release { order_id: order }).unwrap();
+    assert_eq!(
+        released,
+        vec![ProductEvent::StockReservationReleased(StockReservationReleased { order_id: order, quantity: 5, stock_after: u32::MAX })],
+        "every held unit comes back"
+    );
+}
+
+#[test]
+fn a_products_state_holds_only_open_reservations_however_long_its_history() {
+    let id = Uuid::now_v7();
+    let mut state = ProductAggregate::fold(&[added(id, 10)]);
+    let orders: Vec<Uuid> = (0..3000).map(|_| Uuid::now_v7()).collect();
+    for order in &orders {
+        for command in [ProductCommand::Reserve { order_id: *order, quantity: 2 }, ProductCommand::Release { order_id: *order }] {
+            for event in ProductAggregate::decide(&state, command).unwrap() {
+                state = ProductAggregate::evolve(state, &event);
+            }
+        }
+    }
+    let product = state.clone().unwrap();
+    assert!(product.held.is_empty());
+    assert_eq!((product.stock, product.released.len()), (10, REMEMBERED_RELEASES));
+    // A reservation redelivered after its release is still recognised.
+    let late = ProductCommand::Reserve { order_id: *orders.last().unwrap(), quantity: 2 };
+    assert_eq!(ProductAggregate::decide(&state, late), Ok(vec![]));
+}

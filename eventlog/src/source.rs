@@ -221,8 +221,16 @@ pub async fn follow(consumer: &dyn Consumer, sources: &SourceFactory, mut shutdo
     }
 }
 
+/// How long a batch in hand may still take once shutdown is asked for.
+/// Past it the batch is abandoned: its transaction rolls back and it is
+/// applied again on the next start, so nothing is lost.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown: &mut watch::Receiver<bool>) -> Result<(), BoxError> {
-    let resume = consumer.resume().await?;
+    let resume = tokio::select! {
+        _ = shutdown.changed() => return Ok(()),
+        resume = consumer.resume() => resume?,
+    };
     let mut source = sources(&resume)?;
     tracing::info!(consumer = consumer.name(), position = resume.progress.position, "consuming the log");
     loop {
@@ -234,9 +242,26 @@ async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown:
             batch = source.next_batch() => batch?,
         };
         if !batch.events.is_empty() || !batch.partitions.is_empty() {
-            consumer.handle(&batch).await?;
+            let handled = consumer.handle(&batch);
+            tokio::pin!(handled);
+            tokio::select! {
+                result = &mut handled => result?,
+                _ = shutdown.changed() => {
+                    match tokio::time::timeout(SHUTDOWN_GRACE, handled).await {
+                        Ok(result) => result?,
+                        Err(_) => {
+                            tracing::warn!(consumer = consumer.name(), "shutting down with a batch unfinished; it is applied again on the next start");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
         }
-        if let Err(error) = source.ack().await {
+        let acked = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            acked = source.ack() => acked,
+        };
+        if let Err(error) = acked {
             tracing::warn!(consumer = consumer.name(), %error, "recording the source's offsets failed; they will be recorded with the next batch");
         }
     }

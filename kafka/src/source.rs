@@ -20,10 +20,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::{KafkaError, client};
 
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    /// Shared with the blocking threads that read metadata and commit.
+    consumer: Arc<StreamConsumer>,
     topic: String,
     batch_size: usize,
-    partition_count: i32,
+    /// The topic's partition count, read from the broker before the first
+    /// batch (off the async threads: librdkafka blocks for it).
+    partition_count: Option<i32>,
     /// What the consumer has applied, and what this source has handed out.
     progress: Progress,
     /// Next offset per partition to commit once the batch in hand is applied.
@@ -36,7 +39,8 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Joins the consumer group of `resume`'s consumer and generation.
-    /// Blocks while it reads the topic's partition count from the broker.
+    /// Does not wait for the broker: the partition count is read with the
+    /// first batch.
     pub fn new(brokers: &str, topic: &str, resume: &Resume) -> Result<KafkaSource, KafkaError> {
         let group = format!("storekeeper.{}.{}", resume.consumer, resume.generation);
         let consumer: StreamConsumer = client(brokers)
@@ -51,16 +55,36 @@ impl KafkaSource {
             // that do not answer a waiting fetch early.
             .set("fetch.wait.max.ms", "10")
             .create()?;
-        let partition_count = crate::partition_count(consumer.client(), topic)?;
         consumer.subscribe(&[topic])?;
-        let mut progress = resume.progress.clone();
-        let mut carried = BTreeMap::new();
-        if !progress.is_partitioned() && progress.position > 0 {
-            carried = (0..partition_count).map(|p| (p, progress.position)).collect();
-            progress.partitions = carried.clone();
-            progress.partition_count = partition_count;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            topic: topic.to_owned(),
+            batch_size: 500,
+            partition_count: None,
+            progress: resume.progress.clone(),
+            pending: BTreeMap::new(),
+            carried: BTreeMap::new(),
+        })
+    }
+
+    /// The topic's partition count, read once, on a blocking thread.
+    async fn partition_count(&mut self) -> Result<i32, EventLogError> {
+        if let Some(count) = self.partition_count {
+            return Ok(count);
         }
-        Ok(KafkaSource { consumer, topic: topic.to_owned(), batch_size: 500, partition_count, progress, pending: BTreeMap::new(), carried })
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let count = tokio::task::spawn_blocking(move || crate::partition_count(consumer.client(), &topic))
+            .await
+            .map_err(to_log_error)?
+            .map_err(to_log_error)?;
+        let progress = &mut self.progress;
+        if !progress.is_partitioned() && progress.position > 0 {
+            self.carried = (0..count).map(|p| (p, progress.position)).collect();
+            progress.partitions = self.carried.clone();
+            progress.partition_count = count;
+        }
+        self.partition_count = Some(count);
+        Ok(count)
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
@@ -76,7 +100,8 @@ fn to_log_error(e: impl std::error::Error + Send + Sync + 'static) -> EventLogEr
 #[async_trait]
 impl EventSource for KafkaSource {
     async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
-        let mut batch = Batch { partition_count: self.partition_count, partitions: std::mem::take(&mut self.carried), ..Batch::default() };
+        let partition_count = self.partition_count().await?;
+        let mut batch = Batch { partition_count, partitions: std::mem::take(&mut self.carried), ..Batch::default() };
         let mut passed_over = 0;
         self.pending.clear();
         loop {
@@ -120,7 +145,12 @@ impl EventSource for KafkaSource {
             for (&partition, &offset) in &self.pending {
                 offsets.add_partition_offset(&self.topic, partition, Offset::Offset(offset)).map_err(to_log_error)?;
             }
-            self.consumer.commit(&offsets, CommitMode::Sync).map_err(to_log_error)?;
+            // A synchronous commit waits for the broker: on a blocking thread.
+            let consumer = self.consumer.clone();
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+                .await
+                .map_err(to_log_error)?
+                .map_err(to_log_error)?;
             self.pending.clear();
         }
         Ok(())

@@ -351,9 +351,11 @@ impl SalesProjection {
         };
         let lines: Vec<(uuid::Uuid, i64, i64)> = serde_json::from_value(lines).map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let units: i64 = lines.iter().map(|l| l.1).sum();
-        let revenue: i64 = lines.iter().map(|l| l.2).sum();
+        // Wider than any one order: a sum of i64 line totals fits in i128,
+        // and the columns are numeric.
+        let revenue: i128 = lines.iter().map(|l| i128::from(l.2)).sum();
         sqlx::query(
-            "INSERT INTO rm_sales_daily (day, currency, orders, units, revenue_minor) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO rm_sales_daily (day, currency, orders, units, revenue_minor) VALUES ($1, $2, $3, $4, $5::numeric)
              ON CONFLICT (day, currency) DO UPDATE SET orders = rm_sales_daily.orders + EXCLUDED.orders,
                  units = rm_sales_daily.units + EXCLUDED.units, revenue_minor = rm_sales_daily.revenue_minor + EXCLUDED.revenue_minor",
         )
@@ -361,19 +363,19 @@ impl SalesProjection {
         .bind(&currency)
         .bind(sign)
         .bind(sign * units)
-        .bind(sign * revenue)
+        .bind((i128::from(sign) * revenue).to_string())
         .execute(&mut *tx)
         .await?;
         for (product, quantity, total) in &lines {
             sqlx::query(
-                "INSERT INTO rm_sales_by_product (day, product_id, currency, units, revenue_minor) VALUES ($5, $1, $2, $3, $4)
+                "INSERT INTO rm_sales_by_product (day, product_id, currency, units, revenue_minor) VALUES ($5, $1, $2, $3, $4::numeric)
                  ON CONFLICT (day, product_id, currency) DO UPDATE SET units = rm_sales_by_product.units + EXCLUDED.units,
                      revenue_minor = rm_sales_by_product.revenue_minor + EXCLUDED.revenue_minor",
             )
             .bind(product)
             .bind(&currency)
             .bind(sign * quantity)
-            .bind(sign * total)
+            .bind((i128::from(sign) * i128::from(*total)).to_string())
             .bind(day)
             .execute(&mut *tx)
             .await?;

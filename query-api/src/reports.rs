@@ -12,7 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::params::{check_year, limit};
-use crate::responses::{AuditEntry, History, Money, Page, Projection, ProjectionVersion, SalesItem};
+use crate::responses::{AuditEntry, History, Page, Projection, ProjectionVersion, SalesItem, Total};
 use crate::{ApiError, AppState, wait_for_tokens};
 
 #[derive(Deserialize, JsonSchema)]
@@ -38,39 +38,40 @@ pub async fn sales_report(
     }
     wait_for_tokens(&state, &headers, &[SALES]).await?;
     let items: Vec<SalesItem> = if group_by == "day" {
-        let rows: Vec<(NaiveDate, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT day, currency, orders, units, revenue_minor FROM rm_sales_daily WHERE ($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2) ORDER BY day, currency",
+        let rows: Vec<(NaiveDate, String, i64, i64, String)> = sqlx::query_as(
+            "SELECT day, currency, orders, units, revenue_minor::text FROM rm_sales_daily WHERE ($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2) ORDER BY day, currency",
         )
         .bind(q.from)
         .bind(q.to)
         .fetch_all(&state.pool)
         .await?;
         rows.into_iter()
-            .map(|(day, currency, orders, units, revenue)| SalesItem::Day {
-                day,
-                orders,
-                units,
-                revenue: Money { amount_minor: revenue, currency },
+            .map(|(day, currency, orders, units, revenue)| {
+                Ok(SalesItem::Day { day, orders, units, revenue: Total { amount_minor: total(&revenue)?, currency } })
             })
-            .collect()
+            .collect::<Result<_, ApiError>>()?
     } else {
-        let rows: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-            "SELECT product_id, currency, sum(units)::bigint, sum(revenue_minor)::bigint FROM rm_sales_by_product
-              WHERE ($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2) GROUP BY product_id, currency ORDER BY 4 DESC, 1",
+        let rows: Vec<(Uuid, String, i64, String)> = sqlx::query_as(
+            "SELECT product_id, currency, sum(units)::bigint, sum(revenue_minor)::text FROM rm_sales_by_product
+              WHERE ($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2) GROUP BY product_id, currency ORDER BY sum(revenue_minor) DESC, 1",
         )
         .bind(q.from)
         .bind(q.to)
         .fetch_all(&state.pool)
         .await?;
         rows.into_iter()
-            .map(|(product_id, currency, units, revenue)| SalesItem::Product {
-                product_id,
-                units,
-                revenue: Money { amount_minor: revenue, currency },
+            .map(|(product_id, currency, units, revenue)| {
+                Ok(SalesItem::Product { product_id, units, revenue: Total { amount_minor: total(&revenue)?, currency } })
             })
-            .collect()
+            .collect::<Result<_, ApiError>>()?
     };
     Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// A numeric sum as PostgreSQL prints it: an integer (the columns only
+/// ever add integers).
+fn total(text: &str) -> Result<i128, ApiError> {
+    text.parse().map_err(ApiError::internal)
 }
 
 #[derive(Deserialize, JsonSchema)]

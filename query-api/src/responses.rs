@@ -87,8 +87,17 @@ pub use projections::search::{Hit as SearchHit, SearchResults};
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum SalesItem {
-    Day { day: NaiveDate, orders: i64, units: i64, revenue: Money },
-    Product { product_id: Uuid, units: i64, revenue: Money },
+    Day { day: NaiveDate, orders: i64, units: i64, revenue: Total },
+    Product { product_id: Uuid, units: i64, revenue: Total },
+}
+
+/// A sum of many amounts: an integer of up to 128 bits in minor units, so
+/// that no sum of i64 amounts overflows (it can exceed what a JavaScript
+/// number holds exactly; parse it as a big integer).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Total {
+    pub amount_minor: i128,
+    pub currency: String,
 }
 
 /// A stream's history, from the log, with metadata.

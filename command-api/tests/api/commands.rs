@@ -96,6 +96,18 @@ async fn emails_and_skus_are_unique_ignoring_case_and_a_changed_email_is_freed()
     let second = app.post_json(format!("/v1/customers/{first}/email"), &app.admin, json!({"email": "ADA@example.com"})).await;
     problem(second, 409, "email_taken").await;
 
+    // Changing only the letter case keeps the claim: nobody else can take
+    // the address afterwards.
+    let cased = app.register_customer("Bea@Example.com").await;
+    let recased = app.post_json(format!("/v1/customers/{cased}/email"), &app.admin, json!({"email": "bea@example.com"})).await;
+    assert_eq!(recased.status(), 200);
+    problem(app.post_json("/v1/customers", &app.admin, json!({"email": "BEA@example.com", "name": "Copy"})).await, 409, "email_taken")
+        .await;
+    let again = app.post_json(format!("/v1/customers/{cased}/email"), &app.admin, json!({"email": "BEA@EXAMPLE.COM"})).await;
+    assert_eq!(again.status(), 200);
+    problem(app.post_json("/v1/customers", &app.admin, json!({"email": "bea@example.com", "name": "Copy"})).await, 409, "email_taken")
+        .await;
+
     app.add_product("KET-1", 100, 1).await;
     let dup = app
         .post_json(

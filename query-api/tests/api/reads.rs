@@ -167,6 +167,45 @@ async fn sales_are_reported_by_day_and_by_product_once_paid() {
 }
 
 #[tokio::test]
+async fn sales_sums_beyond_i64_are_reported_exactly_and_the_projection_keeps_going() {
+    let app = spawn_app().await;
+    const PRICE: i64 = 7_000_000_000_000_000_000;
+    let (product, _) = app.add_product("GOLD-1", "vault", PRICE, 10).await;
+    let (customer, _) = app.write("/v1/customers", json!({"email": "rich@example.com", "name": "Rich"})).await;
+    let mut token = String::new();
+    for i in 0..3 {
+        let (order, placed) = app
+            .write(
+                "/v1/orders",
+                json!({"customer_id": customer["id"], "lines": [{"product_id": product, "quantity": 1}], "shipping_address": address()}),
+            )
+            .await;
+        let order_id = order["id"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.get_json(&format!("/v1/orders/{order_id}"), Some(&app.admin), Some(&placed)).await["status"] != "confirmed" {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let webhook = json!({"provider_event_id": format!("evt_{i}"), "order_id": order_id, "amount": {"amount_minor": PRICE, "currency": "USD"}, "status": "captured"});
+        let paid = test_support::post_webhook(&app.http, &app.command, test_support::WEBHOOK_SECRET, &webhook).await;
+        assert_eq!(paid.status(), 200);
+        token = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    }
+    // 21e18: beyond i64 and u64 alike. Compared as text, since a JSON
+    // reader's own number type may not hold it.
+    for group_by in ["day", "product"] {
+        let response = app.get(&format!("/v1/reports/sales?group_by={group_by}"), Some(&app.admin), Some(&token)).await;
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        assert!(body.contains(r#""revenue":{"amount_minor":21000000000000000000,"currency":"USD"}"#), "{group_by}: {body}");
+    }
+    let projections = app.get_json("/v1/projections", Some(&app.admin), None).await;
+    for projection in projections["items"].as_array().unwrap() {
+        assert_eq!(projection["parked"], 0, "{projection}");
+    }
+}
+
+#[tokio::test]
 async fn projections_report_their_positions_and_health_endpoints_answer() {
     let app = spawn_app().await;
     let (_, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;

@@ -17,12 +17,18 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
+        Serve::start_logging(data_dir, Stdio::inherit())
+    }
+
+    /// With its log (stderr) going to `log`.
+    fn start_logging(data_dir: &Path, log: impl Into<Stdio>) -> Serve {
         let (port, query_port) = (free_port(), free_port());
         let child = storekeeper(&["serve"])
             .env("STOREKEEPER_DATA_DIR", data_dir)
             .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{port}"))
             .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{query_port}"))
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Serve { child, base: format!("http://127.0.0.1:{port}"), query: format!("http://127.0.0.1:{query_port}") }
@@ -297,4 +303,37 @@ async fn sigterm_exits_within_ten_seconds_with_its_database_frozen() {
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?} with the database frozen");
     // It may report that the database did not stop cleanly; it must exit.
     assert!(status.code().is_some(), "{status}");
+}
+
+#[tokio::test]
+async fn sigterm_with_its_database_gone_stops_every_part_on_its_own() {
+    let dir = temp_dir("gone-db");
+    let log_path = dir.join("serve.log");
+    let mut serve = Serve::start_logging(&dir, std::fs::File::create(&log_path).unwrap());
+    serve.wait_ready().await;
+    // Work in flight for every consumer: a product and an order for it.
+    let http = reqwest::Client::new();
+    let token = admin_token();
+    let product = http
+        .post(format!("{}/v1/products", serve.base))
+        .bearer_auth(&token)
+        .json(&json!({"sku": "GONE-1", "name": "Gone", "description": "", "category": "c", "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(product.status(), 201);
+    let pids = cluster_processes(&dir);
+    // The database goes away (crashed, or stopped under it): every
+    // connection fails at once, and every part keeps retrying.
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let status = serve.terminate();
+    let took = started.elapsed();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?} with the database gone");
+    assert!(status.code().is_some(), "{status}");
+    assert!(!log.contains("still running at the shutdown deadline"), "a part ignored shutdown:\n{log}");
 }

@@ -34,8 +34,9 @@ const MAX_ATTEMPTS: u32 = 20;
 /// so that they do not race each other through the log; races with other
 /// processes are still settled by expected versions and retries.
 const STRIPES: usize = 1024;
-/// Folded states kept in memory.
-const CACHE_ENTRIES: usize = 100_000;
+/// What folded states kept in memory may weigh, by their aggregates'
+/// estimate (`Aggregate::weight`).
+const CACHE_BYTES: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -93,13 +94,21 @@ struct CacheEntry {
     state: Arc<dyn Any + Send + Sync>,
     version: Option<u64>,
     position: u64,
+    weight: usize,
+}
+
+/// Folded states by stream, within `CACHE_BYTES`.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<String, CacheEntry>,
+    bytes: usize,
 }
 
 #[derive(Clone)]
 pub struct CommandService {
     log: Arc<dyn EventLog>,
     stripes: Arc<[tokio::sync::Mutex<()>]>,
-    cache: Arc<Mutex<HashMap<String, CacheEntry>>>,
+    cache: Arc<Mutex<Cache>>,
 }
 
 fn encode<E: EventCodec>(events: &[E], metadata: &Metadata) -> Vec<NewEvent> {
@@ -131,21 +140,28 @@ struct Decision {
     version: Option<u64>,
     position: u64,
     cached: bool,
-    /// The primary stream's state once the writes are in.
-    after: Arc<dyn Any + Send + Sync>,
+    /// Once the writes are in (at the primary stream's new version and
+    /// position): keeps the state they leave behind.
+    settle: Settle,
 }
+
+/// Keeps a decision's resulting state, given the version and position the
+/// append gave the primary stream.
+type Settle = Box<dyn FnOnce(&CommandService, Option<u64>, u64) + Send>;
 
 impl Decision {
     fn new<A: Aggregate>(stream: &str, loaded: Loaded<A>, events: &[A::Event], writes: Vec<StreamWrite>) -> Self {
+        let before = loaded.version;
         let after = events.iter().fold(loaded.state, A::evolve);
-        Decision {
-            primary: stream.to_owned(),
-            writes,
-            version: loaded.version,
-            position: loaded.position,
-            cached: loaded.cached,
-            after: Arc::new(after),
-        }
+        let primary = stream.to_owned();
+        let settle = {
+            let stream = primary.clone();
+            Box::new(move |service: &CommandService, version: Option<u64>, position: u64| {
+                service.snapshot_if_due::<A>(&stream, before, version, position, &after);
+                service.remember::<A>(&stream, Arc::new(after), version, position);
+            })
+        };
+        Decision { primary, writes, version: loaded.version, position: loaded.position, cached: loaded.cached, settle }
     }
 }
 
@@ -154,7 +170,7 @@ impl CommandService {
         CommandService {
             log,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(Cache::default())),
         }
     }
 
@@ -169,36 +185,69 @@ impl CommandService {
         &self.stripes[hasher.finish() as usize % STRIPES]
     }
 
-    fn remember(&self, stream_id: &str, state: Arc<dyn Any + Send + Sync>, version: Option<u64>, position: u64) {
+    fn remember<A: Aggregate>(&self, stream_id: &str, state: Arc<A::State>, version: Option<u64>, position: u64) {
+        let weight = stream_id.len() + std::mem::size_of::<CacheEntry>() + A::weight(&state);
         let mut cache = self.cache.lock().expect("cache poisoned");
-        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(stream_id) {
-            let victim = cache.keys().next().cloned();
-            if let Some(victim) = victim {
-                cache.remove(&victim);
+        if let Some(old) = cache.entries.remove(stream_id) {
+            cache.bytes -= old.weight;
+        }
+        // Make room: any victim will do, a miss costs one read of the
+        // stream's newest events (or of its snapshot).
+        while cache.bytes + weight > CACHE_BYTES {
+            let Some(victim) = cache.entries.keys().next().cloned() else { break };
+            if let Some(old) = cache.entries.remove(&victim) {
+                cache.bytes -= old.weight;
             }
         }
-        cache.insert(stream_id.to_owned(), CacheEntry { state, version, position });
+        cache.bytes += weight;
+        cache.entries.insert(stream_id.to_owned(), CacheEntry { state, version, position, weight });
     }
 
-    /// Reads and folds a whole stream from the log.
+    fn cached<A: Aggregate>(&self, stream_id: &str) -> Option<Loaded<A>> {
+        let cache = self.cache.lock().expect("cache poisoned");
+        let entry = cache.entries.get(stream_id)?;
+        let state = entry.state.downcast_ref::<A::State>()?;
+        Some(Loaded { state: state.clone(), version: entry.version, position: entry.position, cached: true })
+    }
+
+    /// The stream's current state: what this process holds of it (or its
+    /// snapshot) with the events since read from the log, so the cost does
+    /// not grow with the stream's history.
     pub async fn load<A: Aggregate>(&self, stream_id: &str) -> Result<Loaded<A>, ServiceError> {
-        let folded = eventlog::fold_stream::<A>(&*self.log, stream_id, |_| true).await?;
+        let known = self.cached::<A>(stream_id).map(|c| eventlog::Folded { state: c.state, version: c.version, position: c.position });
+        let folded = eventlog::load::<A>(&*self.log, stream_id, known).await?;
+        self.remember::<A>(stream_id, Arc::new(folded.state.clone()), folded.version, folded.position);
         Ok(Loaded { state: folded.state, version: folded.version, position: folded.position, cached: false })
     }
 
-    /// The cached state when allowed and present, else the log's.
+    /// The cached state as it is when allowed and present, else the
+    /// current one.
     async fn state<A: Aggregate>(&self, stream_id: &str, cached: bool) -> Result<Loaded<A>, ServiceError> {
-        if cached {
-            let cache = self.cache.lock().expect("cache poisoned");
-            if let Some(entry) = cache.get(stream_id)
-                && let Some(state) = entry.state.downcast_ref::<A::State>()
-            {
-                return Ok(Loaded { state: state.clone(), version: entry.version, position: entry.position, cached: true });
-            }
+        if cached && let Some(loaded) = self.cached::<A>(stream_id) {
+            return Ok(loaded);
         }
-        let loaded = self.load::<A>(stream_id).await?;
-        self.remember(stream_id, Arc::new(loaded.state.clone()), loaded.version, loaded.position);
-        Ok(loaded)
+        self.load::<A>(stream_id).await
+    }
+
+    /// After an append that crossed a multiple of `SNAPSHOT_EVERY`, the
+    /// state is stored as a snapshot, in the background: a stream kept hot
+    /// in this cache would otherwise be folded from its last snapshot, far
+    /// back, after a restart.
+    fn snapshot_if_due<A: Aggregate>(&self, stream_id: &str, before: Option<u64>, after: Option<u64>, position: u64, state: &A::State) {
+        let every = eventlog::SNAPSHOT_EVERY;
+        let (Some(version), before) = (after, before.map_or(0, |v| v + 1)) else { return };
+        if (version + 1) / every == before / every {
+            return;
+        }
+        let Ok(state) = serde_json::to_value(state) else { return };
+        let snapshot =
+            eventlog::Snapshot { stream_id: stream_id.to_owned(), snapshot_version: A::SNAPSHOT_VERSION, version, position, state };
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            if let Err(error) = log.save_snapshot(&snapshot).await {
+                tracing::warn!(stream_id = %snapshot.stream_id, %error, "storing a snapshot failed");
+            }
+        });
     }
 
     /// Runs `decide` until its append wins, or the client's pinned version
@@ -252,7 +301,7 @@ impl CommandService {
                     let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
                     let version = primary.and_then(|s| s.version).or(decision.version);
                     let position = primary.and_then(|s| s.position).unwrap_or(decision.position);
-                    self.remember(&decision.primary, decision.after, version, position);
+                    (decision.settle)(self, version, position);
                     return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
                 }
                 Err(EventLogError::VersionConflict { .. }) => {

@@ -74,7 +74,7 @@ event_enum! {
 }
 
 /// Who holds the value now, if anyone.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClaimState {
     pub owner_stream_id: Option<String>,
 }
@@ -89,6 +89,7 @@ pub struct ClaimAggregate;
 
 impl Aggregate for ClaimAggregate {
     const CATEGORY: &'static str = "claim";
+    const SNAPSHOT_VERSION: u32 = 1;
     type State = ClaimState;
     type Command = ClaimCommand;
     type Event = ClaimEvent;

@@ -52,7 +52,7 @@ pub enum CustomerCommand {
     Deactivate { reason: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
     pub id: Uuid,
     pub email: Email,
@@ -68,6 +68,7 @@ pub struct CustomerAggregate;
 
 impl Aggregate for CustomerAggregate {
     const CATEGORY: &'static str = "customer";
+    const SNAPSHOT_VERSION: u32 = 1;
     type State = CustomerState;
     type Command = CustomerCommand;
     type Event = CustomerEvent;

@@ -26,12 +26,21 @@ pub use values::{Address, Email, Sku};
 pub trait Aggregate {
     /// The stream category (`<category>-<uuid>`).
     const CATEGORY: &'static str;
-    type State: Default + Clone + Send + Sync + 'static;
+    /// The shape of `State` as stored in a snapshot, and of what `evolve`
+    /// makes of the events: bump it whenever either changes, and every
+    /// stored snapshot of the old version is ignored and taken again.
+    const SNAPSHOT_VERSION: u32;
+    type State: Default + Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static;
     type Command: Send;
     type Event: events::EventCodec + Clone + Send + Sync + 'static;
 
     fn decide(state: &Self::State, command: Self::Command) -> Result<Vec<Self::Event>, DomainError>;
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// About how many bytes `state` holds, for bounding caches of states.
+    fn weight(_state: &Self::State) -> usize {
+        std::mem::size_of::<Self::State>()
+    }
 
     /// Folds a history into the state it leaves behind.
     fn fold<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self::State

@@ -160,7 +160,7 @@ impl OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     pub id: Uuid,
     pub customer_id: Uuid,
@@ -181,9 +181,24 @@ const MAX_LINES: usize = 100;
 
 impl Aggregate for OrderAggregate {
     const CATEGORY: &'static str = "order";
+    const SNAPSHOT_VERSION: u32 = 1;
     type State = OrderState;
     type Command = OrderCommand;
     type Event = OrderEvent;
+
+    fn weight(state: &OrderState) -> usize {
+        let Some(o) = state else { return std::mem::size_of::<OrderState>() };
+        let a = &o.shipping_address;
+        std::mem::size_of::<OrderState>()
+            + o.lines.capacity() * std::mem::size_of::<OrderLine>()
+            + o.reserved.len() * 2 * std::mem::size_of::<Uuid>()
+            + a.line1.len()
+            + a.line2.as_ref().map_or(0, String::len)
+            + a.city.len()
+            + a.postal_code.len()
+            + a.country.len()
+            + o.payment.as_ref().map_or(0, |p| p.provider_event_id.len())
+    }
 
     fn decide(state: &OrderState, command: OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
         use OrderCommand as C;

@@ -137,7 +137,7 @@ pub enum ProductCommand {
 /// day regardless).
 pub const REMEMBERED_RELEASES: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     pub id: Uuid,
     pub sku: Sku,
@@ -181,9 +181,22 @@ fn details(name: &str, description: &str, category: &str) -> Result<(), DomainEr
 
 impl Aggregate for ProductAggregate {
     const CATEGORY: &'static str = "product";
+    const SNAPSHOT_VERSION: u32 = 1;
     type State = ProductState;
     type Command = ProductCommand;
     type Event = ProductEvent;
+
+    fn weight(state: &ProductState) -> usize {
+        let Some(p) = state else { return std::mem::size_of::<ProductState>() };
+        // A B-tree entry costs about its key and value again in nodes.
+        std::mem::size_of::<ProductState>()
+            + p.sku.as_str().len()
+            + p.name.len()
+            + p.description.len()
+            + p.category.len()
+            + p.held.len() * 2 * std::mem::size_of::<(Uuid, u32)>()
+            + p.released.capacity() * std::mem::size_of::<Uuid>()
+    }
 
     fn decide(state: &ProductState, command: ProductCommand) -> Result<Vec<ProductEvent>, DomainError> {
         use ProductCommand as C;

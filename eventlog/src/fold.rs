@@ -6,7 +6,7 @@
 use domain::Aggregate;
 use domain::events::{DecodeError, EventCodec};
 
-use crate::{EventLog, EventLogError, RecordedEvent};
+use crate::{EventLog, EventLogError, RecordedEvent, Snapshot};
 
 /// Events read per round trip.
 const PAGE: usize = 1000;
@@ -39,9 +39,71 @@ pub enum FoldError {
 pub async fn fold_stream<A: Aggregate>(
     log: &dyn EventLog,
     stream_id: &str,
+    keep: impl FnMut(&RecordedEvent) -> bool,
+) -> Result<Folded<A::State>, FoldError> {
+    fold_onward::<A>(log, stream_id, Folded { state: A::State::default(), version: None, position: 0 }, keep).await
+}
+
+/// A new snapshot is taken once a load folds this many events past the
+/// last one (or the start).
+pub const SNAPSHOT_EVERY: u64 = 256;
+
+/// The current state of `stream_id`: from `known` (a state the caller
+/// holds, at its version) or else the stored snapshot, folded onward with
+/// the events after it. The cost is the events since, not the history. A
+/// snapshot of another `SNAPSHOT_VERSION`, or one that no longer decodes,
+/// is ignored; when many events were folded, a fresh one is stored (best
+/// effort: failing to store it only costs the next load).
+pub async fn load<A: Aggregate>(
+    log: &dyn EventLog,
+    stream_id: &str,
+    known: Option<Folded<A::State>>,
+) -> Result<Folded<A::State>, FoldError> {
+    let start = match known {
+        Some(known) => known,
+        None => match log.snapshot(stream_id).await? {
+            Some(s) if s.snapshot_version == A::SNAPSHOT_VERSION => match serde_json::from_value::<A::State>(s.state) {
+                Ok(state) => Folded { state, version: Some(s.version), position: s.position },
+                Err(error) => {
+                    tracing::warn!(stream_id, %error, "a stored snapshot does not decode; folding from the start");
+                    Folded { state: A::State::default(), version: None, position: 0 }
+                }
+            },
+            _ => Folded { state: A::State::default(), version: None, position: 0 },
+        },
+    };
+    let from = start.version;
+    let folded = fold_onward::<A>(log, stream_id, start, |_| true).await?;
+    let folded_now = folded.version.map_or(0, |v| v + 1) - from.map_or(0, |v| v + 1);
+    if folded_now >= SNAPSHOT_EVERY
+        && let Some(version) = folded.version
+    {
+        match serde_json::to_value(&folded.state) {
+            Ok(state) => {
+                let snapshot = Snapshot {
+                    stream_id: stream_id.to_owned(),
+                    snapshot_version: A::SNAPSHOT_VERSION,
+                    version,
+                    position: folded.position,
+                    state,
+                };
+                if let Err(error) = log.save_snapshot(&snapshot).await {
+                    tracing::warn!(stream_id, %error, "storing a snapshot failed");
+                }
+            }
+            Err(error) => tracing::warn!(stream_id, %error, "a state does not encode as a snapshot"),
+        }
+    }
+    Ok(folded)
+}
+
+/// Folds the events after `folded` into it, for as long as `keep` holds.
+async fn fold_onward<A: Aggregate>(
+    log: &dyn EventLog,
+    stream_id: &str,
+    mut folded: Folded<A::State>,
     mut keep: impl FnMut(&RecordedEvent) -> bool,
 ) -> Result<Folded<A::State>, FoldError> {
-    let mut folded = Folded { state: A::State::default(), version: None, position: 0 };
     loop {
         let from = folded.version.map_or(0, |v| v + 1);
         let page = log.read_stream(stream_id, from, PAGE).await?;

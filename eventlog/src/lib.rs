@@ -17,7 +17,7 @@ mod subscription;
 pub mod testing;
 
 pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite};
-pub use fold::{FoldError, Folded, fold_stream};
+pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
@@ -69,9 +69,28 @@ pub trait EventLog: Send + Sync + 'static {
     /// 24 hours (see `append_once`).
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError>;
 
+    /// The stored snapshot of `stream_id`, if any.
+    async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError>;
+
+    /// Stores `snapshot` unless one of the same snapshot version and a
+    /// later stream version is stored already. Snapshots are a cache:
+    /// nothing depends on one being kept.
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError>;
+
     /// A counter that moves after every append this process makes, so that
     /// local subscribers wake at once instead of at their next poll.
     fn appends(&self) -> watch::Receiver<u64>;
+}
+
+/// A stream's folded state after its event at `version`, in the shape of
+/// the aggregate's `SNAPSHOT_VERSION`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub stream_id: String,
+    pub snapshot_version: u32,
+    pub version: u64,
+    pub position: u64,
+    pub state: serde_json::Value,
 }
 
 /// The largest number of events one append takes.

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::envelope::validate;
-use crate::{AppendResult, EventLog, EventLogError, Receipt, RecordedEvent, StreamAppended, StreamWrite};
+use crate::{AppendResult, EventLog, EventLogError, Receipt, RecordedEvent, Snapshot, StreamAppended, StreamWrite};
 
 pub struct InMemoryEventLog {
     inner: Mutex<Inner>,
@@ -32,6 +32,7 @@ struct Inner {
     /// Appends by (actor, idempotency key). Kept forever: nothing here
     /// lives 24 hours.
     receipts: HashMap<(String, String), AppendResult>,
+    snapshots: HashMap<String, Snapshot>,
 }
 
 impl InMemoryEventLog {
@@ -116,6 +117,19 @@ impl EventLog for InMemoryEventLog {
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
         let inner = self.inner.lock().expect("in-memory log poisoned");
         Ok(inner.receipts.get(&(receipt.actor.to_owned(), receipt.key.to_owned())).cloned())
+    }
+
+    async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
+        Ok(self.inner.lock().expect("in-memory log poisoned").snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+        let mut inner = self.inner.lock().expect("in-memory log poisoned");
+        let newer = |old: &Snapshot| old.snapshot_version != snapshot.snapshot_version || old.version < snapshot.version;
+        if inner.snapshots.get(&snapshot.stream_id).is_none_or(newer) {
+            inner.snapshots.insert(snapshot.stream_id.clone(), snapshot.clone());
+        }
+        Ok(())
     }
 
     fn appends(&self) -> watch::Receiver<u64> {

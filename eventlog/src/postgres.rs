@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::envelope::validate;
-use crate::{AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, Receipt, RecordedEvent, StreamAppended, StreamWrite};
+use crate::{
+    AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, Receipt, RecordedEvent, Snapshot, StreamAppended, StreamWrite,
+};
 
 /// Applies the event log's migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -193,6 +195,38 @@ impl EventLog for PgEventLog {
             appended.streams.push(StreamAppended { stream_id: row.stream, version: row.version, position: row.position });
         }
         Ok(Some(appended))
+    }
+
+    async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
+        let row: Option<(i32, i64, i64, serde_json::Value)> =
+            sqlx::query_as("SELECT snapshot_version, version, position, state FROM snapshots WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(snapshot_version, version, position, state)| Snapshot {
+            stream_id: stream_id.to_owned(),
+            snapshot_version: snapshot_version as u32,
+            version: version as u64,
+            position: position as u64,
+            state,
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, snapshot_version, version, position, state) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_id) DO UPDATE SET snapshot_version = EXCLUDED.snapshot_version, version = EXCLUDED.version,
+                 position = EXCLUDED.position, state = EXCLUDED.state, taken_at = now()
+             WHERE snapshots.snapshot_version <> EXCLUDED.snapshot_version OR snapshots.version < EXCLUDED.version",
+        )
+        .bind(&snapshot.stream_id)
+        .bind(snapshot.snapshot_version as i32)
+        .bind(snapshot.version.min(i64::MAX as u64) as i64)
+        .bind(snapshot.position.min(i64::MAX as u64) as i64)
+        .bind(&snapshot.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     fn appends(&self) -> watch::Receiver<u64> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, Receipt, StreamWrite, Subscription};
+use eventlog::{EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, Receipt, Snapshot, StreamWrite, Subscription};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -251,6 +251,73 @@ async fn racing_appends_under_one_receipt_append_once(log: Arc<dyn EventLog>) {
     assert_eq!(read_all_until(&*log, 1).await.len(), 1);
 }
 
+async fn snapshots_keep_the_newest_of_the_current_shape(log: Arc<dyn EventLog>) {
+    let id = stream();
+    assert_eq!(log.snapshot(&id).await.unwrap(), None);
+    let snapshot = |shape: u32, version: u64| Snapshot {
+        stream_id: id.clone(),
+        snapshot_version: shape,
+        version,
+        position: version + 10,
+        state: json!({"v": version}),
+    };
+    log.save_snapshot(&snapshot(1, 50)).await.unwrap();
+    log.save_snapshot(&snapshot(1, 40)).await.unwrap();
+    assert_eq!(log.snapshot(&id).await.unwrap(), Some(snapshot(1, 50)), "an older one does not replace a newer one");
+    log.save_snapshot(&snapshot(2, 30)).await.unwrap();
+    assert_eq!(log.snapshot(&id).await.unwrap(), Some(snapshot(2, 30)), "a new shape replaces the old whatever its version");
+}
+
+/// Loading through snapshots gives exactly the state of a fold from the
+/// start, whatever is stored beside the log.
+async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn EventLog>) {
+    use domain::Aggregate;
+    use domain::events::EventCodec;
+    use domain::product::{ProductAdded, ProductAggregate, ProductEvent, ProductRestocked};
+    let product = Uuid::now_v7();
+    let id = domain::stream_id::<ProductAggregate>(product);
+    let encode = |domain_event: ProductEvent| {
+        let encoded = domain_event.encode();
+        NewEvent { data: encoded.data, event_type: encoded.event_type.into(), schema_version: encoded.schema_version, ..event(0) }
+    };
+    let added = ProductEvent::Added(ProductAdded {
+        product_id: product,
+        sku: domain::Sku::parse("SNAP-1").unwrap(),
+        name: "Snap".into(),
+        description: String::new(),
+        category: "c".into(),
+        price: domain::Money::new(100, domain::Currency::usd()),
+        initial_stock: 0,
+    });
+    let mut events = vec![encode(added)];
+    events.extend((1..=600u32).map(|n| encode(ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n }))));
+    log.append(vec![StreamWrite { stream_id: id.clone(), expected: ExpectedVersion::NoStream, events }]).await.unwrap();
+    let full = eventlog::fold_stream::<ProductAggregate>(&*log, &id, |_| true).await.unwrap();
+
+    let loaded = eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
+    assert_eq!((&loaded.state, loaded.version, loaded.position), (&full.state, full.version, full.position));
+    let taken = log.snapshot(&id).await.unwrap().expect("a long fold stores a snapshot");
+    assert_eq!((taken.snapshot_version, taken.version), (ProductAggregate::SNAPSHOT_VERSION, 600));
+
+    // Onward from the snapshot: the events after it are folded in.
+    let more: Vec<NewEvent> =
+        (601..=603u32).map(|n| encode(ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n }))).collect();
+    log.append(vec![StreamWrite { stream_id: id.clone(), expected: ExpectedVersion::Exact(600), events: more }]).await.unwrap();
+    let onward = eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
+    assert_eq!(onward.state.as_ref().unwrap().stock, 603);
+    assert_eq!(onward.version, Some(603));
+
+    // A snapshot of another shape, or one that does not decode, is ignored.
+    for (shape, state) in
+        [(ProductAggregate::SNAPSHOT_VERSION + 1, json!({"stock": 1})), (ProductAggregate::SNAPSHOT_VERSION, json!("garbage"))]
+    {
+        let odd = Snapshot { stream_id: id.clone(), snapshot_version: shape, version: 603, position: onward.position, state };
+        log.save_snapshot(&Snapshot { version: 9999, ..odd.clone() }).await.unwrap();
+        let loaded = eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
+        assert_eq!(loaded.state.as_ref().unwrap().stock, 603, "{odd:?}");
+    }
+}
+
 async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::RecordedEvent> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -303,6 +370,14 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn racing_appends_under_one_receipt_append_once() {
                 super::racing_appends_under_one_receipt_append_once($make).await;
+            }
+            #[tokio::test]
+            async fn snapshots_keep_the_newest_of_the_current_shape() {
+                super::snapshots_keep_the_newest_of_the_current_shape($make).await;
+            }
+            #[tokio::test]
+            async fn loading_through_snapshots_equals_folding_from_the_start() {
+                super::loading_through_snapshots_equals_folding_from_the_start($make).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_writers_and_a_tailing_subscriber() {

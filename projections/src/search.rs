@@ -450,8 +450,10 @@ impl Consumer for Indexer {
     }
 }
 
-/// A product as the log says it is now, and its stream version.
+/// A product as the log says it is now, and its stream version: from its
+/// snapshot onward, so a product with a long history costs its newest
+/// events, and the state folded is bounded (open reservations only).
 async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<(Option<Product>, u64), eventlog::FoldError> {
-    let folded = eventlog::fold_stream::<ProductAggregate>(log, &domain::stream_id::<ProductAggregate>(id), |_| true).await?;
+    let folded = eventlog::load::<ProductAggregate>(log, &domain::stream_id::<ProductAggregate>(id), None).await?;
     Ok((folded.state, folded.version.unwrap_or(0)))
 }

@@ -17,10 +17,11 @@ fn main() -> ExitCode {
         ["test", rest @ ..] => test(rest),
         ["bench", "write", rest @ ..] => bench::write(rest),
         ["bench", "read", rest @ ..] => bench::read(rest),
+        ["bench", "decide", rest @ ..] => bench::decide(rest),
         ["schemas"] => schemas::write(),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
             );
             return ExitCode::from(2);
         }

@@ -1,9 +1,10 @@
-//! `cargo xtask bench write|read`: benchmarks against a durable throwaway
+//! `cargo xtask bench write|read|decide`: benchmarks against a durable throwaway
 //! PostgreSQL and a release build of `storekeeper`. This module holds what
 //! both share (the release re-run, a database per run, the closed-loop load
 //! generator); `write` and `read` hold the benchmarks themselves, `server`
 //! the `storekeeper serve` they drive and `history` the log `read` projects.
 
+mod decide;
 mod history;
 mod read;
 mod server;
@@ -20,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::workspace_root;
 
+pub use decide::decide;
 pub use read::read;
 pub use write::write;
 

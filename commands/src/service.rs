@@ -269,53 +269,69 @@ impl CommandService {
         if let Some(outcome) = self.earlier(metadata).await? {
             return Ok(outcome);
         }
-        let mut use_cache = true;
-        for attempt in 0..MAX_ATTEMPTS {
-            let decision = match decide(use_cache).await {
-                // A refusal may come from stale cached state: decide again.
-                Err(ServiceError::Domain(_)) if use_cache => {
+        let decided: Result<Outcome, ServiceError> = async {
+            let mut use_cache = true;
+            for attempt in 0..MAX_ATTEMPTS {
+                let decision = match decide(use_cache).await {
+                    // A refusal may come from stale cached state: decide again.
+                    Err(ServiceError::Domain(_)) if use_cache => {
+                        use_cache = false;
+                        continue;
+                    }
+                    other => other?,
+                };
+                let appends = decision.writes.iter().any(|w| !w.events.is_empty());
+                let pinned_elsewhere = if_match.is_some_and(|expected| decision.version != Some(expected));
+                if decision.cached && (pinned_elsewhere || !appends) {
                     use_cache = false;
                     continue;
                 }
-                other => other?,
-            };
-            let appends = decision.writes.iter().any(|w| !w.events.is_empty());
-            let pinned_elsewhere = if_match.is_some_and(|expected| decision.version != Some(expected));
-            if decision.cached && (pinned_elsewhere || !appends) {
-                use_cache = false;
-                continue;
-            }
-            if let Some(expected) = if_match
-                && pinned_elsewhere
-            {
-                return Err(ServiceError::VersionConflict { stream_id: decision.primary, expected, current: decision.version });
-            }
-            if !appends {
-                let version = decision.version.ok_or(DomainError::NotFound("stream"))?;
-                return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.position, appended: false });
-            }
-            let writes: Vec<StreamWrite> = decision.writes.into_iter().filter(|w| !w.events.is_empty()).collect();
-            match self.log.append_once(writes, receipt(metadata)).await {
-                Ok(result) if result.replayed => return Ok(replayed(&result)),
-                Ok(result) => {
-                    let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
-                    let version = primary.and_then(|s| s.version).or(decision.version);
-                    let position = primary.and_then(|s| s.position).unwrap_or(decision.position);
-                    (decision.settle)(self, version, position);
-                    return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
+                if let Some(expected) = if_match
+                    && pinned_elsewhere
+                {
+                    return Err(ServiceError::VersionConflict { stream_id: decision.primary, expected, current: decision.version });
                 }
-                Err(EventLogError::VersionConflict { .. }) => {
-                    metrics::counter!("storekeeper_command_conflicts_total").increment(1);
-                    tracing::debug!(attempt, stream_id = %decision.primary, "lost a race; deciding again");
-                    if !decision.cached {
-                        tokio::time::sleep(backoff(attempt)).await;
+                if !appends {
+                    let version = decision.version.ok_or(DomainError::NotFound("stream"))?;
+                    return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.position, appended: false });
+                }
+                let writes: Vec<StreamWrite> = decision.writes.into_iter().filter(|w| !w.events.is_empty()).collect();
+                match self.log.append_once(writes, receipt(metadata)).await {
+                    Ok(result) if result.replayed => return Ok(replayed(&result)),
+                    Ok(result) => {
+                        let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
+                        let version = primary.and_then(|s| s.version).or(decision.version);
+                        let position = primary.and_then(|s| s.position).unwrap_or(decision.position);
+                        (decision.settle)(self, version, position);
+                        return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
                     }
-                    use_cache = false;
+                    Err(EventLogError::VersionConflict { .. }) => {
+                        metrics::counter!("storekeeper_command_conflicts_total").increment(1);
+                        tracing::debug!(attempt, stream_id = %decision.primary, "lost a race; deciding again");
+                        if !decision.cached {
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        use_cache = false;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
+            Err(ServiceError::Contention)
         }
-        Err(ServiceError::Contention)
+        .await;
+        // Refused, a no-op or a lost race: if the request's first run
+        // committed meanwhile (on another node, or after a takeover), its
+        // outcome is the answer, not what this run made of the new state.
+        match decided {
+            Ok(outcome) if outcome.appended => Ok(outcome),
+            Ok(_) | Err(ServiceError::Domain(_) | ServiceError::VersionConflict { .. } | ServiceError::Contention) => {
+                match self.earlier(metadata).await? {
+                    Some(first) => Ok(first),
+                    None => decided,
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The outcome of the command already taken under the request's

@@ -24,13 +24,24 @@
 --   lowest marker, or `hi`. Everything at or below it is final (committed
 --   or never to appear); a commit is visible before its locks are released.
 -- * The gate is a session-level lock (released right after, not at
---   commit); every path that takes it releases it, errors and cancels too.
+--   commit); it is taken and released inside a block whose handler
+--   releases it, so errors, cancels and timeouts never leave it held.
+--
+-- Upgrading: stop every process of an older version before this migration
+-- runs. An older writer fails (its append function is gone); an older
+-- reader would read by the old rule and could pass over an append still
+-- in flight.
 --
 -- Existing logs keep their positions; the sequence continues above them.
 -- `first_in_append` (NULL for events appended before this migration, whose
 -- append is still found from the transaction id in their position) names
 -- the start of each append's range, so a consistency token finds the
 -- streams its append wrote.
+
+-- No append of the old scheme may be in flight or start while the
+-- sequence is set above the old positions (the old append function is
+-- dropped below, so an older writer fails from here on).
+LOCK TABLE events IN EXCLUSIVE MODE;
 
 CREATE SEQUENCE events_position_seq AS bigint MINVALUE 1;
 SELECT setval('events_position_seq', max(global_position)) FROM events HAVING max(global_position) IS NOT NULL;
@@ -61,19 +72,22 @@ DECLARE
     called boolean;
     lowest bigint;
 BEGIN
-    PERFORM pg_advisory_lock_shared(-1, 1);
+    -- Taken and released inside the guarded block: a cancel or timeout
+    -- that lands anywhere in between still releases it (unlocking a gate
+    -- not held only warns).
     BEGIN
+        PERFORM pg_advisory_lock_shared(-1, 1);
         SELECT last_value, is_called INTO hi, called FROM events_position_seq;
         SELECT min(((l.classid::bigint & 1073741823) << 32) | l.objid::bigint) INTO lowest
           FROM pg_locks l
          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
            AND l.classid::bigint BETWEEN 1073741824 AND 2147483647
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+        PERFORM pg_advisory_unlock_shared(-1, 1);
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         PERFORM pg_advisory_unlock_shared(-1, 1);
         RAISE;
     END;
-    PERFORM pg_advisory_unlock_shared(-1, 1);
     IF NOT called THEN
         hi := hi - 1;
     END IF;
@@ -151,18 +165,18 @@ BEGIN
         bases := array_append(bases, cur);
     END LOOP;
     IF total > 0 THEN
-        PERFORM pg_advisory_lock(-1, 1);
         BEGIN
+            PERFORM pg_advisory_lock(-1, 1);
             base := nextval('events_position_seq');
             IF total > 1 THEN
                 PERFORM setval('events_position_seq', base + total - 1);
             END IF;
             PERFORM pg_advisory_xact_lock(events_marker_key1(base), events_marker_key2(base));
+            PERFORM pg_advisory_unlock(-1, 1);
         EXCEPTION WHEN OTHERS OR query_canceled THEN
             PERFORM pg_advisory_unlock(-1, 1);
             RAISE;
         END;
-        PERFORM pg_advisory_unlock(-1, 1);
     END IF;
     FOR out_stream, out_version, out_position IN
         WITH ins AS (

@@ -51,7 +51,8 @@ pub const SNAPSHOT_EVERY: u64 = 256;
 /// The current state of `stream_id`: from `known` (a state the caller
 /// holds, at its version) or else the stored snapshot, folded onward with
 /// the events after it. The cost is the events since, not the history. A
-/// snapshot of another `SNAPSHOT_VERSION`, or one that no longer decodes,
+/// snapshot of another `SNAPSHOT_VERSION`, one that no longer decodes, or
+/// one the log does not bear out (no event at its version and position),
 /// is ignored; when many events were folded, a fresh one is stored (best
 /// effort: failing to store it only costs the next load).
 pub async fn load<A: Aggregate>(
@@ -61,16 +62,7 @@ pub async fn load<A: Aggregate>(
 ) -> Result<Folded<A::State>, FoldError> {
     let start = match known {
         Some(known) => known,
-        None => match log.snapshot(stream_id).await? {
-            Some(s) if s.snapshot_version == A::SNAPSHOT_VERSION => match serde_json::from_value::<A::State>(s.state) {
-                Ok(state) => Folded { state, version: Some(s.version), position: s.position },
-                Err(error) => {
-                    tracing::warn!(stream_id, %error, "a stored snapshot does not decode; folding from the start");
-                    Folded { state: A::State::default(), version: None, position: 0 }
-                }
-            },
-            _ => Folded { state: A::State::default(), version: None, position: 0 },
-        },
+        None => from_snapshot::<A>(log, stream_id).await?.unwrap_or(Folded { state: A::State::default(), version: None, position: 0 }),
     };
     let from = start.version;
     let folded = fold_onward::<A>(log, stream_id, start, |_| true).await?;
@@ -95,6 +87,28 @@ pub async fn load<A: Aggregate>(
         }
     }
     Ok(folded)
+}
+
+/// The stored snapshot as a starting point, if it can be one: of the
+/// aggregate's current shape, decodable, and matching the log (the event
+/// at its version is there, at its position).
+async fn from_snapshot<A: Aggregate>(log: &dyn EventLog, stream_id: &str) -> Result<Option<Folded<A::State>>, FoldError> {
+    let Some(snapshot) = log.snapshot(stream_id).await? else { return Ok(None) };
+    if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+        return Ok(None);
+    }
+    let at = log.read_stream(stream_id, snapshot.version, 1).await?;
+    if !at.first().is_some_and(|e| e.stream_version == snapshot.version && e.global_position == snapshot.position) {
+        tracing::warn!(stream_id, version = snapshot.version, "a stored snapshot does not match the log; folding from the start");
+        return Ok(None);
+    }
+    match serde_json::from_value::<A::State>(snapshot.state) {
+        Ok(state) => Ok(Some(Folded { state, version: Some(snapshot.version), position: snapshot.position })),
+        Err(error) => {
+            tracing::warn!(stream_id, %error, "a stored snapshot does not decode; folding from the start");
+            Ok(None)
+        }
+    }
 }
 
 /// Folds the events after `folded` into it, for as long as `keep` holds.

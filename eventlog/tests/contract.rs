@@ -307,14 +307,23 @@ async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn Ev
     assert_eq!(onward.state.as_ref().unwrap().stock, 603);
     assert_eq!(onward.version, Some(603));
 
-    // A snapshot of another shape, or one that does not decode, is ignored.
-    for (shape, state) in
-        [(ProductAggregate::SNAPSHOT_VERSION + 1, json!({"stock": 1})), (ProductAggregate::SNAPSHOT_VERSION, json!("garbage"))]
-    {
-        let odd = Snapshot { stream_id: id.clone(), snapshot_version: shape, version: 603, position: onward.position, state };
-        log.save_snapshot(&Snapshot { version: 9999, ..odd.clone() }).await.unwrap();
+    // A snapshot of another shape, one that does not decode, or one the
+    // log does not bear out (ahead of the stream, or at another position)
+    // is ignored.
+    let good = serde_json::to_value(&onward.state).unwrap();
+    let shape = ProductAggregate::SNAPSHOT_VERSION;
+    for (snapshot_version, version, position, state) in [
+        (shape + 1, 603, onward.position, json!({"stock": 1})),
+        (shape, 603, onward.position, json!("garbage")),
+        (shape, 9999, onward.position, good.clone()),
+        (shape, 603, onward.position + 1, good.clone()),
+    ] {
+        let odd = Snapshot { stream_id: id.clone(), snapshot_version, version, position, state };
+        // Another shape first, so that `odd` replaces whatever is stored.
+        log.save_snapshot(&Snapshot { snapshot_version: u32::MAX, ..odd.clone() }).await.unwrap();
+        log.save_snapshot(&odd).await.unwrap();
         let loaded = eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
-        assert_eq!(loaded.state.as_ref().unwrap().stock, 603, "{odd:?}");
+        assert_eq!((loaded.state.as_ref().unwrap().stock, loaded.version), (603, Some(603)), "{odd:?}");
     }
 }
 

@@ -27,13 +27,6 @@ impl Currency {
     }
 }
 
-impl TryFrom<String> for Currency {
-    type Error = DomainError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Currency::parse(&value)
-    }
-}
-
 impl From<Currency> for String {
     fn from(value: Currency) -> Self {
         value.0

@@ -33,12 +33,6 @@ impl Email {
     }
 }
 
-impl TryFrom<String> for Email {
-    type Error = DomainError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Email::parse(&value)
-    }
-}
 impl From<Email> for String {
     fn from(value: Email) -> Self {
         value.0
@@ -69,12 +63,6 @@ impl Sku {
     }
 }
 
-impl TryFrom<String> for Sku {
-    type Error = DomainError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Sku::parse(&value)
-    }
-}
 impl From<Sku> for String {
     fn from(value: Sku) -> Self {
         value.0

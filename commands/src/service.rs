@@ -18,10 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, sku_claim_stream};
 use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
-use domain::events::EventCodec;
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
@@ -111,26 +109,8 @@ pub struct CommandService {
     cache: Arc<Mutex<Cache>>,
 }
 
-fn encode<E: EventCodec>(events: &[E], metadata: &Metadata) -> Vec<NewEvent> {
-    let occurred_at = Utc::now();
-    events
-        .iter()
-        .map(|event| {
-            let encoded = event.encode();
-            NewEvent {
-                event_id: Uuid::now_v7(),
-                event_type: encoded.event_type.to_owned(),
-                schema_version: encoded.schema_version,
-                occurred_at,
-                metadata: metadata.clone(),
-                data: encoded.data,
-            }
-        })
-        .collect()
-}
-
 fn write<A: Aggregate>(stream_id: &str, loaded: &Loaded<A>, events: &[A::Event], metadata: &Metadata) -> StreamWrite {
-    StreamWrite { stream_id: stream_id.to_owned(), expected: loaded.expected(), events: encode(events, metadata) }
+    StreamWrite { stream_id: stream_id.to_owned(), expected: loaded.expected(), events: NewEvent::encode_all(events, metadata) }
 }
 
 /// A decision ready to append, about the stream the client asked about.

@@ -45,6 +45,28 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+impl NewEvent {
+    /// Domain events in their stored form, ready to append: new ids, one
+    /// `occurred_at`, the same metadata.
+    pub fn encode_all<E: domain::events::EventCodec>(events: &[E], metadata: &Metadata) -> Vec<NewEvent> {
+        let occurred_at = Utc::now();
+        events
+            .iter()
+            .map(|event| {
+                let encoded = event.encode();
+                NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: encoded.event_type.to_owned(),
+                    schema_version: encoded.schema_version,
+                    occurred_at,
+                    metadata: metadata.clone(),
+                    data: encoded.data,
+                }
+            })
+            .collect()
+    }
+}
+
 /// An event as the log stores and publishes it: the envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {

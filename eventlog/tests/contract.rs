@@ -272,13 +272,12 @@ async fn snapshots_keep_the_newest_of_the_current_shape(log: Arc<dyn EventLog>) 
 /// start, whatever is stored beside the log.
 async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn EventLog>) {
     use domain::Aggregate;
-    use domain::events::EventCodec;
     use domain::product::{ProductAdded, ProductAggregate, ProductEvent, ProductRestocked};
     let product = Uuid::now_v7();
     let id = domain::stream_id::<ProductAggregate>(product);
-    let encode = |domain_event: ProductEvent| {
-        let encoded = domain_event.encode();
-        NewEvent { data: encoded.data, event_type: encoded.event_type.into(), schema_version: encoded.schema_version, ..event(0) }
+    let encode = |events: &[ProductEvent]| NewEvent::encode_all(events, &Metadata::system("contract-test"));
+    let restocks = |from: u32, to: u32| -> Vec<ProductEvent> {
+        (from..=to).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n })).collect()
     };
     let added = ProductEvent::Added(ProductAdded {
         product_id: product,
@@ -289,8 +288,9 @@ async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn Ev
         price: domain::Money::new(100, domain::Currency::usd()),
         initial_stock: 0,
     });
-    let mut events = vec![encode(added)];
-    events.extend((1..=600u32).map(|n| encode(ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n }))));
+    let mut history = vec![added];
+    history.extend(restocks(1, 600));
+    let events = encode(&history);
     log.append(vec![StreamWrite { stream_id: id.clone(), expected: ExpectedVersion::NoStream, events }]).await.unwrap();
     let full = eventlog::fold_stream::<ProductAggregate>(&*log, &id, |_| true).await.unwrap();
 
@@ -300,8 +300,7 @@ async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn Ev
     assert_eq!((taken.snapshot_version, taken.version), (ProductAggregate::SNAPSHOT_VERSION, 600));
 
     // Onward from the snapshot: the events after it are folded in.
-    let more: Vec<NewEvent> =
-        (601..=603u32).map(|n| encode(ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n }))).collect();
+    let more = encode(&restocks(601, 603));
     log.append(vec![StreamWrite { stream_id: id.clone(), expected: ExpectedVersion::Exact(600), events: more }]).await.unwrap();
     let onward = eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
     assert_eq!(onward.state.as_ref().unwrap().stock, 603);

@@ -140,22 +140,8 @@ async fn sales_are_reported_by_day_and_by_product_once_paid() {
     let app = spawn_app().await;
     let (product, _) = app.add_product("KET-1", "kitchen", 1999, 10).await;
     let (customer, _) = app.write("/v1/customers", json!({"email": "ada@example.com", "name": "Ada"})).await;
-    let (order, placed) = app
-        .write(
-            "/v1/orders",
-            json!({"customer_id": customer["id"], "lines": [{"product_id": product, "quantity": 2}], "shipping_address": address()}),
-        )
-        .await;
-    let order_id = order["id"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.get_json(&format!("/v1/orders/{order_id}"), Some(&app.admin), Some(&placed)).await["status"] != "confirmed" {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let webhook = json!({"provider_event_id": "evt_1", "order_id": order_id, "amount": {"amount_minor": 3998, "currency": "USD"}, "status": "captured"});
-    let paid = test_support::post_webhook(&app.http, &app.command, test_support::WEBHOOK_SECRET, &webhook).await;
-    assert_eq!(paid.status(), 200);
-    let token = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let order_id = app.confirmed_order(&customer["id"], product, 2).await;
+    let token = app.pay(&order_id, "evt_1", 3998).await;
     let today = chrono::Utc::now().date_naive();
     let by_day = app.get_json(&format!("/v1/reports/sales?from={today}&to={today}&group_by=day"), Some(&app.admin), Some(&token)).await;
     assert_eq!(by_day["items"][0]["revenue"], json!({"amount_minor": 3998, "currency": "USD"}));
@@ -174,22 +160,8 @@ async fn sales_sums_beyond_i64_are_reported_exactly_and_the_projection_keeps_goi
     let (customer, _) = app.write("/v1/customers", json!({"email": "rich@example.com", "name": "Rich"})).await;
     let mut token = String::new();
     for i in 0..3 {
-        let (order, placed) = app
-            .write(
-                "/v1/orders",
-                json!({"customer_id": customer["id"], "lines": [{"product_id": product, "quantity": 1}], "shipping_address": address()}),
-            )
-            .await;
-        let order_id = order["id"].as_str().unwrap().to_owned();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while app.get_json(&format!("/v1/orders/{order_id}"), Some(&app.admin), Some(&placed)).await["status"] != "confirmed" {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let webhook = json!({"provider_event_id": format!("evt_{i}"), "order_id": order_id, "amount": {"amount_minor": PRICE, "currency": "USD"}, "status": "captured"});
-        let paid = test_support::post_webhook(&app.http, &app.command, test_support::WEBHOOK_SECRET, &webhook).await;
-        assert_eq!(paid.status(), 200);
-        token = paid.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+        let order_id = app.confirmed_order(&customer["id"], product, 1).await;
+        token = app.pay(&order_id, &format!("evt_{i}"), PRICE).await;
     }
     // 21e18: beyond i64 and u64 alike. Compared as text, since a JSON
     // reader's own number type may not hold it.

@@ -66,6 +66,34 @@ impl TestApp {
         (Uuid::parse_str(body["id"].as_str().unwrap()).unwrap(), token)
     }
 
+    /// Places an order of `quantity` of `product` for `customer` and waits
+    /// until the order process has confirmed it; answers the order id.
+    pub async fn confirmed_order(&self, customer: &Value, product: Uuid, quantity: u32) -> String {
+        let (order, placed) = self
+            .write(
+                "/v1/orders",
+                json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": quantity}], "shipping_address": test_support::address()}),
+            )
+            .await;
+        let order_id = order["id"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.get_json(&format!("/v1/orders/{order_id}"), Some(&self.admin), Some(&placed)).await["status"] != "confirmed" {
+            assert!(tokio::time::Instant::now() < deadline, "order {order_id} not confirmed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        order_id
+    }
+
+    /// Pays `order_id` through the signed payment webhook; answers the
+    /// consistency token.
+    pub async fn pay(&self, order_id: &str, provider_event_id: &str, amount_minor: i64) -> String {
+        let webhook = json!({"provider_event_id": provider_event_id, "order_id": order_id,
+                             "amount": {"amount_minor": amount_minor, "currency": "USD"}, "status": "captured"});
+        let paid = test_support::post_webhook(&self.http, &self.command, test_support::WEBHOOK_SECRET, &webhook).await;
+        assert_eq!(paid.status(), 200);
+        paid.headers()["x-consistency-token"].to_str().unwrap().to_owned()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>, consistency: Option<&str>) -> Response {
         let mut request = self.http.get(format!("{}{path}", self.query));
         if let Some(token) = token {

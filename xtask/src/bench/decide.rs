@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 use commands::CommandService;
 use domain::customer::CustomerCommand;
-use domain::events::EventCodec;
 use domain::product::{ProductAdded, ProductCommand, ProductEvent, ProductRestocked};
 use domain::{Address, Currency, Email, Money, Sku};
 use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, PgEventLog, StreamWrite};
@@ -125,20 +123,7 @@ async fn history(log: &dyn EventLog, length: u64) -> Result<Uuid> {
     let mut version: Option<u64> = None;
     for chunk in events.chunks(5_000) {
         let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        let encoded = chunk
-            .iter()
-            .map(|event| {
-                let e = event.encode();
-                NewEvent {
-                    event_id: Uuid::now_v7(),
-                    event_type: e.event_type.into(),
-                    schema_version: e.schema_version,
-                    occurred_at: Utc::now(),
-                    metadata: Metadata::system("bench"),
-                    data: e.data,
-                }
-            })
-            .collect();
+        let encoded = NewEvent::encode_all(chunk, &Metadata::system("bench"));
         log.append(vec![StreamWrite { stream_id: stream_id.clone(), expected, events: encoded }]).await?;
         version = Some(version.map_or(0, |v| v + 1) + chunk.len() as u64 - 1);
     }

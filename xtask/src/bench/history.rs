@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use chrono::Utc;
 use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, StreamWrite};
 use uuid::Uuid;
 
@@ -25,7 +24,6 @@ fn product_name(i: usize) -> String {
 /// Appends `products` products with `per_product` events each, straight
 /// into the log in batches, as a history to project.
 pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_product: usize) -> Result<Vec<Uuid>> {
-    use domain::events::EventCodec;
     use domain::product::{ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked};
     let ids: Arc<Vec<Uuid>> = Arc::new((0..products).map(|_| Uuid::now_v7()).collect());
     let writers = 8;
@@ -58,20 +56,7 @@ pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_produ
                                 ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: (i % 5 + n) as u32 })
                             });
                         }
-                        let events = events
-                            .iter()
-                            .map(|e| {
-                                let encoded = e.encode();
-                                NewEvent {
-                                    event_id: Uuid::now_v7(),
-                                    event_type: encoded.event_type.to_owned(),
-                                    schema_version: encoded.schema_version,
-                                    occurred_at: Utc::now(),
-                                    metadata: metadata.clone(),
-                                    data: encoded.data,
-                                }
-                            })
-                            .collect();
+                        let events = NewEvent::encode_all(&events, &metadata);
                         writes.push(StreamWrite { stream_id: format!("product-{id}"), expected: ExpectedVersion::NoStream, events });
                     }
                     log.append(writes).await?;

@@ -17,18 +17,17 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
-        Serve::start_logging(data_dir, Stdio::inherit())
+        Serve::start_logging(data_dir, Stdio::null())
     }
 
-    /// With its log (stderr) going to `log`.
+    /// With its log (standard output) going to `log`.
     fn start_logging(data_dir: &Path, log: impl Into<Stdio>) -> Serve {
         let (port, query_port) = (free_port(), free_port());
         let child = storekeeper(&["serve"])
             .env("STOREKEEPER_DATA_DIR", data_dir)
             .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{port}"))
             .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{query_port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdout(log)
             .spawn()
             .unwrap();
         Serve { child, base: format!("http://127.0.0.1:{port}"), query: format!("http://127.0.0.1:{query_port}") }
@@ -311,17 +310,32 @@ async fn sigterm_with_its_database_gone_stops_every_part_on_its_own() {
     let log_path = dir.join("serve.log");
     let mut serve = Serve::start_logging(&dir, std::fs::File::create(&log_path).unwrap());
     serve.wait_ready().await;
-    // Work in flight for every consumer: a product and an order for it.
+    // Work in flight for every consumer: orders the order process is still
+    // reserving stock for when the database goes.
     let http = reqwest::Client::new();
     let token = admin_token();
-    let product = http
-        .post(format!("{}/v1/products", serve.base))
-        .bearer_auth(&token)
-        .json(&json!({"sku": "GONE-1", "name": "Gone", "description": "", "category": "c", "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 5}))
-        .send()
-        .await
-        .unwrap();
+    let post = |path: &str, body: serde_json::Value| http.post(format!("{}{path}", serve.base)).bearer_auth(&token).json(&body).send();
+    let product = post(
+        "/v1/products",
+        json!({"sku": "GONE-1", "name": "Gone", "description": "", "category": "c",
+        "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 100000}),
+    )
+    .await
+    .unwrap();
     assert_eq!(product.status(), 201);
+    let product: serde_json::Value = product.json().await.unwrap();
+    let customer: serde_json::Value =
+        post("/v1/customers", json!({"email": "gone@example.com", "name": "Gone"})).await.unwrap().json().await.unwrap();
+    let address = json!({"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"});
+    let orders = (0..200).map(|_| {
+        post(
+            "/v1/orders",
+            json!({"customer_id": customer["id"], "lines": [{"product_id": product["id"], "quantity": 1}], "shipping_address": address}),
+        )
+    });
+    for placed in futures::future::join_all(orders).await {
+        assert_eq!(placed.unwrap().status(), 202);
+    }
     let pids = cluster_processes(&dir);
     // The database goes away (crashed, or stopped under it): every
     // connection fails at once, and every part keeps retrying.

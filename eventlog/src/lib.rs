@@ -8,6 +8,7 @@
 
 mod envelope;
 mod fold;
+mod group_commit;
 mod memory;
 mod postgres;
 pub mod progress;

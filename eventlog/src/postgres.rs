@@ -1,21 +1,21 @@
 //! The PostgreSQL event log.
 //!
-//! An append is one call of the `append_events` function, a read of the
-//! whole log one call of `read_events` (see migration 10005 for why they
-//! are correct). Positions come from a sequence taken while the stream
+//! Appends are written in groups, each one call of the `append_batch`
+//! function (see `group_commit` and migration 10007), a read of the whole
+//! log is one call of `read_events` (see migration 10005 for why they are
+//! correct). Positions come from a sequence taken while the stream
 //! locks are held, so they are data that a dump and restore keep; a reader
 //! reads up to the frontier below the lowest append still in flight, which
 //! only appends can hold back: not an unrelated transaction, not a
 //! projection's batch.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::envelope::validate;
+use crate::group_commit::GroupCommit;
 use crate::{
     AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, Receipt, RecordedEvent, Snapshot, StreamAppended, StreamWrite,
 };
@@ -34,12 +34,13 @@ pub async fn purge_receipts(pool: &PgPool) -> Result<u64, sqlx::Error> {
 
 pub struct PgEventLog {
     pool: PgPool,
+    group: GroupCommit,
     appended: watch::Sender<u64>,
 }
 
 impl PgEventLog {
     pub fn new(pool: PgPool) -> Self {
-        PgEventLog { pool, appended: watch::Sender::new(0) }
+        PgEventLog { group: GroupCommit::new(pool.clone()), pool, appended: watch::Sender::new(0) }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -67,7 +68,7 @@ fn decode_row(row: PgRow) -> Result<RecordedEvent, EventLogError> {
     })
 }
 
-fn map_insert_error(e: sqlx::Error, writes: &[StreamWrite]) -> EventLogError {
+pub(crate) fn map_insert_error(e: sqlx::Error, writes: &[StreamWrite]) -> EventLogError {
     if let sqlx::Error::Database(db) = &e {
         match db.constraint() {
             // Unreachable while every writer takes the stream locks; kept so
@@ -93,65 +94,9 @@ impl EventLog for PgEventLog {
     #[tracing::instrument(skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
     async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         validate(&writes)?;
-        let total: usize = writes.iter().map(|w| w.events.len()).sum();
-        let streams: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
-        let expected: Vec<i64> = writes
-            .iter()
-            .map(|w| match w.expected {
-                ExpectedVersion::Any => -1,
-                ExpectedVersion::NoStream => -2,
-                ExpectedVersion::Exact(v) => v.min(i64::MAX as u64) as i64,
-            })
-            .collect();
-        let mut stream_idx = Vec::with_capacity(total);
-        let mut event_ids: Vec<Uuid> = Vec::with_capacity(total);
-        let mut types = Vec::with_capacity(total);
-        let mut schema_versions = Vec::with_capacity(total);
-        let mut occurred: Vec<DateTime<Utc>> = Vec::with_capacity(total);
-        let mut metadata = Vec::with_capacity(total);
-        let mut data = Vec::with_capacity(total);
-        for (i, w) in writes.iter().enumerate() {
-            for e in &w.events {
-                stream_idx.push(i as i32 + 1);
-                event_ids.push(e.event_id);
-                types.push(e.event_type.as_str());
-                schema_versions.push(e.schema_version as i32);
-                occurred.push(e.occurred_at);
-                metadata.push(serde_json::to_value(&e.metadata).map_err(|e| EventLogError::Backend(Box::new(e)))?);
-                data.push(&e.data);
-            }
-        }
-        // One statement, so one round trip and its own transaction.
-        let rows: Vec<(String, Option<i64>, Option<i64>, bool, bool)> = sqlx::query_as(
-            "SELECT out_stream, out_version, out_position, out_conflict, out_replayed
-               FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&streams)
-        .bind(&expected)
-        .bind(&stream_idx)
-        .bind(&event_ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&occurred)
-        .bind(&metadata)
-        .bind(&data)
-        .bind(receipt.map(|r| r.actor))
-        .bind(receipt.map(|r| r.key))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_insert_error(e, &writes))?;
-        if let Some((stream_id, actual, _, _, _)) = rows.iter().find(|r| r.3) {
-            let expected = writes.iter().find(|w| w.stream_id == *stream_id).map_or(ExpectedVersion::Any, |w| w.expected);
-            return Err(EventLogError::VersionConflict { stream_id: stream_id.clone(), expected, actual: actual.map(|v| v as u64) });
-        }
-        let replayed = rows.iter().any(|r| r.4);
-        let mut result = AppendResult { streams: Vec::with_capacity(writes.len()), position: 0, replayed };
-        for (stream_id, version, position, _, _) in rows {
-            let position = position.map(|p| p as u64);
-            result.position = result.position.max(position.unwrap_or(0));
-            result.streams.push(StreamAppended { stream_id, version: version.map(|v| v as u64), position });
-        }
-        if total > 0 && !replayed {
+        let appends = writes.iter().any(|w| !w.events.is_empty());
+        let result = self.group.append(writes, receipt.map(|r| (r.actor.to_owned(), r.key.to_owned()))).await?;
+        if appends && !result.replayed {
             self.appended.send_modify(|n| *n += 1);
         }
         Ok(result)

@@ -251,6 +251,94 @@ async fn racing_appends_under_one_receipt_append_once(log: Arc<dyn EventLog>) {
     assert_eq!(read_all_until(&*log, 1).await.len(), 1);
 }
 
+/// Appends in flight at once (which the PostgreSQL log writes in groups)
+/// each get their own answer, as if written one after another: a conflict,
+/// a duplicate event id or a repeated receipt touches no other append.
+async fn appends_in_flight_together_each_get_their_own_answer(log: Arc<dyn EventLog>) {
+    let hot = stream();
+    log.append(vec![write(&hot, ExpectedVersion::NoStream, 1)]).await.unwrap();
+    let stored = event(0);
+    log.append(vec![StreamWrite { stream_id: stream(), expected: ExpectedVersion::NoStream, events: vec![stored.clone()] }]).await.unwrap();
+    let key = format!("key-{}", Uuid::now_v7());
+    enum Kind {
+        Fresh(String, u64),
+        Hot,
+        DuplicateId(String),
+        Receipt(String),
+    }
+    let mut kinds = Vec::new();
+    for i in 0..40u64 {
+        kinds.push(Kind::Fresh(stream(), 1 + i % 3));
+        kinds.push(Kind::Hot);
+        if i % 2 == 0 {
+            kinds.push(Kind::DuplicateId(stream()));
+            kinds.push(Kind::Receipt(stream()));
+        }
+    }
+    let answers = futures::future::join_all(kinds.iter().map(|kind| {
+        let (log, stored, key, hot) = (log.clone(), stored.clone(), key.clone(), &hot);
+        async move {
+            match kind {
+                Kind::Fresh(s, n) => log.append(vec![write(s, ExpectedVersion::NoStream, *n)]).await,
+                Kind::Hot => log.append(vec![write(hot, ExpectedVersion::Exact(0), 1)]).await,
+                Kind::DuplicateId(s) => {
+                    let events = vec![event(1), stored];
+                    log.append(vec![
+                        write(s, ExpectedVersion::NoStream, 1),
+                        StreamWrite { stream_id: stream(), expected: ExpectedVersion::Any, events },
+                    ])
+                    .await
+                }
+                Kind::Receipt(s) => {
+                    log.append_once(vec![write(s, ExpectedVersion::NoStream, 1)], Some(Receipt { actor: "user", key: &key })).await
+                }
+            }
+        }
+    }))
+    .await;
+    let mut expected_events = 2;
+    let (mut hot_won, mut receipt_first) = (0, Vec::new());
+    for (kind, answer) in kinds.iter().zip(&answers) {
+        match (kind, answer) {
+            (Kind::Fresh(s, n), Ok(result)) => {
+                assert_eq!(result.streams[0].version, Some(n - 1));
+                let events = log.read_stream(s, 0, 10).await.unwrap();
+                assert_eq!(events.len() as u64, *n);
+                assert_eq!(events.last().unwrap().global_position, result.position);
+                expected_events += n;
+            }
+            (Kind::Hot, Ok(result)) => {
+                assert_eq!(result.streams[0].version, Some(1));
+                hot_won += 1;
+                expected_events += 1;
+            }
+            (Kind::Hot, Err(EventLogError::VersionConflict { actual: Some(1), .. })) => {}
+            (Kind::DuplicateId(s), Err(EventLogError::InvalidAppend(_))) => {
+                assert!(log.read_stream(s, 0, 10).await.unwrap().is_empty(), "nothing of a refused append is stored");
+            }
+            (Kind::Receipt(s), Ok(result)) => {
+                if !result.replayed {
+                    receipt_first.push(result.clone());
+                    expected_events += 1;
+                } else {
+                    assert!(log.read_stream(s, 0, 10).await.unwrap().is_empty(), "a replayed append writes nothing");
+                }
+            }
+            (_, other) => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(hot_won, 1, "exactly one append at version 0 wins");
+    assert_eq!(receipt_first.len(), 1, "exactly one append under the receipt is written");
+    for (kind, answer) in kinds.iter().zip(&answers) {
+        if let (Kind::Receipt(_), Ok(result)) = (kind, answer) {
+            assert_eq!(result.streams, receipt_first[0].streams);
+        }
+    }
+    let all = read_all_until(&*log, expected_events as usize).await;
+    assert_eq!(all.len() as u64, expected_events);
+    assert!(all.windows(2).all(|w| w[0].global_position < w[1].global_position));
+}
+
 async fn snapshots_keep_the_newest_of_the_current_shape(log: Arc<dyn EventLog>) {
     let id = stream();
     assert_eq!(log.snapshot(&id).await.unwrap(), None);
@@ -378,6 +466,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn racing_appends_under_one_receipt_append_once() {
                 super::racing_appends_under_one_receipt_append_once($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn appends_in_flight_together_each_get_their_own_answer() {
+                super::appends_in_flight_together_each_get_their_own_answer($make).await;
             }
             #[tokio::test]
             async fn snapshots_keep_the_newest_of_the_current_shape() {

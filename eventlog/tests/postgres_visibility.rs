@@ -29,8 +29,8 @@ fn write(stream_id: &str) -> StreamWrite {
 /// test commits or rolls it back.
 async fn append_in(tx: &mut sqlx::PgConnection, stream_id: &str) -> i64 {
     sqlx::query_scalar(
-        "SELECT out_position FROM append_events(ARRAY[$1], ARRAY[-1]::bigint[], ARRAY[1], ARRAY[$2]::uuid[], ARRAY['ThingHappened'],
-                ARRAY[1], ARRAY[now()], ARRAY[$3::jsonb], ARRAY['{}'::jsonb], NULL, NULL)",
+        "SELECT out_position FROM append_batch(ARRAY[NULL], ARRAY[NULL], ARRAY[1], ARRAY[$1], ARRAY[-1]::bigint[], ARRAY[1],
+                ARRAY[$2]::uuid[], ARRAY['ThingHappened'], ARRAY[1], ARRAY[now()], ARRAY[$3::jsonb], ARRAY['{}'::jsonb])",
     )
     .bind(stream_id)
     .bind(Uuid::now_v7())
@@ -114,4 +114,21 @@ async fn a_token_names_the_streams_of_its_append() {
     expected.sort();
     assert_eq!(streams, expected);
     assert!(eventlog::progress::streams_of_append(&pool, both.position + 1_000_000).await.unwrap().is_empty());
+}
+
+/// Appends in flight together share one transaction (group commit), and
+/// each still gets its own contiguous range of positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_in_flight_together_are_written_in_shared_transactions() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+    let streams: Vec<String> = (0..200).map(|_| format!("thing-{}", Uuid::now_v7())).collect();
+    let results = futures::future::join_all(streams.iter().map(|s| log.append(vec![write(s)]))).await;
+    let positions: Vec<u64> = results.into_iter().map(|r| r.unwrap().position).collect();
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events").fetch_one(&pool).await.unwrap();
+    assert!(transactions < 100, "200 appends in flight at once took {transactions} transactions");
+    let mut sorted = positions.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 200, "every append has its own position");
 }

@@ -1,0 +1,226 @@
+//! Group commit for the PostgreSQL log.
+//!
+//! An append's cost was per transaction (a round trip, the position gate,
+//! a WAL flush), not per event, so appends that arrive while earlier ones
+//! are being written wait and go together: one call of `append_batch`
+//! (migration 10007), one transaction, one flush. Each keeps its own
+//! answer: written, refused on a conflict, or replayed from its receipt.
+//! Nothing waits on a timer: a lone append is written at once, and groups
+//! only form when appends outpace the committers.
+//!
+//! When the group's statement fails as a whole (a duplicate event id, two
+//! appends under one receipt, a lost connection), each append is written
+//! again on its own, so an error reaches only the append that caused it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{AppendResult, EventLogError, ExpectedVersion, StreamAppended, StreamWrite};
+
+/// Committers writing groups side by side: while one waits for its flush,
+/// the next group gathers and another starts.
+const COMMITTERS: usize = 3;
+/// A group takes at most this many appends, and this many events unless
+/// its first append alone has more.
+const MAX_APPENDS: usize = 512;
+const MAX_EVENTS: usize = crate::MAX_EVENTS_PER_APPEND;
+
+type Reply = oneshot::Sender<Result<AppendResult, EventLogError>>;
+
+/// One append waiting for its group.
+pub(crate) struct Request {
+    pub writes: Vec<StreamWrite>,
+    /// (actor, idempotency key)
+    pub receipt: Option<(String, String)>,
+    pub reply: Reply,
+}
+
+impl Request {
+    fn events(&self) -> usize {
+        self.writes.iter().map(|w| w.events.len()).sum()
+    }
+}
+
+struct Queue {
+    incoming: mpsc::UnboundedReceiver<Request>,
+    /// Taken off the channel but held for a later group (same receipt as
+    /// an append already in the group, or no room left).
+    held: VecDeque<Request>,
+}
+
+impl Queue {
+    async fn next(&mut self) -> Option<Request> {
+        match self.held.pop_front() {
+            Some(request) => Some(request),
+            None => self.incoming.recv().await,
+        }
+    }
+
+    /// The next group: the first append waiting (waiting for one if none
+    /// is), then whatever else is already waiting, within the limits.
+    async fn group(&mut self) -> Option<Vec<Request>> {
+        let first = self.next().await?;
+        let mut events = first.events();
+        let mut group = vec![first];
+        let mut keep = VecDeque::new();
+        let mut from_held = std::mem::take(&mut self.held);
+        while group.len() < MAX_APPENDS {
+            let Some(request) = from_held.pop_front().or_else(|| self.incoming.try_recv().ok()) else { break };
+            let duplicate = request.receipt.is_some() && group.iter().any(|g| g.receipt == request.receipt);
+            if duplicate || events + request.events() > MAX_EVENTS {
+                keep.push_back(request);
+                continue;
+            }
+            events += request.events();
+            group.push(request);
+        }
+        keep.extend(from_held);
+        self.held = keep;
+        Some(group)
+    }
+}
+
+/// The queue in front of the committers, started on first use (on the
+/// runtime of the first append).
+pub(crate) struct GroupCommit {
+    pool: PgPool,
+    sender: OnceLock<mpsc::UnboundedSender<Request>>,
+}
+
+impl GroupCommit {
+    pub fn new(pool: PgPool) -> Self {
+        GroupCommit { pool, sender: OnceLock::new() }
+    }
+
+    pub async fn append(&self, writes: Vec<StreamWrite>, receipt: Option<(String, String)>) -> Result<AppendResult, EventLogError> {
+        let sender = self.sender.get_or_init(|| {
+            let (sender, incoming) = mpsc::unbounded_channel();
+            let queue = Arc::new(Mutex::new(Queue { incoming, held: VecDeque::new() }));
+            for _ in 0..COMMITTERS {
+                tokio::spawn(commit_groups(self.pool.clone(), queue.clone()));
+            }
+            sender
+        });
+        let (reply, answer) = oneshot::channel();
+        sender.send(Request { writes, receipt, reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+fn gone() -> EventLogError {
+    EventLogError::Backend("the event log's committers have stopped".into())
+}
+
+async fn commit_groups(pool: PgPool, queue: Arc<Mutex<Queue>>) {
+    loop {
+        let Some(group) = queue.lock().await.group().await else { return };
+        metrics::histogram!("storekeeper_append_group_appends").record(group.len() as f64);
+        match write_group(&pool, &group).await {
+            Ok(answers) => {
+                for (request, answer) in group.into_iter().zip(answers) {
+                    let _ = request.reply.send(answer);
+                }
+            }
+            Err(error) if group.len() == 1 => {
+                let request = group.into_iter().next().expect("one request");
+                let _ = request.reply.send(Err(crate::postgres::map_insert_error(error, &request.writes)));
+            }
+            Err(error) => {
+                tracing::debug!(%error, appends = group.len(), "a group failed; writing its appends one by one");
+                for request in group {
+                    let answer = match write_group(&pool, std::slice::from_ref(&request)).await {
+                        Ok(mut answers) => answers.pop().expect("one answer"),
+                        Err(error) => Err(crate::postgres::map_insert_error(error, &request.writes)),
+                    };
+                    let _ = request.reply.send(answer);
+                }
+            }
+        }
+    }
+}
+
+type Row = (i32, String, Option<i64>, Option<i64>, bool, bool);
+
+/// Writes a group in one statement; one answer per append, in order.
+#[tracing::instrument(skip_all, fields(appends = group.len()))]
+async fn write_group(pool: &PgPool, group: &[Request]) -> Result<Vec<Result<AppendResult, EventLogError>>, sqlx::Error> {
+    let events: usize = group.iter().map(Request::events).sum();
+    let mut actors = Vec::with_capacity(group.len());
+    let mut keys = Vec::with_capacity(group.len());
+    let (mut w_append, mut w_stream, mut w_expected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut e_write = Vec::with_capacity(events);
+    let mut ids: Vec<Uuid> = Vec::with_capacity(events);
+    let mut types = Vec::with_capacity(events);
+    let mut schema_versions = Vec::with_capacity(events);
+    let mut occurred: Vec<DateTime<Utc>> = Vec::with_capacity(events);
+    let mut metadata = Vec::with_capacity(events);
+    let mut data = Vec::with_capacity(events);
+    for (a, request) in group.iter().enumerate() {
+        actors.push(request.receipt.as_ref().map(|r| r.0.as_str()));
+        keys.push(request.receipt.as_ref().map(|r| r.1.as_str()));
+        for write in &request.writes {
+            w_append.push(a as i32 + 1);
+            w_stream.push(write.stream_id.as_str());
+            w_expected.push(match write.expected {
+                ExpectedVersion::Any => -1,
+                ExpectedVersion::NoStream => -2,
+                ExpectedVersion::Exact(v) => v.min(i64::MAX as u64) as i64,
+            });
+            for event in &write.events {
+                e_write.push(w_stream.len() as i32);
+                ids.push(event.event_id);
+                types.push(event.event_type.as_str());
+                schema_versions.push(event.schema_version as i32);
+                occurred.push(event.occurred_at);
+                metadata.push(serde_json::to_value(&event.metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+                data.push(&event.data);
+            }
+        }
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT out_append, out_stream, out_version, out_position, out_conflict, out_replayed
+           FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&actors)
+    .bind(&keys)
+    .bind(&w_append)
+    .bind(&w_stream)
+    .bind(&w_expected)
+    .bind(&e_write)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&schema_versions)
+    .bind(&occurred)
+    .bind(&metadata)
+    .bind(&data)
+    .fetch_all(pool)
+    .await?;
+    let mut answers: Vec<Vec<Row>> = group.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        if let Some(rows) = usize::try_from(row.0 - 1).ok().and_then(|a| answers.get_mut(a)) {
+            rows.push(row);
+        }
+    }
+    Ok(group.iter().zip(answers).map(|(request, rows)| answer(&request.writes, rows)).collect())
+}
+
+/// One append's answer from its rows.
+fn answer(writes: &[StreamWrite], rows: Vec<Row>) -> Result<AppendResult, EventLogError> {
+    if let Some((_, stream_id, actual, _, _, _)) = rows.iter().find(|r| r.4) {
+        let expected = writes.iter().find(|w| w.stream_id == *stream_id).map_or(ExpectedVersion::Any, |w| w.expected);
+        return Err(EventLogError::VersionConflict { stream_id: stream_id.clone(), expected, actual: actual.map(|v| v as u64) });
+    }
+    let replayed = rows.iter().any(|r| r.5);
+    let mut result = AppendResult { streams: Vec::with_capacity(rows.len()), position: 0, replayed };
+    for (_, stream_id, version, position, _, _) in rows {
+        let position = position.map(|p| p as u64);
+        result.position = result.position.max(position.unwrap_or(0));
+        result.streams.push(StreamAppended { stream_id, version: version.map(|v| v as u64), position });
+    }
+    Ok(result)
+}

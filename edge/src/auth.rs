@@ -6,6 +6,9 @@
 //! they need with an extractor: `Caller` (anyone), `Authenticated`,
 //! `Admin`; ownership is `Principal::require_customer`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -70,20 +73,43 @@ impl Principal {
 /// Longest token subject accepted.
 pub const MAX_SUBJECT_BYTES: usize = 255;
 
+/// The keys, shared by every request (cloning is a reference count).
 #[derive(Clone)]
-pub struct JwtKeys {
+pub struct JwtKeys(Arc<Keys>);
+
+struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Tokens already verified, with their validity window: a client sends
+    /// the same token with every request, and checking a signature costs
+    /// more than the rest of a small command's handling.
+    verified: Mutex<HashMap<String, Verified>>,
 }
+
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+/// Verified tokens remembered at most; past it the memory starts over.
+const VERIFIED_TOKENS: usize = 4096;
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+const LEEWAY: i64 = 5;
 
 impl JwtKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 5;
-        JwtKeys { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        validation.leeway = LEEWAY as u64;
+        JwtKeys(Arc::new(Keys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            verified: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Mints a token valid for `ttl`.
@@ -94,18 +120,29 @@ impl JwtKeys {
 
     /// Signs arbitrary claims (tests use it for not-yet-valid tokens).
     pub fn sign(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 signing cannot fail")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.0.encoding).expect("HS256 signing cannot fail")
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, EdgeError> {
         let invalid = || EdgeError::Unauthorized("the bearer token is invalid or expired");
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| invalid())?;
+        let now = chrono::Utc::now().timestamp();
+        let in_window = |exp: i64, nbf: Option<i64>| exp >= now - LEEWAY && nbf.is_none_or(|nbf| nbf <= now + LEEWAY);
+        if let Some(known) = self.0.verified.lock().expect("token memory poisoned").get(token) {
+            return if in_window(known.exp, known.nbf) { Ok(known.principal.clone()) } else { Err(invalid()) };
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation).map_err(|_| invalid())?.claims;
         // The subject becomes the actor of every event the caller writes.
-        let sub = data.claims.sub;
-        if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES || sub.chars().any(char::is_control) {
+        let sub = claims.sub;
+        if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES || sub.chars().any(char::is_control) || !in_window(claims.exp, claims.nbf) {
             return Err(invalid());
         }
-        Ok(Principal { sub, role: data.claims.role })
+        let principal = Principal { sub, role: claims.role };
+        let mut verified = self.0.verified.lock().expect("token memory poisoned");
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), Verified { principal: principal.clone(), exp: claims.exp, nbf: claims.nbf });
+        Ok(principal)
     }
 }
 
@@ -173,5 +210,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
         let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
         principal.require_admin()?;
         Ok(Admin(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_is_refused_once_its_window_closes() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
+        let token = keys.mint("someone", Role::Customer, chrono::Duration::minutes(5));
+        assert_eq!(keys.verify(&token).unwrap(), Principal { sub: "someone".into(), role: Role::Customer });
+        assert!(keys.0.verified.lock().unwrap().contains_key(&token), "a verified token is remembered");
+        // The remembered token expires (as if time passed): refused.
+        keys.0.verified.lock().unwrap().get_mut(&token).unwrap().exp = chrono::Utc::now().timestamp() - LEEWAY - 1;
+        assert!(keys.verify(&token).is_err());
+        // A token signed with another key is never taken for a known one.
+        let forged = JwtKeys::new(b"another-secret-another-secret-ab").mint("someone", Role::Admin, chrono::Duration::minutes(5));
+        assert!(keys.verify(&forged).is_err());
     }
 }

@@ -30,7 +30,7 @@ impl Drop for Server {
 
 const SECRET: &str = "bench-jwt-secret-0123456789abcdef";
 
-/// `storekeeper serve` (release) on `url`, with both APIs on free ports.
+/// A role of `storekeeper` (release) on `url`, with its APIs on free ports.
 pub(super) struct Serve {
     _server: Server,
     pub(super) command: String,
@@ -47,7 +47,13 @@ mod tempdir {
     }
 }
 
+/// `storekeeper serve`: every role in one process.
 pub(super) async fn serve(url: &str, client: &reqwest::Client, kafka: Option<(&str, &str)>) -> Result<Serve> {
+    start("serve", url, client, kafka).await
+}
+
+/// `storekeeper <role>` (`serve`, `command-api`, ...).
+pub(super) async fn start(role: &str, url: &str, client: &reqwest::Client, kafka: Option<(&str, &str)>) -> Result<Serve> {
     let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let (command, query) = (free()?, free()?);
     let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
@@ -59,7 +65,7 @@ pub(super) async fn serve(url: &str, client: &reqwest::Client, kafka: Option<(&s
     };
     let server = Server(
         command_line
-            .arg("serve")
+            .arg(role)
             .env("DATABASE_URL", url)
             .env("STOREKEEPER_DATA_DIR", &dir.0)
             .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{command}"))

@@ -6,6 +6,7 @@
 
 mod decide;
 mod history;
+mod peer;
 mod read;
 mod server;
 mod write;
@@ -22,6 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::workspace_root;
 
 pub use decide::decide;
+pub use peer::peer;
 pub use read::read;
 pub use write::write;
 
@@ -104,4 +106,18 @@ where
 
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// `cargo xtask bench all [--quick]`: every benchmark, one after another.
+pub fn all(args: &[&str]) -> Result<()> {
+    if rerun_in_release("all", args)? {
+        return Ok(());
+    }
+    let benchmarks: [(&str, fn(&[&str]) -> Result<()>); 4] = [("decide", decide), ("write", write), ("read", read), ("peer", peer)];
+    for (name, run) in benchmarks {
+        println!("==== cargo xtask bench {name} {}", args.join(" "));
+        run(args)?;
+        println!();
+    }
+    Ok(())
 }

@@ -79,14 +79,54 @@ pub(super) async fn start(role: &str, url: &str, client: &reqwest::Client, kafka
     );
     let serve =
         Serve { _server: server, command: format!("http://127.0.0.1:{command}"), query: format!("http://127.0.0.1:{query}"), _index: dir };
+    wait_ready(&serve.command, client).await?;
+    Ok(serve)
+}
+
+/// The peer service (`xtask/peer`: axum + cqrs-es + postgres-es), built in
+/// release in its own target directory. It is its own workspace, so CI
+/// never builds it; building it needs crates.io.
+pub(super) fn build_peer() -> Result<()> {
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(workspace_root().join("xtask/peer")).env("CARGO_TARGET_DIR", workspace_root().join("target/peer")).args([
+        "build",
+        "--release",
+        "--quiet",
+    ]);
+    if !build.status().context("build the peer service")?.success() {
+        bail!("building the peer service (xtask/peer) failed");
+    }
+    Ok(())
+}
+
+/// The peer on `url`, on a free port; `command` is its base URL.
+pub(super) async fn start_peer(url: &str, client: &reqwest::Client) -> Result<Serve> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let binary = workspace_root().join("target/peer/release/peer");
+    let server = Server(
+        Command::new(&binary)
+            .env("DATABASE_URL", url)
+            .env("PEER_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-peer-{}", Uuid::now_v7().simple())));
+    let peer = Serve { _server: server, command: base.clone(), query: base, _index: dir };
+    wait_ready(&peer.command, client).await?;
+    Ok(peer)
+}
+
+async fn wait_ready(base: &str, client: &reqwest::Client) -> Result<()> {
     let ready = Instant::now();
-    while !client.get(format!("{}/readyz", serve.command)).send().await.is_ok_and(|r| r.status().is_success()) {
+    while !client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
         if ready.elapsed() > Duration::from_secs(60) {
-            bail!("storekeeper did not become ready");
+            bail!("{base} did not become ready");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(serve)
+    Ok(())
 }
 
 pub(super) fn admin_token() -> String {

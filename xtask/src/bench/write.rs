@@ -78,35 +78,9 @@ async fn http(role: &str, admin_url: &str, settings: &Settings) -> Result<()> {
     let base = server.command.clone();
     let token = admin_token();
 
-    let products: Arc<Vec<Uuid>> = Arc::new((0..PRODUCTS).map(|_| Uuid::now_v7()).collect());
-    let seeded = futures::future::join_all((0..CLIENTS).map(|c| {
-        let (client, base, token, products) = (client.clone(), base.clone(), token.clone(), products.clone());
-        async move {
-            for (i, id) in products.iter().enumerate().skip(c).step_by(CLIENTS) {
-                let body = json!({"id": id, "sku": format!("BENCH-{i}"), "name": format!("Product {i}"), "description": "bench",
-                                  "category": "bench", "price": {"amount_minor": 1000, "currency": "USD"}, "initial_stock": 100});
-                let response = client.post(format!("{base}/v1/products")).bearer_auth(&token).json(&body).send().await?;
-                if response.status() != 201 {
-                    bail!("seeding failed: {}", response.text().await?);
-                }
-            }
-            Ok(())
-        }
-    }))
-    .await;
-    seeded.into_iter().collect::<Result<Vec<()>>>()?;
-
-    let (rate, histogram, errors) = drive(CLIENTS, Duration::from_secs(2), settings.http_seconds, move |rng| {
-        let id = products[(rng % PRODUCTS as u64) as usize];
-        let (path, body) = if rng.is_multiple_of(2) {
-            ("restock", json!({"quantity": 1}))
-        } else {
-            ("price", json!({"price": {"amount_minor": 1000 + (rng % 1000) as i64, "currency": "USD"}}))
-        };
-        let request = client.post(format!("{base}/v1/products/{id}/{path}")).bearer_auth(&token).json(&body).send();
-        async move { request.await.is_ok_and(|r| r.status().is_success()) }
-    })
-    .await?;
+    let products = seed_products(&client, &base, &token).await?;
+    let (rate, histogram, errors) =
+        drive(CLIENTS, Duration::from_secs(2), settings.http_seconds, commands(client, base, token, products)).await?;
     println!(
         "(a) HTTP commands to `storekeeper {role}`: {CLIENTS} clients, restock/price change over {PRODUCTS} products, {}s measured",
         settings.http_seconds
@@ -123,6 +97,50 @@ async fn http(role: &str, admin_url: &str, settings: &Settings) -> Result<()> {
         _ => println!("    target: >= 6000 commands/s with every consumer running"),
     }
     Ok(())
+}
+
+/// Adds `PRODUCTS` products through `base`'s command API (storekeeper's
+/// or the peer's: the same bodies).
+pub(super) async fn seed_products(client: &reqwest::Client, base: &str, token: &str) -> Result<Arc<Vec<Uuid>>> {
+    let products: Arc<Vec<Uuid>> = Arc::new((0..PRODUCTS).map(|_| Uuid::now_v7()).collect());
+    let seeded = futures::future::join_all((0..CLIENTS).map(|c| {
+        let (client, products) = (client.clone(), products.clone());
+        async move {
+            for (i, id) in products.iter().enumerate().skip(c).step_by(CLIENTS) {
+                let body = json!({"id": id, "sku": format!("BENCH-{i}"), "name": format!("Product {i}"), "description": "bench",
+                                  "category": "bench", "price": {"amount_minor": 1000, "currency": "USD"}, "initial_stock": 100});
+                let response = client.post(format!("{base}/v1/products")).bearer_auth(token).json(&body).send().await?;
+                if response.status() != 201 {
+                    bail!("seeding failed: {}", response.text().await?);
+                }
+            }
+            Ok(())
+        }
+    }))
+    .await;
+    seeded.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(products)
+}
+
+/// The command load: single-event restocks and price changes over
+/// `products`, chosen by the load generator's random number; true when
+/// answered 2xx.
+pub(super) fn commands(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    products: Arc<Vec<Uuid>>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    move |rng| {
+        let id = products[(rng % products.len() as u64) as usize];
+        let (path, body) = if rng.is_multiple_of(2) {
+            ("restock", json!({"quantity": 1}))
+        } else {
+            ("price", json!({"price": {"amount_minor": 1000 + (rng % 1000) as i64, "currency": "USD"}}))
+        };
+        let request = client.post(format!("{base}/v1/products/{id}/{path}")).bearer_auth(&token).json(&body).send();
+        Box::pin(async move { request.await.is_ok_and(|r| r.status().is_success()) })
+    }
 }
 
 fn events(count: usize) -> Vec<NewEvent> {

@@ -12,6 +12,7 @@ mod group_commit;
 mod memory;
 mod postgres;
 pub mod progress;
+mod shared_tail;
 pub mod source;
 mod subscription;
 #[cfg(feature = "testing")]
@@ -21,6 +22,7 @@ pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, R
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
+pub use shared_tail::SharedTail;
 pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
 pub use subscription::Subscription;
 

@@ -144,18 +144,25 @@ async fn concurrent_writers_and_a_tailing_subscriber(log: Arc<dyn EventLog>) {
     let streams: Arc<Vec<String>> = Arc::new((0..STREAMS).map(|_| stream()).collect());
     let start = log.read_all(0, usize::MAX).await.unwrap().last().map_or(0, |e| e.global_position);
 
-    let subscriber = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut sub = Subscription::new(log, start).with_batch_size(500);
-            let mut seen = Vec::with_capacity(EVENTS);
-            while seen.len() < EVENTS {
-                let batch = tokio::time::timeout(Duration::from_secs(30), sub.next_batch()).await.expect("the subscriber stalled").unwrap();
-                seen.extend(batch);
-            }
-            seen
+    // Several subscribers, reading in batches of different sizes, as the
+    // consumers of one process do (sharing one reader where the log is
+    // wrapped in `SharedTail`).
+    let subscribers: Vec<_> = [500, 137, 2000]
+        .into_iter()
+        .map(|batch_size| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut sub = Subscription::new(log, start).with_batch_size(batch_size);
+                let mut seen = Vec::with_capacity(EVENTS);
+                while seen.len() < EVENTS {
+                    let batch =
+                        tokio::time::timeout(Duration::from_secs(30), sub.next_batch()).await.expect("the subscriber stalled").unwrap();
+                    seen.extend(batch);
+                }
+                seen
+            })
         })
-    };
+        .collect();
 
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -181,17 +188,18 @@ async fn concurrent_writers_and_a_tailing_subscriber(log: Arc<dyn EventLog>) {
     for w in writers {
         w.await.unwrap();
     }
-    let seen = subscriber.await.unwrap();
-
-    assert_eq!(seen.len(), EVENTS);
-    let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids.len(), EVENTS, "no event is seen twice");
-    assert!(seen.windows(2).all(|w| w[0].global_position < w[1].global_position), "global order");
-    let mut next: HashMap<&str, u64> = HashMap::new();
-    for e in &seen {
-        let expected = next.entry(&e.stream_id).or_insert(0);
-        assert_eq!(e.stream_version, *expected, "{} out of order", e.stream_id);
-        *expected += 1;
+    for subscriber in subscribers {
+        let seen = subscriber.await.unwrap();
+        assert_eq!(seen.len(), EVENTS);
+        let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids.len(), EVENTS, "no event is seen twice");
+        assert!(seen.windows(2).all(|w| w[0].global_position < w[1].global_position), "global order");
+        let mut next: HashMap<&str, u64> = HashMap::new();
+        for e in &seen {
+            let expected = next.entry(&e.stream_id).or_insert(0);
+            assert_eq!(e.stream_version, *expected, "{} out of order", e.stream_id);
+            *expected += 1;
+        }
     }
     let stored: usize = {
         let mut n = 0;
@@ -489,3 +497,10 @@ macro_rules! contract {
 
 contract!(in_memory, Arc::new(eventlog::InMemoryEventLog::new()) as Arc<dyn EventLog>);
 contract!(postgres, Arc::new(eventlog::PgEventLog::new(eventlog::testing::fresh_event_log_database().await)) as Arc<dyn EventLog>);
+// The shared reader in front of each adapter keeps every promise of the log.
+contract!(shared_in_memory, Arc::new(eventlog::SharedTail::new(Arc::new(eventlog::InMemoryEventLog::new()))) as Arc<dyn EventLog>);
+contract!(
+    shared_postgres,
+    Arc::new(eventlog::SharedTail::new(Arc::new(eventlog::PgEventLog::new(eventlog::testing::fresh_event_log_database().await))))
+        as Arc<dyn EventLog>
+);

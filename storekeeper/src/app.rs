@@ -68,7 +68,8 @@ pub struct App {
 
 impl App {
     pub async fn start(config: Config, pool: PgPool, listeners: Listeners) -> Result<App> {
-        let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+        // One reader of the log for every part of this process that follows it.
+        let log: Arc<dyn EventLog> = Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone()))));
         let service = CommandService::new(log.clone());
         let jwt = JwtKeys::new(config.jwt_secret.as_bytes());
         let (stop, stop_rx) = watch::channel(false);

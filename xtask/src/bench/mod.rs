@@ -113,7 +113,8 @@ pub fn all(args: &[&str]) -> Result<()> {
     if rerun_in_release("all", args)? {
         return Ok(());
     }
-    let benchmarks: [(&str, fn(&[&str]) -> Result<()>); 4] = [("decide", decide), ("write", write), ("read", read), ("peer", peer)];
+    type Bench = fn(&[&str]) -> Result<()>;
+    let benchmarks: [(&str, Bench); 4] = [("decide", decide), ("write", write), ("read", read), ("peer", peer)];
     for (name, run) in benchmarks {
         println!("==== cargo xtask bench {name} {}", args.join(" "));
         run(args)?;

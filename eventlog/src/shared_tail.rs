@@ -1,0 +1,143 @@
+//! One reader of the log for every consumer in a process.
+//!
+//! The projections, the search indexer, the order process manager and the
+//! relay each follow the whole log, mostly at the same place: catching up
+//! side by side, or at the tail. Read one by one, each read was paid (the
+//! query, the rows, the JSON) once per consumer. `SharedTail` keeps the
+//! ranges recently read from the log, and a read that falls in one is
+//! answered from memory; concurrent reads of a range not yet held wait for
+//! the first of them rather than asking the database again.
+//!
+//! A range is only kept as read, from just after `after` to its last
+//! event: everything up to that event is final (the adapter's `read_all`
+//! never passes an event that may still appear), so an answer from memory
+//! is the answer the log would give. Empty reads are never kept, so a
+//! consumer woken by an append always looks at the log itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{AppendResult, EventLog, EventLogError, Receipt, RecordedEvent, Snapshot, StreamWrite};
+
+/// Events read at once when the log is asked, whatever the caller's limit
+/// (others are likely to want the rest).
+const READ_AHEAD: usize = 2000;
+/// Events held at most; the oldest ranges go first.
+const HELD_EVENTS: usize = 32_000;
+
+struct Range {
+    after: u64,
+    last: u64,
+    events: Arc<Vec<RecordedEvent>>,
+}
+
+pub struct SharedTail {
+    log: Arc<dyn EventLog>,
+    ranges: Mutex<VecDeque<Range>>,
+    /// Reads on their way to the log, by where they start: a read from the
+    /// same place waits for it, then looks in memory again. Reads from
+    /// elsewhere (a consumer far behind) do not wait.
+    reading: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SharedTail {
+    pub fn new(log: Arc<dyn EventLog>) -> Self {
+        SharedTail { log, ranges: Mutex::new(VecDeque::new()), reading: Mutex::new(HashMap::new()) }
+    }
+
+    /// What memory holds after `after`, up to `limit` events, and whether
+    /// that is all up to `limit` (false: a held range ended first).
+    fn held(&self, after: u64, limit: usize) -> Option<(Vec<RecordedEvent>, bool)> {
+        let ranges = self.ranges.lock().expect("shared tail poisoned");
+        let range = ranges.iter().rev().find(|r| r.after <= after && after < r.last)?;
+        let start = range.events.partition_point(|e| e.global_position <= after);
+        let events: Vec<RecordedEvent> = range.events[start..].iter().take(limit).cloned().collect();
+        metrics::counter!("storekeeper_shared_tail_reads_total", "from" => "memory").increment(1);
+        let whole = events.len() == limit;
+        Some((events, whole))
+    }
+
+    /// One step of a read: from memory, else from the log (where a read
+    /// from the same place already on its way is waited for).
+    async fn read_from(&self, after: u64, limit: usize) -> Result<(Vec<RecordedEvent>, bool), EventLogError> {
+        if let Some(held) = self.held(after, limit) {
+            return Ok(held);
+        }
+        let turn = self.reading.lock().expect("shared tail poisoned").entry(after).or_default().clone();
+        let read = async {
+            let _turn = turn.lock().await;
+            if let Some(held) = self.held(after, limit) {
+                return Ok(held);
+            }
+            metrics::counter!("storekeeper_shared_tail_reads_total", "from" => "log").increment(1);
+            let events = self.log.read_all(after, limit.max(READ_AHEAD)).await?;
+            let answer = events.iter().take(limit).cloned().collect();
+            self.keep(after, Arc::new(events));
+            // The log answers everything up to its frontier at once.
+            Ok((answer, true))
+        }
+        .await;
+        // The last reader from here clears the way (an entry left behind
+        // would only cost memory).
+        let mut reading = self.reading.lock().expect("shared tail poisoned");
+        if Arc::strong_count(&turn) <= 2 {
+            reading.remove(&after);
+        }
+        read
+    }
+
+    fn keep(&self, after: u64, events: Arc<Vec<RecordedEvent>>) {
+        let Some(last) = events.last().map(|e| e.global_position) else { return };
+        let mut ranges = self.ranges.lock().expect("shared tail poisoned");
+        ranges.push_back(Range { after, last, events });
+        let mut held: usize = ranges.iter().map(|r| r.events.len()).sum();
+        while held > HELD_EVENTS && ranges.len() > 1 {
+            held -= ranges.pop_front().map_or(0, |r| r.events.len());
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for SharedTail {
+    async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
+        self.log.append_once(writes, receipt).await
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        self.log.read_stream(stream_id, from_version, limit).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        // As the log would answer: everything up to `limit`, so a held
+        // range that ends early is continued from where it ends.
+        let mut answer: Vec<RecordedEvent> = Vec::new();
+        let mut at = after;
+        loop {
+            let (events, whole) = self.read_from(at, limit - answer.len()).await?;
+            answer.extend(events);
+            match answer.last() {
+                Some(last) if !whole && answer.len() < limit => at = last.global_position,
+                _ => return Ok(answer),
+            }
+        }
+    }
+
+    async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
+        self.log.receipt(receipt).await
+    }
+
+    async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
+        self.log.snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+        self.log.save_snapshot(snapshot).await
+    }
+
+    fn appends(&self) -> watch::Receiver<u64> {
+        self.log.appends()
+    }
+}

@@ -7,9 +7,10 @@
 -- conflicting stream, or written whole. An append sees the streams as the
 -- appends before it in the group left them, exactly as if they had
 -- committed one after another. Anything that would fail the statement
--- itself (a duplicate event id, two appends under one receipt) fails the
--- whole group; the caller then runs each append alone, so such an error is
--- reported to the append that caused it and to no other.
+-- itself (a duplicate event id, a value refused, two appends under one
+-- receipt: cardinality_violation) fails the whole group; the caller then
+-- runs each append alone, so such an error is reported to the append that
+-- caused it and to no other.
 --
 -- Locks, in one order every writer follows (so groups running side by
 -- side cannot deadlock): receipt locks by key, then stream locks by name,
@@ -77,6 +78,11 @@ DECLARE
     a_state integer[] := array_fill(0, ARRAY[n_app]);
     a_result jsonb[] := array_fill(NULL::jsonb, ARRAY[n_app]);
 BEGIN
+    -- Two appends under one receipt cannot both be answered by it: the
+    -- caller writes such appends one at a time (see the header).
+    IF (SELECT count(*) <> count(DISTINCT (r.actor, r.key)) FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL) THEN
+        RAISE EXCEPTION 'two appends of one group under the receipt of one request' USING ERRCODE = 'cardinality_violation';
+    END IF;
     FOR k IN SELECT DISTINCT hashtextextended('receipt:' || length(r.actor) || ':' || r.actor || r.key, 0)
                FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock(k);
@@ -163,14 +169,16 @@ BEGIN
     END IF;
 
     -- What each written append answers, and keeps as its receipt.
-    FOR w IN 1 .. n_w LOOP
-        a := p_w_append[w];
-        IF a_state[a] = 0 THEN
-            a_result[a] := coalesce(a_result[a], '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-                'stream', p_w_stream[w],
-                'version', CASE WHEN w_count[w] > 0 THEN coalesce(w_before[w], -1) + w_count[w] ELSE w_before[w] END,
-                'position', base + w_off[w] + w_count[w] - 1));
-        END IF;
+    FOR a, receipt IN
+        SELECT p_w_append[g.i], jsonb_agg(jsonb_build_object(
+                   'stream', p_w_stream[g.i],
+                   'version', CASE WHEN w_count[g.i] > 0 THEN coalesce(w_before[g.i], -1) + w_count[g.i] ELSE w_before[g.i] END,
+                   'position', base + w_off[g.i] + w_count[g.i] - 1) ORDER BY g.i)
+          FROM generate_subscripts(p_w_append, 1) AS g(i)
+         WHERE a_state[p_w_append[g.i]] = 0
+         GROUP BY p_w_append[g.i]
+    LOOP
+        a_result[a] := receipt;
     END LOOP;
     INSERT INTO append_receipts (actor, key, result)
     SELECT p_actor[g.i], p_key[g.i], a_result[g.i] FROM generate_subscripts(p_actor, 1) AS g(i)

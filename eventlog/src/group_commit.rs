@@ -8,9 +8,14 @@
 //! Nothing waits on a timer: a lone append is written at once, and groups
 //! only form when appends outpace the committers.
 //!
-//! When the group's statement fails as a whole (a duplicate event id, two
-//! appends under one receipt, a lost connection), each append is written
-//! again on its own, so an error reaches only the append that caused it.
+//! When the group's statement fails for an append's content (a duplicate
+//! event id, a value the database refuses, two appends under one receipt),
+//! each append is written again on its own, so the error reaches only the
+//! append that caused it. Any other failure (the connection, the pool, a
+//! timeout) is every append's answer: none is written twice.
+//!
+//! An append whose caller gave up before its group formed is not written;
+//! once its group is on its way it is, as a single statement would be.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -54,10 +59,17 @@ struct Queue {
 }
 
 impl Queue {
+    /// The next append whose caller still waits for it (one that gave up
+    /// before its group formed is not written).
     async fn next(&mut self) -> Option<Request> {
-        match self.held.pop_front() {
-            Some(request) => Some(request),
-            None => self.incoming.recv().await,
+        loop {
+            let request = match self.held.pop_front() {
+                Some(request) => request,
+                None => self.incoming.recv().await?,
+            };
+            if !request.reply.is_closed() {
+                return Some(request);
+            }
         }
     }
 
@@ -71,6 +83,9 @@ impl Queue {
         let mut from_held = std::mem::take(&mut self.held);
         while group.len() < MAX_APPENDS {
             let Some(request) = from_held.pop_front().or_else(|| self.incoming.try_recv().ok()) else { break };
+            if request.reply.is_closed() {
+                continue;
+            }
             let duplicate = request.receipt.is_some() && group.iter().any(|g| g.receipt == request.receipt);
             if duplicate || events + request.events() > MAX_EVENTS {
                 keep.push_back(request);
@@ -130,6 +145,17 @@ async fn commit_groups(pool: PgPool, queue: Arc<Mutex<Queue>>) {
                 let request = group.into_iter().next().expect("one request");
                 let _ = request.reply.send(Err(crate::postgres::map_insert_error(error, &request.writes)));
             }
+            // Not caused by any one append (the database is gone, a
+            // timeout): every append of the group gets it. Writing them
+            // again one by one could apply an append whose group did commit
+            // a second time, and would make the last of them wait for
+            // every other's failure.
+            Err(error) if !caused_by_an_append(&error) => {
+                let copies: Vec<sqlx::Error> = (1..group.len()).map(|_| replicate(&error)).collect();
+                for (request, error) in group.into_iter().zip(std::iter::once(error).chain(copies)) {
+                    let _ = request.reply.send(Err(error.into()));
+                }
+            }
             Err(error) => {
                 tracing::debug!(%error, appends = group.len(), "a group failed; writing its appends one by one");
                 for request in group {
@@ -141,6 +167,29 @@ async fn commit_groups(pool: PgPool, queue: Arc<Mutex<Queue>>) {
                 }
             }
         }
+    }
+}
+
+/// Whether a group's failure may come from one of its appends' content
+/// (a duplicate event id, a value the database refuses, two appends under
+/// one receipt), so that writing each alone finds which: integrity and
+/// data errors, cardinality and program limits. Anything else (the
+/// connection, the pool, a timeout, a cancel) is the group's as a whole.
+fn caused_by_an_append(error: &sqlx::Error) -> bool {
+    let Some(code) = error.as_database_error().and_then(|e| e.code()) else { return false };
+    code.starts_with("22") || code.starts_with("23") || code.starts_with("54") || code == "21000"
+}
+
+/// The same failure for another append of the group (`sqlx::Error` is not
+/// `Clone`), of the same kind where callers tell kinds apart (the database
+/// being unavailable answers 503); its text is never shown to a client.
+fn replicate(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        other => sqlx::Error::Protocol(format!("the append's group failed: {other}")),
     }
 }
 

@@ -66,27 +66,18 @@ impl SharedTail {
         if let Some(held) = self.held(after, limit) {
             return Ok(held);
         }
-        let turn = self.reading.lock().expect("shared tail poisoned").entry(after).or_default().clone();
-        let read = async {
-            let _turn = turn.lock().await;
-            if let Some(held) = self.held(after, limit) {
-                return Ok(held);
-            }
-            metrics::counter!("storekeeper_shared_tail_reads_total", "from" => "log").increment(1);
-            let events = self.log.read_all(after, limit.max(READ_AHEAD)).await?;
-            let answer = events.iter().take(limit).cloned().collect();
-            self.keep(after, Arc::new(events));
-            // The log answers everything up to its frontier at once.
-            Ok((answer, true))
+        let turn = Turn::take(self, after);
+        let _turn = turn.lock.lock().await;
+        if let Some(held) = self.held(after, limit) {
+            return Ok(held);
         }
-        .await;
-        // The last reader from here clears the way (an entry left behind
-        // would only cost memory).
-        let mut reading = self.reading.lock().expect("shared tail poisoned");
-        if Arc::strong_count(&turn) <= 2 {
-            reading.remove(&after);
-        }
-        read
+        metrics::counter!("storekeeper_shared_tail_reads_total", "from" => "log").increment(1);
+        // A read of a few events (a point lookup) is not read ahead.
+        let events = self.log.read_all(after, if limit < 100 { limit } else { limit.max(READ_AHEAD) }).await?;
+        let answer = events.iter().take(limit).cloned().collect();
+        self.keep(after, Arc::new(events));
+        // The log answers everything up to its frontier at once.
+        Ok((answer, true))
     }
 
     fn keep(&self, after: u64, events: Arc<Vec<RecordedEvent>>) {
@@ -96,6 +87,30 @@ impl SharedTail {
         let mut held: usize = ranges.iter().map(|r| r.events.len()).sum();
         while held > HELD_EVENTS && ranges.len() > 1 {
             held -= ranges.pop_front().map_or(0, |r| r.events.len());
+        }
+    }
+}
+
+/// A place in the queue of reads from one position; the last to leave
+/// (finished or cancelled) clears the entry.
+struct Turn<'a> {
+    tail: &'a SharedTail,
+    after: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(tail: &'a SharedTail, after: u64) -> Self {
+        let lock = tail.reading.lock().expect("shared tail poisoned").entry(after).or_default().clone();
+        Turn { tail, after, lock }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut reading = self.tail.reading.lock().expect("shared tail poisoned");
+        if reading.get(&self.after).is_some_and(|l| Arc::ptr_eq(l, &self.lock)) && Arc::strong_count(&self.lock) <= 2 {
+            reading.remove(&self.after);
         }
     }
 }

@@ -132,3 +132,25 @@ async fn appends_in_flight_together_are_written_in_shared_transactions() {
     sorted.dedup();
     assert_eq!(sorted.len(), 200, "every append has its own position");
 }
+
+/// A value the database refuses (here a NUL in JSON text) fails only the
+/// append that holds it, not the others written in the same group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_value_fails_only_its_own_append() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+    let writes: Vec<StreamWrite> = (0..60)
+        .map(|i| {
+            let mut w = write(&format!("thing-{}", Uuid::now_v7()));
+            if i == 30 {
+                w.events[0].data = json!({ "text": "a\u{0}b" });
+            }
+            w
+        })
+        .collect();
+    let results = futures::future::join_all(writes.into_iter().map(|w| log.append(vec![w]))).await;
+    assert!(results[30].is_err(), "PostgreSQL refuses NUL in jsonb");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 59, "{results:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 59);
+}

@@ -77,16 +77,21 @@ DECLARE
     a_off bigint[] := array_fill(NULL::bigint, ARRAY[n_app]);
     a_state integer[] := array_fill(0, ARRAY[n_app]);
     a_result jsonb[] := array_fill(NULL::jsonb, ARRAY[n_app]);
+    -- Whether any append has a receipt: the receipt statements are skipped
+    -- otherwise (each statement is a good part of a small append's cost).
+    keyed boolean := array_remove(p_key, NULL) <> '{}'::text[];
 BEGIN
-    -- Two appends under one receipt cannot both be answered by it: the
-    -- caller writes such appends one at a time (see the header).
-    IF (SELECT count(*) <> count(DISTINCT (r.actor, r.key)) FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL) THEN
-        RAISE EXCEPTION 'two appends of one group under the receipt of one request' USING ERRCODE = 'cardinality_violation';
+    IF keyed THEN
+        -- Two appends under one receipt cannot both be answered by it: the
+        -- caller writes such appends one at a time (see the header).
+        IF (SELECT count(*) <> count(DISTINCT (r.actor, r.key)) FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL) THEN
+            RAISE EXCEPTION 'two appends of one group under the receipt of one request' USING ERRCODE = 'cardinality_violation';
+        END IF;
+        FOR k IN SELECT DISTINCT hashtextextended('receipt:' || length(r.actor) || ':' || r.actor || r.key, 0)
+                   FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL ORDER BY 1 LOOP
+            PERFORM pg_advisory_xact_lock(k);
+        END LOOP;
     END IF;
-    FOR k IN SELECT DISTINCT hashtextextended('receipt:' || length(r.actor) || ':' || r.actor || r.key, 0)
-               FROM unnest(p_actor, p_key) AS r(actor, key) WHERE r.key IS NOT NULL ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(k);
-    END LOOP;
     FOR s IN SELECT DISTINCT x FROM unnest(p_w_stream) AS x ORDER BY x LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended(s, 0));
     END LOOP;
@@ -168,26 +173,36 @@ BEGIN
          WHERE w_off[t.w] IS NOT NULL;
     END IF;
 
-    -- What each written append answers, and keeps as its receipt.
-    FOR a, receipt IN
-        SELECT p_w_append[g.i], jsonb_agg(jsonb_build_object(
-                   'stream', p_w_stream[g.i],
-                   'version', CASE WHEN w_count[g.i] > 0 THEN coalesce(w_before[g.i], -1) + w_count[g.i] ELSE w_before[g.i] END,
-                   'position', base + w_off[g.i] + w_count[g.i] - 1) ORDER BY g.i)
+    -- What each written append with a receipt keeps as it.
+    IF keyed THEN
+        FOR a, receipt IN
+            SELECT p_w_append[g.i], jsonb_agg(jsonb_build_object(
+                       'stream', p_w_stream[g.i],
+                       'version', CASE WHEN w_count[g.i] > 0 THEN coalesce(w_before[g.i], -1) + w_count[g.i] ELSE w_before[g.i] END,
+                       'position', base + w_off[g.i] + w_count[g.i] - 1) ORDER BY g.i)
+              FROM generate_subscripts(p_w_append, 1) AS g(i)
+             WHERE a_state[p_w_append[g.i]] = 0 AND p_key[p_w_append[g.i]] IS NOT NULL AND a_off[p_w_append[g.i]] IS NOT NULL
+             GROUP BY p_w_append[g.i]
+        LOOP
+            INSERT INTO append_receipts (actor, key, result) VALUES (p_actor[a], p_key[a], receipt)
+            ON CONFLICT (actor, key) DO UPDATE SET result = EXCLUDED.result, recorded_at = now();
+        END LOOP;
+    END IF;
+
+    -- Written appends answer from their writes, the others from their
+    -- receipt or their conflict.
+    RETURN QUERY
+    SELECT u.a, u.s, u.v, u.p, u.c, u.r FROM (
+        SELECT p_w_append[g.i] AS a, g.i::bigint AS o, p_w_stream[g.i] AS s,
+               CASE WHEN w_count[g.i] > 0 THEN coalesce(w_before[g.i], -1) + w_count[g.i] ELSE w_before[g.i] END AS v,
+               base + w_off[g.i] + w_count[g.i] - 1 AS p, false AS c, false AS r
           FROM generate_subscripts(p_w_append, 1) AS g(i)
          WHERE a_state[p_w_append[g.i]] = 0
-         GROUP BY p_w_append[g.i]
-    LOOP
-        a_result[a] := receipt;
-    END LOOP;
-    INSERT INTO append_receipts (actor, key, result)
-    SELECT p_actor[g.i], p_key[g.i], a_result[g.i] FROM generate_subscripts(p_actor, 1) AS g(i)
-     WHERE a_state[g.i] = 0 AND p_key[g.i] IS NOT NULL AND a_off[g.i] IS NOT NULL
-    ON CONFLICT (actor, key) DO UPDATE SET result = EXCLUDED.result, recorded_at = now();
-
-    RETURN QUERY
-    SELECT g.i, r.x->>'stream', (r.x->>'version')::bigint, (r.x->>'position')::bigint, a_state[g.i] = 1, a_state[g.i] = 2
-      FROM generate_subscripts(p_actor, 1) AS g(i), jsonb_array_elements(a_result[g.i]) WITH ORDINALITY AS r(x, o)
-     ORDER BY g.i, r.o;
+        UNION ALL
+        SELECT g.i, x.o, x.j->>'stream', (x.j->>'version')::bigint, (x.j->>'position')::bigint, a_state[g.i] = 1, a_state[g.i] = 2
+          FROM generate_subscripts(p_actor, 1) AS g(i), jsonb_array_elements(a_result[g.i]) WITH ORDINALITY AS x(j, o)
+         WHERE a_state[g.i] <> 0
+    ) u
+    ORDER BY u.a, u.o;
 END;
 $$;

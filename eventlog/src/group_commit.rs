@@ -40,6 +40,7 @@ const COMMITTERS: usize = 1;
 fn committers() -> usize {
     std::env::var("STOREKEEPER_APPEND_COMMITTERS").ok().and_then(|v| v.parse().ok()).filter(|n| (1..=64).contains(n)).unwrap_or(COMMITTERS)
 }
+
 /// A group takes at most this many appends, and this many events unless
 /// its first append alone has more.
 const MAX_APPENDS: usize = 512;
@@ -127,7 +128,7 @@ impl GroupCommit {
             let (sender, incoming) = mpsc::unbounded_channel();
             let queue = Arc::new(Mutex::new(Queue { incoming, held: VecDeque::new() }));
             for _ in 0..committers() {
-                tokio::spawn(commit_groups(self.pool.clone(), queue.clone()));
+                tokio::spawn(supervise(self.pool.clone(), queue.clone()));
             }
             sender
         });
@@ -139,6 +140,18 @@ impl GroupCommit {
 
 fn gone() -> EventLogError {
     EventLogError::Backend("the event log's committers have stopped".into())
+}
+
+/// Keeps a committer running: one that panicked is started again (its
+/// group's callers get an error, the appends queued behind it are written),
+/// instead of leaving the process unable to write.
+async fn supervise(pool: PgPool, queue: Arc<Mutex<Queue>>) {
+    while let Err(error) = tokio::spawn(commit_groups(pool.clone(), queue.clone())).await {
+        if !error.is_panic() {
+            return;
+        }
+        tracing::error!(%error, "an event log committer panicked; starting it again");
+    }
 }
 
 async fn commit_groups(pool: PgPool, queue: Arc<Mutex<Queue>>) {

@@ -2,6 +2,7 @@
 //! stream version, so applying an event twice would change nothing even
 //! without the runner's checkpoint.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,6 +25,34 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(SalesProjection),
         Arc::new(AuditProjection),
     ]
+}
+
+/// The batch's events of one kind, with their entity id, stream version and
+/// time, leaving out those the read model has already (by version).
+async fn unseen<'a, E: 'a>(
+    tx: &mut PgConnection,
+    table: &str,
+    events: &'a [(&RecordedEvent, DomainEvent)],
+    pick: impl Fn(&'a DomainEvent) -> Option<&'a E>,
+) -> Result<Vec<(uuid::Uuid, i64, chrono::DateTime<chrono::Utc>, &'a E)>, ApplyError> {
+    let mut mine = Vec::new();
+    for (event, decoded) in events {
+        if let Some(e) = pick(decoded) {
+            mine.push((entity_id(&event.stream_id)?, event.stream_version as i64, event.recorded_at, e));
+        }
+    }
+    if mine.is_empty() {
+        return Ok(mine);
+    }
+    let ids: Vec<uuid::Uuid> = mine.iter().map(|m| m.0).collect();
+    let current: HashMap<uuid::Uuid, i64> = sqlx::query_as(&format!("SELECT id, version FROM {table} WHERE id = ANY($1)"))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    mine.retain(|(id, version, _, _)| current.get(id).is_none_or(|v| v < version));
+    Ok(mine)
 }
 
 pub struct ProductsProjection;
@@ -114,32 +143,16 @@ impl Projection for ProductsProjection {
             version: i64,
             at: Option<chrono::DateTime<chrono::Utc>>,
         }
-        let mut ids = Vec::new();
-        for (event, decoded) in events {
-            if let DomainEvent::Product(_) = decoded {
-                ids.push(entity_id(&event.stream_id)?);
-            }
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let current: std::collections::HashMap<uuid::Uuid, i64> = sqlx::query_as("SELECT id, version FROM rm_products WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+        let mine = unseen(tx, "rm_products", events, |d| match d {
+            DomainEvent::Product(e) => Some(e),
+            _ => None,
+        })
+        .await?;
         let mut added: Vec<(uuid::Uuid, &ProductAdded, i64, chrono::DateTime<chrono::Utc>)> = Vec::new();
-        let mut net: std::collections::BTreeMap<uuid::Uuid, Net> = std::collections::BTreeMap::new();
-        for (event, decoded) in events {
-            let DomainEvent::Product(e) = decoded else { continue };
-            let id = entity_id(&event.stream_id)?;
-            let version = event.stream_version as i64;
-            if current.get(&id).is_some_and(|v| *v >= version) {
-                continue;
-            }
+        let mut net: BTreeMap<uuid::Uuid, Net> = BTreeMap::new();
+        for (id, version, at, e) in mine {
             if let ProductEvent::Added(a) = e {
-                added.push((id, a, version, event.recorded_at));
+                added.push((id, a, version, at));
                 continue;
             }
             let n = net.entry(id).or_default();
@@ -158,7 +171,7 @@ impl Projection for ProductsProjection {
                 ProductEvent::Discontinued(_) => n.status = Some("discontinued"),
             }
             n.version = version;
-            n.at = Some(event.recorded_at);
+            n.at = Some(at);
         }
         if !added.is_empty() {
             sqlx::query(
@@ -265,6 +278,87 @@ impl Projection for CustomersProjection {
         Ok(())
     }
 
+    /// One insert for the batch's new customers and one update carrying
+    /// each other customer's net change, as for products.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        #[derive(Default)]
+        struct Net {
+            email: Option<String>,
+            address: Option<String>,
+            status: Option<&'static str>,
+            version: i64,
+            at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let mine = unseen(tx, "rm_customers", events, |d| match d {
+            DomainEvent::Customer(e) => Some(e),
+            _ => None,
+        })
+        .await?;
+        let mut added = Vec::new();
+        let mut net: BTreeMap<uuid::Uuid, Net> = BTreeMap::new();
+        for (id, version, at, e) in mine {
+            let n = match e {
+                CustomerEvent::Registered(r) => {
+                    added.push((id, r, version, at));
+                    continue;
+                }
+                CustomerEvent::EmailChanged(c) => {
+                    let n = net.entry(id).or_default();
+                    n.email = Some(c.email.as_str().to_owned());
+                    n
+                }
+                CustomerEvent::ShippingAddressUpdated(u) => {
+                    let n = net.entry(id).or_default();
+                    n.address = Some(json!(u.shipping_address).to_string());
+                    n
+                }
+                CustomerEvent::Deactivated(_) => {
+                    let n = net.entry(id).or_default();
+                    n.status = Some("deactivated");
+                    n
+                }
+            };
+            n.version = version;
+            n.at = Some(at);
+        }
+        if !added.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_customers (id, email, name, shipping_address, status, version, updated_at)
+                 SELECT id, email, name, address::jsonb, 'active', version, at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
+                        AS t(id, email, name, address, version, at)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(added.iter().map(|a| a.0).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.email.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.name.as_str()).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.1.shipping_address.as_ref().map(|s| json!(s).to_string())).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.2).collect::<Vec<_>>())
+            .bind(added.iter().map(|a| a.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !net.is_empty() {
+            sqlx::query(
+                "UPDATE rm_customers c
+                    SET email = coalesce(u.email, c.email), shipping_address = coalesce(u.address::jsonb, c.shipping_address),
+                        status = coalesce(u.status, c.status), version = u.version, updated_at = u.at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
+                        AS u(id, email, address, status, version, at)
+                  WHERE c.id = u.id AND c.version < u.version",
+            )
+            .bind(net.keys().copied().collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.email.clone()).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.address.clone()).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.status).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.version).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["rm_customers"]
     }
@@ -288,18 +382,13 @@ impl Projection for OrdersProjection {
         let at = event.recorded_at;
         let status = match e {
             OrderEvent::Placed(p) => {
-                let lines: Vec<_> = p
-                    .lines
-                    .iter()
-                    .map(|l| json!({"product_id": l.product_id, "quantity": l.quantity, "unit_price": l.unit_price, "line_total": l.line_total}))
-                    .collect();
                 sqlx::query(
                     "INSERT INTO rm_orders (id, customer_id, status, lines, total_minor, currency, shipping_address, placed_at, version, updated_at)
                      VALUES ($1, $2, 'placed', $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(id)
                 .bind(p.customer_id)
-                .bind(json!(lines))
+                .bind(order_lines(p))
                 .bind(p.total.amount_minor)
                 .bind(p.total.currency.as_str())
                 .bind(json!(p.shipping_address))
@@ -309,13 +398,7 @@ impl Projection for OrdersProjection {
                 .await?;
                 return Ok(());
             }
-            OrderEvent::LineReserved(_) | OrderEvent::ReservationDiscarded(_) => None,
-            OrderEvent::Confirmed(_) => Some("confirmed"),
-            OrderEvent::Rejected(_) => Some("rejected"),
-            OrderEvent::Paid(_) => Some("paid"),
-            OrderEvent::Shipped(_) => Some("shipped"),
-            OrderEvent::Delivered(_) => Some("delivered"),
-            OrderEvent::Cancelled(_) => Some("cancelled"),
+            other => order_status(other),
         };
         sqlx::query("UPDATE rm_orders SET status = coalesce($3, status), version = $2, updated_at = $4 WHERE id = $1 AND version < $2")
             .bind(id)
@@ -327,8 +410,86 @@ impl Projection for OrdersProjection {
         Ok(())
     }
 
+    /// One insert for the batch's new orders and one update carrying each
+    /// other order's last status.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        let mine = unseen(tx, "rm_orders", events, |d| match d {
+            DomainEvent::Order(e) => Some(e),
+            _ => None,
+        })
+        .await?;
+        let mut placed = Vec::new();
+        let mut net: BTreeMap<uuid::Uuid, (Option<&'static str>, i64, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
+        for (id, version, at, e) in mine {
+            if let OrderEvent::Placed(p) = e {
+                placed.push((id, p, version, at));
+                continue;
+            }
+            let n = net.entry(id).or_insert((None, version, at));
+            n.0 = order_status(e).or(n.0);
+            n.1 = version;
+            n.2 = at;
+        }
+        if !placed.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_orders (id, customer_id, status, lines, total_minor, currency, shipping_address, placed_at, version, updated_at)
+                 SELECT id, customer_id, 'placed', lines::jsonb, total_minor, currency, address::jsonb, at, version, at
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::timestamptz[], $8::bigint[])
+                        AS t(id, customer_id, lines, total_minor, currency, address, at, version)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(placed.iter().map(|p| p.0).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| p.1.customer_id).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| order_lines(p.1).to_string()).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| p.1.total.amount_minor).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| p.1.total.currency.as_str()).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| json!(p.1.shipping_address).to_string()).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| p.3).collect::<Vec<_>>())
+            .bind(placed.iter().map(|p| p.2).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !net.is_empty() {
+            sqlx::query(
+                "UPDATE rm_orders o SET status = coalesce(u.status, o.status), version = u.version, updated_at = u.at
+                   FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u(id, status, version, at)
+                  WHERE o.id = u.id AND o.version < u.version",
+            )
+            .bind(net.keys().copied().collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.0).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.1).collect::<Vec<_>>())
+            .bind(net.values().map(|n| n.2).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["rm_orders"]
+    }
+}
+
+/// An order's lines as the read model shows them.
+fn order_lines(placed: &domain::order::OrderPlaced) -> serde_json::Value {
+    placed
+        .lines
+        .iter()
+        .map(|l| json!({"product_id": l.product_id, "quantity": l.quantity, "unit_price": l.unit_price, "line_total": l.line_total}))
+        .collect()
+}
+
+/// The status an order event leaves the order in, for those that change it.
+fn order_status(event: &OrderEvent) -> Option<&'static str> {
+    match event {
+        OrderEvent::Placed(_) => Some("placed"),
+        OrderEvent::LineReserved(_) | OrderEvent::ReservationDiscarded(_) => None,
+        OrderEvent::Confirmed(_) => Some("confirmed"),
+        OrderEvent::Rejected(_) => Some("rejected"),
+        OrderEvent::Paid(_) => Some("paid"),
+        OrderEvent::Shipped(_) => Some("shipped"),
+        OrderEvent::Delivered(_) => Some("delivered"),
+        OrderEvent::Cancelled(_) => Some("cancelled"),
     }
 }
 
@@ -416,6 +577,119 @@ impl Projection for SalesProjection {
             OrderEvent::Cancelled(_) => Self::book(tx, order, -1, None).await,
             _ => Ok(()),
         }
+    }
+
+    /// One read of the batch's orders, the bookings summed in memory, then
+    /// one upsert per table. Keys whose sums come to zero are still written,
+    /// as booking and taking back event by event would leave them.
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        struct Remembered {
+            lines: Vec<(uuid::Uuid, i64, i64)>,
+            paid_day: Option<chrono::NaiveDate>,
+            currency: String,
+            changed: bool,
+        }
+        let mut mine = Vec::new();
+        for (event, decoded) in events {
+            if let DomainEvent::Order(e @ (OrderEvent::Placed(_) | OrderEvent::Paid(_) | OrderEvent::Cancelled(_))) = decoded {
+                mine.push((entity_id(&event.stream_id)?, event.occurred_at.date_naive(), e));
+            }
+        }
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = mine.iter().map(|m| m.0).collect();
+        let rows: Vec<(uuid::Uuid, serde_json::Value, Option<chrono::NaiveDate>, String)> =
+            sqlx::query_as("SELECT order_id, lines, paid_day, currency FROM rm_sales_orders WHERE order_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut orders = HashMap::new();
+        for (id, lines, paid_day, currency) in rows {
+            let lines = serde_json::from_value(lines).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+            orders.insert(id, Remembered { lines, paid_day, currency, changed: false });
+        }
+        let mut daily: BTreeMap<(chrono::NaiveDate, String), (i64, i128, i128)> = BTreeMap::new();
+        let mut by_product: BTreeMap<(chrono::NaiveDate, uuid::Uuid, String), (i128, i128)> = BTreeMap::new();
+        for (id, day, e) in mine {
+            let (sign, day) = match e {
+                OrderEvent::Placed(p) => {
+                    orders.entry(id).or_insert_with(|| Remembered {
+                        lines: p.lines.iter().map(|l| (l.product_id, i64::from(l.quantity), l.line_total.amount_minor)).collect(),
+                        paid_day: None,
+                        currency: p.total.currency.as_str().to_owned(),
+                        changed: true,
+                    });
+                    continue;
+                }
+                OrderEvent::Paid(_) => (1, day),
+                _ => (-1, day),
+            };
+            let Some(order) = orders.get_mut(&id) else { continue };
+            let day = match (sign, order.paid_day) {
+                (1, None) => day,
+                (-1, Some(paid_day)) => paid_day,
+                _ => continue,
+            };
+            let d = daily.entry((day, order.currency.clone())).or_default();
+            d.0 += sign;
+            for (product, quantity, total) in &order.lines {
+                let (quantity, total) = (i128::from(sign) * i128::from(*quantity), i128::from(sign) * i128::from(*total));
+                d.1 += quantity;
+                d.2 += total;
+                let p = by_product.entry((day, *product, order.currency.clone())).or_default();
+                p.0 += quantity;
+                p.1 += total;
+            }
+            order.paid_day = (sign > 0).then_some(day);
+            order.changed = true;
+        }
+        let changed: Vec<(&uuid::Uuid, &Remembered)> = orders.iter().filter(|(_, o)| o.changed).collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO rm_sales_orders (order_id, lines, paid_day, currency)
+             SELECT id, lines::jsonb, paid_day, currency FROM unnest($1::uuid[], $2::text[], $3::date[], $4::text[]) AS t(id, lines, paid_day, currency)
+             ON CONFLICT (order_id) DO UPDATE SET paid_day = EXCLUDED.paid_day",
+        )
+        .bind(changed.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, o)| json!(o.lines).to_string()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, o)| o.paid_day).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, o)| o.currency.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        if !daily.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_sales_daily (day, currency, orders, units, revenue_minor)
+                 SELECT day, currency, orders, units::bigint, revenue::numeric
+                   FROM unnest($1::date[], $2::text[], $3::bigint[], $4::text[], $5::text[]) AS t(day, currency, orders, units, revenue)
+                 ON CONFLICT (day, currency) DO UPDATE SET orders = rm_sales_daily.orders + EXCLUDED.orders,
+                     units = rm_sales_daily.units + EXCLUDED.units, revenue_minor = rm_sales_daily.revenue_minor + EXCLUDED.revenue_minor",
+            )
+            .bind(daily.keys().map(|k| k.0).collect::<Vec<_>>())
+            .bind(daily.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind(daily.values().map(|v| v.0).collect::<Vec<_>>())
+            .bind(daily.values().map(|v| v.1.to_string()).collect::<Vec<_>>())
+            .bind(daily.values().map(|v| v.2.to_string()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO rm_sales_by_product (day, product_id, currency, units, revenue_minor)
+                 SELECT day, product_id, currency, units::bigint, revenue::numeric
+                   FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::text[]) AS t(day, product_id, currency, units, revenue)
+                 ON CONFLICT (day, product_id, currency) DO UPDATE SET units = rm_sales_by_product.units + EXCLUDED.units,
+                     revenue_minor = rm_sales_by_product.revenue_minor + EXCLUDED.revenue_minor",
+            )
+            .bind(by_product.keys().map(|k| k.0).collect::<Vec<_>>())
+            .bind(by_product.keys().map(|k| k.1).collect::<Vec<_>>())
+            .bind(by_product.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
+            .bind(by_product.values().map(|v| v.0.to_string()).collect::<Vec<_>>())
+            .bind(by_product.values().map(|v| v.1.to_string()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -463,7 +463,9 @@ fn mixed_log(dice: &mut Dice) -> Vec<(RecordedEvent, DomainEvent)> {
     let customers: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let products: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let orders: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
-    let mut streams: Vec<(String, u64, Vec<(&str, serde_json::Value)>)> = Vec::new();
+    // Each stream: its id, how many of its events are in the log, its events.
+    type Stream = (String, u64, Vec<(&'static str, serde_json::Value)>);
+    let mut streams: Vec<Stream> = Vec::new();
     // ProductAdded is stored at version 2; every other type here at 1.
     let version_of = |event_type: &str| if event_type == "ProductAdded" { 2 } else { 1 };
     for (i, id) in customers.iter().enumerate() {

@@ -1,6 +1,7 @@
-//! A product history to project: products with their events appended
-//! straight into the log, named from small word lists that the read
-//! benchmark's searches draw on too.
+//! A history to project: products with their events, and beside every
+//! second product a customer with an order paid for it (some cancelled),
+//! appended straight into the log. Products are named from small word lists
+//! that the read benchmark's searches draw on too.
 
 use std::sync::Arc;
 
@@ -21,8 +22,9 @@ fn product_name(i: usize) -> String {
     format!("{} {} {}", ADJECTIVES[i % 16], ADJECTIVES[(i / 16) % 16], NOUNS[(i / 256) % 16])
 }
 
-/// Appends `products` products with `per_product` events each, straight
-/// into the log in batches, as a history to project.
+/// Appends `products` products with `per_product` events each and, for
+/// every second product, a customer (2 events) and an order (3 events),
+/// straight into the log in batches, as a history to project.
 pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_product: usize) -> Result<Vec<Uuid>> {
     use domain::product::{ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked};
     let ids: Arc<Vec<Uuid>> = Arc::new((0..products).map(|_| Uuid::now_v7()).collect());
@@ -58,6 +60,9 @@ pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_produ
                         }
                         let events = NewEvent::encode_all(&events, &metadata);
                         writes.push(StreamWrite { stream_id: format!("product-{id}"), expected: ExpectedVersion::NoStream, events });
+                        if i.is_multiple_of(2) {
+                            writes.extend(customer_with_order(i, id, &metadata));
+                        }
                     }
                     log.append(writes).await?;
                 }
@@ -69,4 +74,55 @@ pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_produ
         task.await??;
     }
     Ok(Arc::try_unwrap(ids).unwrap_or_else(|ids| (*ids).clone()))
+}
+
+/// A customer who registers, moves, and orders two of product `product`
+/// and one other, paying for the order; every eighth order is cancelled
+/// after payment, the rest shipped.
+fn customer_with_order(i: usize, product: Uuid, metadata: &Metadata) -> [StreamWrite; 2] {
+    use domain::customer::{CustomerEvent, CustomerRegistered, CustomerShippingAddressUpdated};
+    use domain::order::{OrderCancelled, OrderEvent, OrderLine, OrderPaid, OrderPlaced, OrderShipped};
+    let (customer, order) = (Uuid::now_v7(), Uuid::now_v7());
+    let address = |street: usize| domain::Address {
+        line1: format!("{street} Main St"),
+        line2: None,
+        city: "Springfield".into(),
+        postal_code: "12345".into(),
+        country: "US".into(),
+    };
+    let money = |amount: i64| domain::Money::new(amount, domain::Currency::usd());
+    let customer_events = [
+        CustomerEvent::Registered(CustomerRegistered {
+            customer_id: customer,
+            email: domain::Email::parse(&format!("bench-{i}@example.com")).expect("valid email"),
+            name: format!("Customer {i}"),
+            shipping_address: Some(address(i)),
+        }),
+        CustomerEvent::ShippingAddressUpdated(CustomerShippingAddressUpdated { shipping_address: address(i + 1) }),
+    ];
+    let lines = vec![
+        OrderLine { product_id: product, quantity: 2, unit_price: money(500), line_total: money(1000) },
+        OrderLine { product_id: Uuid::from_u128(i as u128 % 97), quantity: 1, unit_price: money(250), line_total: money(250) },
+    ];
+    let order_events = [
+        OrderEvent::Placed(OrderPlaced { order_id: order, customer_id: customer, lines, total: money(1250), shipping_address: address(i) }),
+        OrderEvent::Paid(OrderPaid { provider_event_id: format!("bench-{i}"), amount: money(1250) }),
+        if i.is_multiple_of(16) {
+            OrderEvent::Cancelled(OrderCancelled { reason: "changed mind".into(), release_products: vec![] })
+        } else {
+            OrderEvent::Shipped(OrderShipped { carrier: "UPS".into(), tracking_number: format!("1Z{i}") })
+        },
+    ];
+    [
+        StreamWrite {
+            stream_id: format!("customer-{customer}"),
+            expected: ExpectedVersion::NoStream,
+            events: NewEvent::encode_all(&customer_events, metadata),
+        },
+        StreamWrite {
+            stream_id: format!("order-{order}"),
+            expected: ExpectedVersion::NoStream,
+            events: NewEvent::encode_all(&order_events, metadata),
+        },
+    ]
 }

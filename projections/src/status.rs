@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// How far each of `names` has applied the log (`None`: it never ran).
-pub async fn progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progress>>, sqlx::Error> {
+pub async fn progress(conn: impl sqlx::PgExecutor<'_>, names: &[&str]) -> Result<Vec<Option<Progress>>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         projection: String,
@@ -22,7 +22,7 @@ pub async fn progress(pool: &PgPool, names: &[&str]) -> Result<Vec<Option<Progre
           WHERE c.projection = ANY($1)",
     )
     .bind(names)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(names
         .iter()

@@ -594,3 +594,74 @@ async fn each_read_model_is_the_same_applied_in_batches_of_any_size_as_event_by_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_compares_the_live_view_with_the_log_while_both_move_and_names_each_row_that_differs() {
+    let (pool, log, service) = setup().await;
+    let ids = add_products(&service, 30).await;
+    let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection)], 50);
+    caught_up(&pool, &log, PRODUCTS).await;
+    let projection = projections::ProductsProjection;
+    assert!(matches!(
+        projections::verify(&pool, &*log, &projections::CustomersProjection).await,
+        Err(projections::VerifyError::NotStarted(_))
+    ));
+
+    // Writes go on while it verifies: it compares at one position of the
+    // live view, whatever that is by then.
+    let writer = {
+        let (service, ids) = (service.clone(), ids.clone());
+        tokio::spawn(async move {
+            for round in 0..10u32 {
+                for id in &ids {
+                    service
+                        .execute::<ProductAggregate>(*id, ProductCommand::Restock { quantity: round + 1 }, None, &metadata())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    while !writer.is_finished() {
+        let found = projections::verify(&pool, &*log, &projection).await.unwrap();
+        assert!(found.matches(), "{found:?}");
+        assert!(found.events >= 30, "{found:?}");
+    }
+    writer.await.unwrap();
+    caught_up(&pool, &log, PRODUCTS).await;
+
+    // Tampered behind its back: one row changed, one deleted, one made up.
+    sqlx::query("UPDATE rm_products SET stock = stock + 1 WHERE id = $1").bind(ids[0]).execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM rm_products WHERE id = $1").bind(ids[1]).execute(&pool).await.unwrap();
+    let made_up = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO rm_products (id, sku, name, description, category, price_minor, currency, stock, status, version, updated_at)
+         VALUES ($1, 'FAKE-1', 'Fake', '', 'c', 1, 'USD', 1, 'active', 1, now())",
+    )
+    .bind(made_up)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let found = projections::verify(&pool, &*log, &projection).await.unwrap();
+    assert!(!found.matches());
+    assert_eq!(found.differing_rows, 4, "{found:?}");
+    let sides = |id: Uuid| -> Vec<&str> {
+        let mut sides: Vec<&str> = found.differences.iter().filter(|d| d.row["id"] == id.to_string()).map(|d| d.only_in.as_str()).collect();
+        sides.sort();
+        sides
+    };
+    assert_eq!(sides(ids[0]), ["live", "log"], "{found:?}");
+    assert_eq!(sides(ids[1]), ["log"], "{found:?}");
+    assert_eq!(sides(made_up), ["live"], "{found:?}");
+    assert!(found.differences.iter().all(|d| d.table == "rm_products"));
+
+    // One verification of a projection at a time; the scratch tables go.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('verify:products', 0))").execute(&mut *holder).await.unwrap();
+    assert!(matches!(projections::verify(&pool, &*log, &projection).await, Err(projections::VerifyError::Busy(_))));
+    drop(holder.detach());
+    let scratch: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'verify\\_%'").fetch_one(&pool).await.unwrap();
+    assert_eq!(scratch, 0);
+    stop(running).await;
+}

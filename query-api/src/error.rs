@@ -15,6 +15,8 @@ pub enum ApiError {
     NotYetConsistent(u64),
     #[error("the {0} read model cannot show this write: one of its events is parked as a dead letter (see /v1/projections)")]
     ProjectionDegraded(String),
+    #[error("projection {0} is being verified already; try again when that is done")]
+    VerifyInProgress(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -34,6 +36,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
+            ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Problem::new(status, code, self.to_string())

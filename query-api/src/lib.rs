@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream_id}/events", get(reports::stream_events))
         .route("/v1/audit", get(reports::audit))
         .route("/v1/projections", get(reports::list_projections))
+        .route("/v1/projections/{name}/verify", get(reports::verify_projection))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone())
         .merge(edge::health::routes(state.pool.clone()));

@@ -7,7 +7,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use crate::reports::{AuditQuery, HistoryQuery, SalesQuery};
-use crate::responses::{AuditEntry, Customer, History, Order, Page, Product, Projection, SalesItem, SearchResults};
+use crate::responses::{AuditEntry, Customer, History, Order, Page, Product, Projection, SalesItem, SearchResults, Verified};
 use crate::time_travel::AtQuery;
 use crate::{orders::OrderFilter, products::ProductFilter, products::SearchQuery};
 
@@ -70,6 +70,14 @@ fn operations() -> Vec<Op> {
         ),
         op("/v1/audit", "The audit trail across all streams", "admin", Some(inline::<AuditQuery>), schema::<Page<AuditEntry>>, true),
         op("/v1/projections", "Every projection's version, position, lag and state", "admin", None, schema::<Page<Projection>>, false),
+        op(
+            "/v1/projections/{name}/verify",
+            "Folds the log beside a projection's live tables and lists the rows that differ",
+            "admin",
+            None,
+            schema::<Verified>,
+            false,
+        ),
     ]
 }
 

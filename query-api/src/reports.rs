@@ -12,7 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::params::{check_year, limit};
-use crate::responses::{AuditEntry, History, Page, Projection, ProjectionVersion, SalesItem, Total};
+use crate::responses::{AuditEntry, History, Page, Projection, ProjectionVersion, SalesItem, Total, Verified};
 use crate::{ApiError, AppState, wait_for_tokens};
 
 #[derive(Deserialize, JsonSchema)]
@@ -161,4 +161,17 @@ pub async fn list_projections(State(state): State<AppState>, _: Admin) -> Result
         last_error: None,
     });
     Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// Folds the log beside a projection's live tables and compares them row
+/// by row: for admins only. Answers 200 either way; `matches` says which.
+pub async fn verify_projection(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<Json<Verified>, ApiError> {
+    let projection = projections::all().into_iter().find(|p| p.name() == name).ok_or(ApiError::NotFound("projection"))?;
+    let verification = projections::verify(&state.pool, &*state.log, &*projection).await.map_err(|e| match e {
+        projections::VerifyError::NotStarted(_) => ApiError::NotFound("projection"),
+        projections::VerifyError::Busy(name) => ApiError::VerifyInProgress(name),
+        projections::VerifyError::Database(e) => e.into(),
+        projections::VerifyError::Log(e) => e.into(),
+    })?;
+    Ok(Json(Verified { matches: verification.matches(), verification }))
 }

@@ -160,3 +160,12 @@ pub enum ProjectionVersion {
     Number(i32),
     Name(String),
 }
+
+/// A projection's live view compared with a fresh fold of the log.
+#[derive(Serialize, JsonSchema)]
+pub struct Verified {
+    /// Whether the live view is exactly the fold of the log.
+    pub matches: bool,
+    #[serde(flatten)]
+    pub verification: projections::Verification,
+}

@@ -149,6 +149,14 @@ pub enum ProjectionsAction {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Folds the log afresh beside a projection's live tables (every
+    /// PostgreSQL read model when no name is given), compares them row by
+    /// row and prints the rows that differ; exits 1 on any difference.
+    Verify {
+        name: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(Args, Clone)]

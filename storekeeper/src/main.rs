@@ -231,8 +231,60 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 "rebuild of {name} requested: the running workers build it beside the live tables and swap it in (watch `storekeeper projections list`)"
             );
         }
+        ProjectionsAction::Verify { name, db } => {
+            let (_cluster, pool) = open(&db, false).await?;
+            let chosen: Vec<_> = projections::all().into_iter().filter(|p| name.as_deref().is_none_or(|n| n == p.name())).collect();
+            if chosen.is_empty() {
+                let name = name.unwrap_or_default();
+                if name == projections::names::SEARCH {
+                    bail!(
+                        "the search index cannot be verified yet; rebuild it with `storekeeper projections rebuild` on the query API's node"
+                    );
+                }
+                bail!("no projection is called {name}");
+            }
+            let log = PgEventLog::new(pool.clone());
+            let mut differ = Vec::new();
+            for projection in chosen {
+                let found =
+                    projections::verify(&pool, &log, &*projection).await.with_context(|| format!("verify {}", projection.name()))?;
+                print_verification(&found);
+                if !found.matches() {
+                    differ.push(found.projection);
+                }
+            }
+            if !differ.is_empty() {
+                bail!("{} differ from the log: mend with `storekeeper projections rebuild NAME`", differ.join(", "));
+            }
+        }
     }
     Ok(())
+}
+
+fn print_verification(found: &projections::Verification) {
+    let name = &found.projection;
+    let folded = format!("{} events folded in {:.1} s, {:.0} events/s", found.events, found.seconds, found.events_per_second);
+    if found.matches() {
+        println!("{name}: matches the log at position {} ({folded})", found.position);
+        return;
+    }
+    println!("{name}: {} row(s) differ from the log at position {} ({folded})", found.differing_rows, found.position);
+    for d in &found.differences {
+        let side = if d.only_in == "live" { "only in the live view" } else { "only in a fold of the log" };
+        println!("  {} {side}: {}", d.table, d.row);
+    }
+    if (found.differences.len() as u64) < found.differing_rows {
+        println!("  ... and {} more", found.differing_rows - found.differences.len() as u64);
+    }
+    for u in &found.unapplied {
+        println!("  event {} of {} cannot be applied: {}", u.position, u.stream_id, u.error);
+    }
+    if found.parked > 0 {
+        println!(
+            "  {} event(s) are parked as dead letters and hold back their streams (`storekeeper projections retry {name}`)",
+            found.parked
+        );
+    }
 }
 
 fn token(args: TokenArgs) -> Result<()> {

@@ -351,3 +351,105 @@ async fn sigterm_with_its_database_gone_stops_every_part_on_its_own() {
     assert!(status.code().is_some(), "{status}");
     assert!(!log.contains("still running at the shutdown deadline"), "a part ignored shutdown:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
+    let dir = temp_dir("verify");
+    let token = admin_token();
+    let http = reqwest::Client::new();
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let mut products = Vec::new();
+    let mut consistency = String::new();
+    for i in 0..5 {
+        let product = uuid::Uuid::now_v7();
+        let created = http
+            .post(format!("{}/v1/products", serve.base))
+            .bearer_auth(&token)
+            .json(&json!({"id": product, "sku": format!("VER-{i}"), "name": "Kettle", "description": "Boils water", "category": "kitchen",
+                          "price": {"amount_minor": 1999, "currency": "USD"}, "initial_stock": 10}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        consistency = created.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+        products.push(product);
+    }
+    let read =
+        http.get(format!("{}/v1/products/{}", serve.query, products[4])).header("x-consistency-token", &consistency).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    let url = std::fs::read_to_string(dir.join("postgres/url")).unwrap();
+    let verify = |name: Option<&str>| {
+        let mut args = vec!["projections", "verify"];
+        args.extend(name);
+        run(storekeeper(&args).env("DATABASE_URL", url.trim()))
+    };
+
+    let clean = verify(None);
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{clean:?}");
+    for name in ["audit", "customers", "orders", "products", "sales"] {
+        assert!(stdout.lines().any(|l| l.starts_with(&format!("{name}: matches the log at position"))), "{name} missing from:\n{stdout}");
+    }
+    assert!(stdout.contains("events/s"), "{stdout}");
+
+    // Someone edits one product's stock and deletes an audit entry behind
+    // the projections' back.
+    let pool = sqlx::PgPool::connect(url.trim()).await.unwrap();
+    sqlx::query("UPDATE rm_products SET stock = 999 WHERE id = $1").bind(products[2]).execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM rm_audit WHERE global_position = (SELECT max(global_position) FROM rm_audit)").execute(&pool).await.unwrap();
+    let tampered = verify(None);
+    let stdout = String::from_utf8_lossy(&tampered.stdout);
+    assert_eq!(tampered.status.code(), Some(1), "{tampered:?}");
+    assert!(stdout.contains("products: 2 row(s) differ from the log"), "{stdout}");
+    let id = products[2].to_string();
+    assert!(stdout.lines().any(|l| l.contains("only in the live view") && l.contains(&id) && l.contains("999")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("only in a fold of the log") && l.contains(&id) && l.contains("\"stock\":10")), "{stdout}");
+    assert!(stdout.contains("audit: 1 row(s) differ from the log"), "{stdout}");
+    assert!(stdout.contains("customers: matches the log"), "{stdout}");
+    assert!(String::from_utf8_lossy(&tampered.stderr).contains("products, audit differ from the log"), "{tampered:?}");
+    let unknown = verify(Some("nope"));
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no projection is called nope"));
+
+    // The same over HTTP, for admins only.
+    let answer = |path: &str, bearer: Option<&str>| {
+        let request = http.get(format!("{}{path}", serve.query));
+        match bearer {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+        .send()
+    };
+    let found = answer("/v1/projections/products/verify", Some(&token)).await.unwrap();
+    assert_eq!(found.status(), 200);
+    let found: serde_json::Value = found.json().await.unwrap();
+    assert_eq!(found["matches"], false, "{found}");
+    assert_eq!(found["differing_rows"], 2, "{found}");
+    assert!(found["events_per_second"].as_f64().unwrap() > 0.0, "{found}");
+    assert_eq!(answer("/v1/projections/products/verify", None).await.unwrap().status(), 401);
+    let customer = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &uuid::Uuid::now_v7().to_string()]));
+    let customer = String::from_utf8(customer.stdout).unwrap().trim().to_owned();
+    assert_eq!(answer("/v1/projections/products/verify", Some(&customer)).await.unwrap().status(), 403);
+    let missing = answer("/v1/projections/nope/verify", Some(&token)).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+
+    // A rebuild from the log mends both.
+    for name in ["products", "audit"] {
+        assert!(run(storekeeper(&["projections", "rebuild", name]).env("DATABASE_URL", url.trim())).status.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projection_checkpoints WHERE rebuild_requested")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the requested rebuilds did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+    let mended = verify(None);
+    assert!(mended.status.success(), "{}", String::from_utf8_lossy(&mended.stdout));
+    assert!(serve.terminate().success());
+}

@@ -290,6 +290,12 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
     caught_up_through_kafka(&pool, &log).await;
     let live = read_models(&pool).await;
+    // Verified while the workers still run, against each one's progress
+    // through the partitions.
+    for projection in projections::all() {
+        let found = projections::verify(&pool, &*log, &*projection).await.unwrap();
+        assert!(found.matches(), "{found:?}");
+    }
     drop(d); // every process killed
 
     // A fresh rebuild from the log, in process.

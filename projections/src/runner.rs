@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::checkpoint::{RunError, Target, prepare};
 use crate::dead_letters::{apply_or_park, held_back, is_transient};
 use crate::rebuild::{rebuild_requested, take_over};
-use crate::status::progress;
+use crate::status::{Rate, progress};
 use crate::{ApplyError, Projection};
 
 /// Events per batch read in process: large enough to amortise a
@@ -32,7 +32,14 @@ pub struct Runner {
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
-async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target, generation: Uuid, whole: &Batch) -> Result<(), RunError> {
+async fn apply_batch(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    target: &Target,
+    generation: Uuid,
+    whole: &Batch,
+    rate: &std::sync::Mutex<Rate>,
+) -> Result<(), RunError> {
     let batch = &whole.events[..];
     // From Kafka, a batch interleaves partitions: the checkpoint is the
     // highest position applied, and each partition's is kept beside it.
@@ -85,17 +92,19 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection, target: &Target
     }
     // Only while the checkpoint is still this run's: a rebuild that took
     // over meanwhile owns the tables now.
+    let per_second = rate.lock().expect("rate lock").observe(batch.len());
     let updated = sqlx::query(
         "UPDATE projection_checkpoints
             SET position = GREATEST(position, $2), updated_at = now(),
                 state = CASE WHEN $3::text IS NULL THEN state ELSE 'degraded' END,
-                last_error = coalesce($3, last_error)
+                last_error = coalesce($3, last_error), events_per_second = $5
           WHERE projection = $1 AND generation = $4",
     )
     .bind(&target.checkpoint)
     .bind(last.global_position as i64)
     .bind(parked)
     .bind(generation)
+    .bind(per_second)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
@@ -195,6 +204,7 @@ struct ProjectionConsumer {
     generation: std::sync::Mutex<Uuid>,
     /// A rebuild: turned true once it has taken over.
     taken_over: watch::Sender<bool>,
+    rate: std::sync::Mutex<Rate>,
 }
 
 impl ProjectionConsumer {
@@ -205,6 +215,7 @@ impl ProjectionConsumer {
             target,
             generation: std::sync::Mutex::new(Uuid::nil()),
             taken_over: watch::Sender::new(false),
+            rate: std::sync::Mutex::new(Rate::default()),
         }
     }
 
@@ -233,12 +244,13 @@ impl Consumer for ProjectionConsumer {
     async fn resume(&self) -> Result<Resume, BoxError> {
         let (resume, generation) = prepare(&self.pool, &*self.projection, &self.target).await?;
         *self.generation.lock().expect("generation lock") = generation;
+        self.rate.lock().expect("rate lock").start();
         Ok(resume)
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         let generation = *self.generation.lock().expect("generation lock");
-        apply_batch(&self.pool, &*self.projection, &self.target, generation, batch).await?;
+        apply_batch(&self.pool, &*self.projection, &self.target, generation, batch, &self.rate).await?;
         if self.target.schema.is_some() {
             // Caught up once it has applied all the live tables have: the
             // swap then never shows readers an older view than before.

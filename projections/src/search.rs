@@ -86,6 +86,7 @@ pub struct SearchIndex {
     fields: Fields,
     generation: String,
     progress: watch::Sender<Progress>,
+    rate: Mutex<crate::status::Rate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,12 +173,27 @@ impl SearchIndex {
             parse_payload(index.load_metas()?.payload.as_deref()).expect("the index was just checked or created with a payload");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
-        Ok(Arc::new(SearchIndex { index, reader, writer: Mutex::new(writer), fields, generation, progress: watch::Sender::new(progress) }))
+        let rate = Mutex::new(crate::status::Rate::default());
+        rate.lock().expect("fresh").start();
+        Ok(Arc::new(SearchIndex {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            generation,
+            progress: watch::Sender::new(progress),
+            rate,
+        }))
     }
 
     /// The highest log position the index has applied and committed.
     pub fn position(&self) -> u64 {
         self.progress.borrow().position
+    }
+
+    /// Events indexed per second lately (a moving average over batches).
+    pub fn events_per_second(&self) -> f64 {
+        self.rate.lock().expect("rate lock").per_second
     }
 
     /// Follows how far the index has applied the log.
@@ -221,6 +237,7 @@ impl SearchIndex {
         self.reader.reload()?;
         metrics::gauge!("storekeeper_projection_position", "projection" => NAME).set(progress.position as f64);
         self.progress.send_replace(progress);
+        self.rate.lock().expect("rate lock").observe(batch.events.len());
         Ok(())
     }
 

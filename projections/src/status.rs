@@ -40,6 +40,31 @@ pub async fn progress(conn: impl sqlx::PgExecutor<'_>, names: &[&str]) -> Result
         .collect())
 }
 
+/// Events applied per second lately: a moving average over batches, each
+/// sample being a batch's events over the time since the one before (so
+/// reading the log counts, and so does waiting for traffic).
+#[derive(Default)]
+pub(crate) struct Rate {
+    since: Option<std::time::Instant>,
+    pub(crate) per_second: f64,
+}
+
+impl Rate {
+    pub(crate) fn start(&mut self) {
+        self.since = Some(std::time::Instant::now());
+    }
+
+    pub(crate) fn observe(&mut self, events: usize) -> f64 {
+        let now = std::time::Instant::now();
+        if let Some(since) = self.since {
+            let sample = events as f64 / now.duration_since(since).as_secs_f64().max(1e-3);
+            self.per_second = if self.per_second == 0.0 { sample } else { 0.8 * self.per_second + 0.2 * sample };
+        }
+        self.since = Some(now);
+        self.per_second
+    }
+}
+
 /// One projection's state, for `projections list` and the query API.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionStatus {
@@ -51,6 +76,20 @@ pub struct ProjectionStatus {
     pub state: String,
     pub parked: u64,
     pub last_error: Option<String>,
+    /// Events applied per second lately (a moving average over batches).
+    pub events_per_second: f64,
+    /// Time left to catch up with the log at that rate: 0 when caught up,
+    /// none while nothing has been applied to measure by.
+    pub eta_seconds: Option<f64>,
+}
+
+/// How long `lag_events` take at `per_second`.
+pub fn eta(lag_events: u64, per_second: f64) -> Option<f64> {
+    match lag_events {
+        0 => Some(0.0),
+        _ if per_second > 0.0 => Some(lag_events as f64 / per_second),
+        _ => None,
+    }
 }
 
 /// Lag is counted event by event up to this many; beyond, it is reported
@@ -82,9 +121,10 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         state: String,
         last_error: Option<String>,
         parked: i64,
+        events_per_second: f64,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.projection, c.version, c.position, c.state, c.last_error,
+        "SELECT c.projection, c.version, c.position, c.state, c.last_error, c.events_per_second,
                 (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked
            FROM projection_checkpoints c ORDER BY c.projection",
     )
@@ -102,6 +142,8 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
             state: if r.parked > 0 && r.state == "running" { "degraded".into() } else { r.state },
             parked: r.parked as u64,
             last_error: r.last_error,
+            events_per_second: r.events_per_second,
+            eta_seconds: eta(lag_events, r.events_per_second),
         });
     }
     Ok(statuses)

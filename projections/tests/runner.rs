@@ -665,3 +665,97 @@ async fn verify_compares_the_live_view_with_the_log_while_both_move_and_names_ea
     assert_eq!(scratch, 0);
     stop(running).await;
 }
+
+/// `products` products of `per_product` events each, appended straight
+/// into the log.
+async fn product_history(log: &Arc<dyn EventLog>, products: usize, per_product: u32) {
+    use domain::product::{ProductAdded, ProductEvent, ProductRestocked};
+    for chunk in (0..products).collect::<Vec<_>>().chunks(200) {
+        let writes = chunk
+            .iter()
+            .map(|i| {
+                let id = Uuid::now_v7();
+                let mut events = vec![ProductEvent::Added(ProductAdded {
+                    product_id: id,
+                    sku: Sku::parse(&format!("H-{i}")).unwrap(),
+                    name: format!("Product {i}"),
+                    description: String::new(),
+                    category: "c".into(),
+                    price: Money::new(100, Currency::usd()),
+                    initial_stock: 1,
+                })];
+                events.extend((1..per_product).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: 1 + n })));
+                StreamWrite {
+                    stream_id: format!("product-{id}"),
+                    expected: ExpectedVersion::NoStream,
+                    events: NewEvent::encode_all(&events, &metadata()),
+                }
+            })
+            .collect();
+        log.append(writes).await.unwrap();
+    }
+}
+
+/// The rebuild's checkpoint: position and generation.
+async fn rebuild_checkpoint(pool: &PgPool) -> Option<(i64, Uuid)> {
+    sqlx::query_as("SELECT position, generation FROM projection_checkpoints WHERE projection = 'products:rebuild'")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_cut_short_by_a_crash_resumes_where_it_was_and_reports_its_rate_and_time_left() {
+    let (pool, log, _) = setup().await;
+    product_history(&log, 8000, 5).await;
+    let projection = || -> Vec<Arc<dyn Projection>> { vec![Arc::new(projections::ProductsProjection)] };
+    let running = start(&pool, &log, projection(), 2000);
+    caught_up(&pool, &log, PRODUCTS).await;
+    stop(running).await;
+    let live = projections::status(&pool).await.unwrap().into_iter().find(|s| s.name == PRODUCTS).unwrap();
+    assert!(live.events_per_second > 0.0, "{live:?}");
+    assert_eq!(live.eta_seconds, Some(0.0), "caught up: {live:?}");
+
+    // Rebuilt in small batches, and killed part way.
+    assert!(projections::request_rebuild(&pool, PRODUCTS).await.unwrap());
+    let (_stop, stopped) = watch::channel(false);
+    let crashed = tokio::spawn(Runner::with_sources(pool.clone(), projection(), eventlog::in_process(log.clone(), 100)).run(stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (before, generation) = loop {
+        if let Some((position, generation)) = rebuild_checkpoint(&pool).await
+            && position >= 5000
+        {
+            break (position, generation);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rebuild did not get going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    crashed.abort();
+    let _ = crashed.await;
+    let (cut_at, _) = rebuild_checkpoint(&pool).await.unwrap();
+    assert!(cut_at >= before && cut_at < 40_000, "cut short part way: {cut_at}");
+    let rebuilding = projections::status(&pool).await.unwrap().into_iter().find(|s| s.name == "products:rebuild").unwrap();
+    assert_eq!(rebuilding.position as i64, cut_at);
+    assert_eq!(rebuilding.lag_events as i64, 40_000 - cut_at);
+    assert!(rebuilding.events_per_second > 0.0, "{rebuilding:?}");
+    let left = rebuilding.eta_seconds.expect("a time left");
+    assert!((left - rebuilding.lag_events as f64 / rebuilding.events_per_second).abs() < 1e-6, "{rebuilding:?}");
+
+    // Restarted, it goes on from there: same generation, never behind.
+    let running = start(&pool, &log, projection(), 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some((position, same)) = rebuild_checkpoint(&pool).await {
+        assert_eq!(same, generation, "the rebuild started over");
+        assert!(position >= cut_at, "the rebuild went back from {cut_at} to {position}");
+        assert!(tokio::time::Instant::now() < deadline, "the rebuild did not take over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let requested: bool = sqlx::query_scalar("SELECT rebuild_requested FROM projection_checkpoints WHERE projection = 'products'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!requested, "taken over");
+    let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();
+    assert!(found.matches(), "{found:?}");
+    stop(running).await;
+}

@@ -159,6 +159,8 @@ pub async fn list_projections(State(state): State<AppState>, _: Admin) -> Result
         state: "running".to_owned(),
         parked: 0,
         last_error: None,
+        events_per_second: state.search.events_per_second(),
+        eta_seconds: projections::eta(lag_events, state.search.events_per_second()),
     });
     Ok(Json(Page { items, next_cursor: None }))
 }

@@ -136,6 +136,11 @@ pub struct Projection {
     pub state: String,
     pub parked: u64,
     pub last_error: Option<String>,
+    /// Events applied per second lately (a moving average over batches).
+    pub events_per_second: f64,
+    /// Seconds left to catch up at that rate: 0 when caught up, null while
+    /// there is no rate to go by.
+    pub eta_seconds: Option<f64>,
 }
 
 impl From<projections::ProjectionStatus> for Projection {
@@ -149,6 +154,8 @@ impl From<projections::ProjectionStatus> for Projection {
             state: s.state,
             parked: s.parked,
             last_error: s.last_error,
+            events_per_second: s.events_per_second,
+            eta_seconds: s.eta_seconds,
         }
     }
 }

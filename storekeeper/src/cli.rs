@@ -146,6 +146,9 @@ pub enum ProjectionsAction {
     /// running workers build it and swap it in once it has caught up.
     Rebuild {
         name: String,
+        /// Stay, with a progress bar, until the rebuild has taken over.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         db: DatabaseArgs,
     },

@@ -200,11 +200,15 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
     match action {
         ProjectionsAction::List { db } => {
             let (_cluster, pool) = open(&db, false).await?;
-            println!("{:<12} {:>7} {:>20} {:>10} {:>10} {:>9} {:>7}", "NAME", "VERSION", "POSITION", "LAG", "LAG (s)", "STATE", "PARKED");
+            println!(
+                "{:<18} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+                "NAME", "VERSION", "POSITION", "LAG", "LAG (s)", "EVENTS/S", "LEFT (s)", "STATE", "PARKED"
+            );
             for p in projections::status(&pool).await.context("read projection states")? {
+                let left = p.eta_seconds.map_or("-".to_owned(), |s| format!("{s:.1}"));
                 println!(
-                    "{:<12} {:>7} {:>20} {:>10} {:>10.1} {:>9} {:>7}",
-                    p.name, p.version, p.position, p.lag_events, p.lag_seconds, p.state, p.parked
+                    "{:<18} {:>7} {:>12} {:>10} {:>10.1} {:>10.0} {:>10} {:>10} {:>7}",
+                    p.name, p.version, p.position, p.lag_events, p.lag_seconds, p.events_per_second, left, p.state, p.parked
                 );
                 if let Some(error) = p.last_error {
                     println!("             last error: {error}");
@@ -222,7 +226,7 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 bail!("{} event(s) of {name} are still parked: see `storekeeper projections list`", retried.still_parked);
             }
         }
-        ProjectionsAction::Rebuild { name, db } => {
+        ProjectionsAction::Rebuild { name, wait, db } => {
             let (_cluster, pool) = open(&db, false).await?;
             if !projections::request_rebuild(&pool, &name).await.context("request the rebuild")? {
                 bail!("no projection called {name} has run against this database");
@@ -230,6 +234,9 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
             println!(
                 "rebuild of {name} requested: the running workers build it beside the live tables and swap it in (watch `storekeeper projections list`)"
             );
+            if wait {
+                watch_rebuild(&pool, &name).await?;
+            }
         }
         ProjectionsAction::Verify { name, db } => {
             let (_cluster, pool) = open(&db, false).await?;
@@ -259,6 +266,43 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A progress bar for a requested rebuild until it has taken over.
+async fn watch_rebuild(pool: &sqlx::PgPool, name: &str) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let waiting = Instant::now();
+    loop {
+        let (requested, position, head): (bool, Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT rebuild_requested FROM projection_checkpoints WHERE projection = $1),
+                    (SELECT position FROM projection_checkpoints WHERE projection = $1 || ':rebuild'),
+                    (SELECT coalesce(max(global_position), 0) FROM events)",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .context("read the rebuild's progress")?;
+        if !requested {
+            bar.finish_and_clear();
+            println!("{name} rebuilt from the log and swapped in after {:.1} s", waiting.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        bar.set_length(head as u64);
+        bar.set_position(position.unwrap_or(0) as u64);
+        bar.set_message(match position {
+            Some(_) => format!("rebuilding {name}"),
+            None if waiting.elapsed() > Duration::from_secs(5) => {
+                format!("{name}: no worker has started the rebuild yet (is `storekeeper serve` or `storekeeper projections` running?)")
+            }
+            None => format!("{name}: waiting for a worker"),
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn print_verification(found: &projections::Verification) {

@@ -434,19 +434,21 @@ async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.headers()["content-type"], "application/problem+json");
 
-    // A rebuild from the log mends both.
+    // A rebuild from the log mends both; `--wait` stays until it has.
     for name in ["products", "audit"] {
-        assert!(run(storekeeper(&["projections", "rebuild", name]).env("DATABASE_URL", url.trim())).status.success());
+        let rebuilt = run(storekeeper(&["projections", "rebuild", name, "--wait"]).env("DATABASE_URL", url.trim()));
+        let stdout = String::from_utf8_lossy(&rebuilt.stdout);
+        assert!(rebuilt.status.success() && stdout.contains(&format!("{name} rebuilt from the log and swapped in")), "{rebuilt:?}");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM projection_checkpoints WHERE rebuild_requested")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the requested rebuilds did not take over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let listed = run(storekeeper(&["projections", "list"]).env("DATABASE_URL", url.trim()));
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.lines().next().is_some_and(|h| h.contains("EVENTS/S") && h.contains("LEFT (s)")), "{listed}");
+    let requested: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints WHERE rebuild_requested").fetch_one(&pool).await.unwrap();
+    assert_eq!(requested, 0);
+    let listed: serde_json::Value = answer("/v1/projections", Some(&token)).await.unwrap().json().await.unwrap();
+    for item in listed["items"].as_array().unwrap() {
+        assert!(item["events_per_second"].is_number() && item.get("eta_seconds").is_some(), "{item}");
     }
     pool.close().await;
     let mended = verify(None);

@@ -12,6 +12,7 @@ mod group_commit;
 mod memory;
 mod postgres;
 pub mod progress;
+pub mod seal;
 mod shared_tail;
 pub mod source;
 mod subscription;

@@ -1,7 +1,9 @@
 //! The PostgreSQL log's tail, made deterministic: an append that took its
 //! position first commits last, one rolls back, an unrelated transaction
 //! stays open. A reader must not skip past the first, must pass the second,
-//! and must not wait for the third.
+//! and must not wait for the third. And the tamper evidence the sealer
+//! keeps behind that tail: hashes only of final events, and a check that
+//! names the first altered or removed one.
 
 use std::sync::Arc;
 
@@ -153,4 +155,139 @@ async fn a_refused_value_fails_only_its_own_append() {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 59, "{results:?}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
     assert_eq!(stored, 59);
+}
+
+/// Changes the log behind its append-only guard, as someone with the
+/// database's keys could.
+async fn tamper(pool: &sqlx::PgPool, statements: &[&str]) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update").execute(&mut *tx).await.unwrap();
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn first_problem(pool: &sqlx::PgPool) -> Option<(u64, String)> {
+    eventlog::seal::verify(pool).await.unwrap().problem
+}
+
+#[tokio::test]
+async fn the_sealer_hashes_only_final_events_and_verify_names_the_first_altered_or_removed_one() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = PgEventLog::new(pool.clone());
+    let streams: Vec<String> = (0..3).map(|_| format!("thing-{}", Uuid::now_v7())).collect();
+    for _ in 0..3 {
+        log.append(streams.iter().map(|s| write(s)).collect()).await.unwrap();
+    }
+    // An append in flight holds the sealer back at the frontier, even past
+    // a later one that committed first.
+    let mut slow = pool.begin().await.unwrap();
+    let in_flight = append_in(&mut slow, &streams[0]).await;
+    let fast = log.append(vec![write(&streams[2])]).await.unwrap().position as i64;
+    assert!(fast > in_flight);
+    assert_eq!(eventlog::seal::seal(&pool, 1000).await.unwrap(), 9);
+    let sealed_to: i64 = sqlx::query_scalar("SELECT max(up_to) FROM log_seals").fetch_one(&pool).await.unwrap();
+    assert!(sealed_to < in_flight);
+    slow.commit().await.unwrap();
+    assert_eq!(eventlog::seal::seal(&pool, 1000).await.unwrap(), 2);
+    assert_eq!(eventlog::seal::seal(&pool, 1000).await.unwrap(), 0, "nothing is sealed twice");
+    let clean = eventlog::seal::verify(&pool).await.unwrap();
+    assert_eq!((clean.problem, clean.checked, clean.unsealed), (None, 11, 0));
+    assert_eq!(clean.seal.as_ref().map(|s| s.0 as i64), Some(fast));
+    // Newer events wait for the sealer, unchecked but counted.
+    log.append(vec![write(&streams[1])]).await.unwrap();
+    assert_eq!(eventlog::seal::verify(&pool).await.unwrap().unsealed, 1);
+    eventlog::seal::seal(&pool, 1000).await.unwrap();
+
+    let positions = |stream: &str| {
+        let (pool, stream) = (pool.clone(), stream.to_owned());
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT global_position FROM events WHERE stream_id = $1 ORDER BY stream_version")
+                .bind(stream)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let middle = positions(&streams[1]).await[1];
+    sqlx::query("CREATE TABLE kept AS SELECT * FROM events").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE kept_hashes AS SELECT * FROM event_hashes").execute(&pool).await.unwrap();
+    let restore = [
+        "DELETE FROM events",
+        "INSERT INTO events SELECT * FROM kept",
+        "DELETE FROM event_hashes",
+        "INSERT INTO event_hashes SELECT * FROM kept_hashes",
+    ];
+
+    // An altered event: its own hash fails.
+    tamper(&pool, &[&format!("UPDATE events SET data = '{{\"forged\": true}}' WHERE global_position = {middle}")]).await;
+    let (at, why) = first_problem(&pool).await.unwrap();
+    assert_eq!(at as i64, middle);
+    assert!(why.contains("altered"), "{why}");
+    tamper(&pool, &restore).await;
+    assert_eq!(first_problem(&pool).await, None, "restored");
+
+    // A removed event: its hash is left without it.
+    tamper(&pool, &[&format!("DELETE FROM events WHERE global_position = {middle}")]).await;
+    assert_eq!(first_problem(&pool).await.map(|p| p.0 as i64), Some(middle));
+    tamper(&pool, &restore).await;
+
+    // Removed with its hash: the next event of its stream names the gap.
+    tamper(
+        &pool,
+        &[
+            &format!("DELETE FROM events WHERE global_position = {middle}"),
+            &format!("DELETE FROM event_hashes WHERE global_position = {middle}"),
+        ],
+    )
+    .await;
+    let (at, why) = first_problem(&pool).await.unwrap();
+    assert_eq!(at as i64, positions(&streams[1]).await[1], "the event after the gap");
+    assert!(why.contains("was removed"), "{why}");
+    tamper(&pool, &restore).await;
+
+    // A whole stream removed, hashes and all: the seals no longer match.
+    let gone = positions(&streams[2]).await;
+    tamper(
+        &pool,
+        &[
+            &format!(
+                "DELETE FROM event_hashes WHERE global_position IN (SELECT global_position FROM events WHERE stream_id = '{}')",
+                streams[2]
+            ),
+            &format!("DELETE FROM events WHERE stream_id = '{}'", streams[2]),
+        ],
+    )
+    .await;
+    let (at, why) = first_problem(&pool).await.unwrap();
+    assert!(at as i64 >= gone[0], "named at or after the first removed event: {at} vs {gone:?}");
+    assert!(why.contains("seal"), "{why}");
+    tamper(&pool, &restore).await;
+    assert_eq!(first_problem(&pool).await, None);
+}
+
+#[tokio::test]
+async fn a_log_written_before_hashes_existed_is_hashed_and_sealed_by_the_migration() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // The migrations as they were before hashes.
+    let before = std::env::temp_dir().join(format!("sk-migrations-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&before).unwrap();
+    for file in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let file = file.unwrap();
+        let name = file.file_name().into_string().unwrap();
+        if name.as_str() < "10008" {
+            std::fs::copy(file.path(), before.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before.as_path()).await.unwrap().run(&pool).await.unwrap();
+    std::fs::remove_dir_all(&before).ok();
+    for i in 0..50 {
+        append_in(&mut pool.acquire().await.unwrap(), &format!("thing-{}", i % 7)).await;
+    }
+    eventlog::migrate(&pool).await.unwrap();
+    let found = eventlog::seal::verify(&pool).await.unwrap();
+    assert_eq!((found.problem, found.checked, found.unsealed), (None, 50, 0));
 }

@@ -97,6 +97,11 @@ impl App {
             };
             let stop = stop_rx.clone();
             tasks.spawn(async move { manager.run(stop).await.context("order process manager") });
+            let (sealer_pool, stop) = (pool.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                eventlog::seal::run_sealer(sealer_pool, stop).await;
+                Ok(())
+            });
             let runner = match &sources {
                 Some(sources) => projections::Runner::with_sources(pool.clone(), projections::all(), sources.clone()),
                 None => projections::Runner::new(pool.clone(), log.clone(), projections::all()),

@@ -111,6 +111,12 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum EventsAction {
+    /// Checks every sealed event against its hash and its stream's hash
+    /// chain, and every seal; exits 1 naming the first position that fails.
+    Verify {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Writes every event, one envelope per line, in global order.
     Export {
         /// Where to write; `-` or absent: stdout.

@@ -168,6 +168,22 @@ async fn run(args: RoleArgs) -> Result<()> {
 async fn events(action: EventsAction) -> Result<()> {
     let is_std = |path: &Option<std::path::PathBuf>| path.as_ref().is_none_or(|p| p.as_os_str() == "-");
     match action {
+        EventsAction::Verify { db } => {
+            let (_cluster, pool) = open(&db, false).await?;
+            let found = eventlog::seal::verify(&pool).await.context("verify the log")?;
+            let rate = found.checked as f64 / found.seconds.max(1e-3);
+            if let Some((position, problem)) = found.problem {
+                println!("the log fails verification at position {position}: {problem}");
+                bail!("the log was altered at or before position {position}");
+            }
+            println!(
+                "the log verifies: {} sealed events checked in {:.1} s ({rate:.0} events/s), {} newer ones not sealed yet",
+                found.checked, found.seconds, found.unsealed
+            );
+            if let Some((up_to, seal)) = found.seal {
+                println!("latest seal, up to position {up_to}: {seal} (keep it elsewhere to check against later)");
+            }
+        }
         EventsAction::Export { output, db } => {
             let (_cluster, pool) = open(&db, false).await?;
             let log = PgEventLog::new(pool);

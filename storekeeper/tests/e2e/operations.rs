@@ -11,6 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::deployment::Deployment;
+use crate::{run, storekeeper};
 
 const RESTOCKS: usize = 600;
 
@@ -182,4 +183,82 @@ async fn a_dump_restored_into_another_cluster_keeps_positions_progress_and_token
     assert!(found["hits"].as_array().unwrap().iter().any(|h| h["id"] == product.to_string()), "{found}");
     let projections = d.read("/v1/projections", &[]).await;
     assert!(projections["items"].as_array().unwrap().iter().all(|p| p["parked"] == 0), "{projections}");
+}
+
+/// `events verify` against the binary: a log written by `serve` is sealed
+/// in the background and verifies; an altered event and a removed stream
+/// are named by position, and the command exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_verify_passes_a_sealed_log_and_names_an_altered_event_or_a_removed_stream() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let mut d = Deployment::new(url.clone(), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    let mut products = Vec::new();
+    for i in 0..4 {
+        let product = Uuid::now_v7();
+        d.write(
+            "/v1/products",
+            json!({"id": product, "sku": format!("SEAL-{i}-{}", &product.simple().to_string()[24..]), "name": "Sealed",
+                   "description": "hashed behind the frontier", "category": "test",
+                   "price": {"amount_minor": 100, "currency": "EUR"}, "initial_stock": 1}),
+        )
+        .await;
+        products.push(product);
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (head, sealed): (i64, Option<i64>) =
+            sqlx::query_as("SELECT (SELECT max(global_position) FROM events), (SELECT max(up_to) FROM log_seals)")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if sealed == Some(head) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sealer did not reach the head of the log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(d);
+    let verify = || run(storekeeper(&["events", "verify"]).env("DATABASE_URL", &url));
+    let clean = verify();
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success() && stdout.contains("the log verifies") && stdout.contains("latest seal"), "{clean:?}");
+
+    let tamper = |statement: String| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update").execute(&mut *tx).await.unwrap();
+            sqlx::query(&statement).execute(&mut *tx).await.unwrap();
+            sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let stream = format!("product-{}", products[1]);
+    let altered: i64 =
+        sqlx::query_scalar("SELECT global_position FROM events WHERE stream_id = $1").bind(&stream).fetch_one(&pool).await.unwrap();
+    tamper(format!("UPDATE events SET data = jsonb_set(data, '{{initial_stock}}', '1000') WHERE global_position = {altered}")).await;
+    let caught = verify();
+    let stdout = String::from_utf8_lossy(&caught.stdout);
+    assert_eq!(caught.status.code(), Some(1), "{caught:?}");
+    assert!(stdout.contains(&format!("fails verification at position {altered}")) && stdout.contains("altered"), "{stdout}");
+    tamper(format!("UPDATE events SET data = jsonb_set(data, '{{initial_stock}}', '1') WHERE global_position = {altered}")).await;
+    assert!(verify().status.success(), "put back as it was");
+
+    let gone = format!("product-{}", products[2]);
+    tamper(format!("DELETE FROM events WHERE stream_id = '{gone}'")).await;
+    let caught = verify();
+    assert_eq!(caught.status.code(), Some(1), "{caught:?}");
+    assert!(String::from_utf8_lossy(&caught.stdout).contains("was removed"), "{caught:?}");
+    sqlx::query(
+        "DELETE FROM event_hashes WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.global_position = event_hashes.global_position)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let caught = verify();
+    assert_eq!(caught.status.code(), Some(1), "removed with its hashes too: {caught:?}");
+    assert!(String::from_utf8_lossy(&caught.stdout).contains("seal"), "{caught:?}");
 }

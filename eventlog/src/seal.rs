@@ -1,0 +1,81 @@
+//! Tamper evidence for the PostgreSQL log (migration 10008): a hash chain
+//! per stream over each event's stored bytes, and seals over position
+//! order, written by a sealer behind the read frontier rather than by
+//! appends, so that appends cost exactly what they did. Hashing and
+//! checking are SQL functions, so that the bytes hashed are the bytes
+//! stored, whoever computes them.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// Events hashed per sealer transaction.
+const SEAL_BATCH: i32 = 10_000;
+
+/// Hashes and seals up to `max` final events not sealed yet; answers how
+/// many. Another process sealing at the same moment: 0.
+pub async fn seal(pool: &PgPool, max: i32) -> Result<u64, sqlx::Error> {
+    let sealed: i64 = sqlx::query_scalar("SELECT seal_log($1)").bind(max).fetch_one(pool).await?;
+    Ok(sealed as u64)
+}
+
+/// Seals what has become final, about once a second, until `shutdown`.
+pub async fn run_sealer(pool: PgPool, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // A database that is gone must not hold shutdown up.
+        let sealed = tokio::select! {
+            _ = shutdown.changed() => return,
+            sealed = seal(&pool, SEAL_BATCH) => sealed,
+        };
+        match sealed {
+            // More waiting: straight on.
+            Ok(n) if n as i32 == SEAL_BATCH => continue,
+            Ok(n) => {
+                if n > 0 {
+                    metrics::counter!("storekeeper_log_sealed_events_total").increment(n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sealing the log failed; trying again"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug)]
+pub struct LogVerification {
+    /// The first problem by position, and what it is.
+    pub problem: Option<(u64, String)>,
+    /// Sealed events checked against their hashes.
+    pub checked: u64,
+    /// Events the sealer has not reached yet (not checked).
+    pub unsealed: u64,
+    /// The latest seal: the position it covers and its hex value, worth
+    /// keeping outside the database.
+    pub seal: Option<(u64, String)>,
+    pub seconds: f64,
+}
+
+/// Checks every sealed event against its hash and its stream's chain, and
+/// every seal against the hashes before it.
+pub async fn verify(pool: &PgPool) -> Result<LogVerification, sqlx::Error> {
+    let started = Instant::now();
+    let (problem_at, problem, checked, unsealed): (Option<i64>, Option<String>, i64, i64) =
+        sqlx::query_as("SELECT problem_at, problem, checked, unsealed FROM verify_log()").fetch_one(pool).await?;
+    let seal: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT up_to, seal FROM log_seals ORDER BY up_to DESC LIMIT 1").fetch_optional(pool).await?;
+    Ok(LogVerification {
+        problem: problem_at.map(|at| (at as u64, problem.unwrap_or_default())),
+        checked: checked as u64,
+        unsealed: unsealed as u64,
+        seal: seal.map(|(at, seal)| (at as u64, hex::encode(seal))),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,97 +1,218 @@
 //! `storekeeper events export|import`: the log as JSON Lines, one envelope
 //! per line in global order, for backups and moving to another database.
 //!
-//! Import restores into an empty log only, appending the file's events in
-//! its order with their ids, types, schema versions, times of occurrence,
-//! metadata and data unchanged; the new log assigns its own global
-//! positions and recording times. Each stream's versions must run on
-//! without a gap, as they do in an export.
+//! Each line carries the event's stream hash when the sealer has made one
+//! (`eventlog::seal`); export seals what is final first. Import restores
+//! into an empty log only, in one transaction: every event exactly as
+//! exported (position and recording time included, so exporting again
+//! gives the same bytes), hashed afresh on the way in and compared with
+//! the file's hashes. A line whose hash does not match, a gap in a stream
+//! or positions out of order, and nothing is imported.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use eventlog::{EventLog, ExpectedVersion, NewEvent, RecordedEvent, StreamWrite};
+use eventlog::{EventLog, RecordedEvent};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-/// Events per read while exporting, and per atomic append while importing.
+/// Events per read while exporting, and per insert while importing.
 const PAGE: usize = 2000;
 
+/// One line of an export.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    #[serde(flatten)]
+    event: RecordedEvent,
+    /// Hex of the event's stream hash; absent when it had none (exported
+    /// before hashes existed, or newer than the sealer had reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_hash: Option<String>,
+}
+
+/// What an import brought in.
+pub struct Imported {
+    pub events: u64,
+    /// Of them, those whose hash in the file was checked.
+    pub verified: u64,
+}
+
 /// Writes every event to `out`; answers how many.
-pub async fn export(log: &dyn EventLog, out: &mut dyn Write) -> Result<u64> {
+pub async fn export(log: &dyn EventLog, pool: &PgPool, out: &mut dyn Write) -> Result<u64> {
+    seal_what_is_final(pool).await?;
     let mut after = 0;
     let mut written = 0;
     loop {
         let page = log.read_all(after, PAGE).await.context("read the log")?;
         let Some(last) = page.last() else { break };
         after = last.global_position;
-        for event in &page {
-            serde_json::to_writer(&mut *out, event).context("write an event")?;
+        let positions: Vec<i64> = page.iter().map(|e| e.global_position as i64).collect();
+        let hashes: HashMap<i64, Vec<u8>> =
+            sqlx::query_as("SELECT global_position, stream_hash FROM event_hashes WHERE global_position = ANY($1)")
+                .bind(&positions)
+                .fetch_all(pool)
+                .await
+                .context("read the log's hashes")?
+                .into_iter()
+                .collect();
+        for event in page {
+            let stream_hash = hashes.get(&(event.global_position as i64)).map(hex::encode);
+            serde_json::to_writer(&mut *out, &Line { event, stream_hash }).context("write an event")?;
             out.write_all(b"\n").context("write an event")?;
         }
-        written += page.len() as u64;
+        written += positions.len() as u64;
     }
     out.flush().context("flush the export")?;
     Ok(written)
 }
 
-/// Appends the events of `input` to an empty log; answers how many.
-pub async fn import(log: &dyn EventLog, pool: &PgPool, input: impl BufRead) -> Result<u64> {
-    let occupied: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM events)").fetch_one(pool).await.context("inspect the log")?;
+/// Seals the log up to its frontier, waiting a little for a sealer of
+/// another process that is at it already.
+async fn seal_what_is_final(pool: &PgPool) -> Result<()> {
+    for _ in 0..100 {
+        eventlog::seal::seal(pool, i32::MAX).await.context("seal the log")?;
+        let done: bool = sqlx::query_scalar("SELECT coalesce((SELECT max(up_to) FROM log_seals), 0) >= events_frontier()")
+            .fetch_one(pool)
+            .await
+            .context("read the log's seals")?;
+        if done {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another sealer holds on: the newest events go without their hashes.
+    Ok(())
+}
+
+/// Restores the events of `input` into an empty log.
+pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
+    let mut tx = pool.begin().await.context("begin the import")?;
+    // No append starts meanwhile (reads go on), and none is in the log.
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut *tx).await.context("lock the log")?;
+    let occupied: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM events)").fetch_one(&mut *tx).await.context("inspect the log")?;
     if occupied {
         bail!("the event log is not empty: import restores into an empty database only");
     }
-    let mut batch: Vec<RecordedEvent> = Vec::with_capacity(PAGE);
-    let mut imported = 0;
+    let mut check = Check::default();
+    let mut page: Vec<(usize, Line)> = Vec::with_capacity(PAGE);
+    let mut imported = Imported { events: 0, verified: 0 };
     for (number, line) in input.lines().enumerate() {
         let line = line.context("read the input")?;
         if line.trim().is_empty() {
             continue;
         }
-        let event: RecordedEvent = serde_json::from_str(&line).with_context(|| format!("line {}: not an event envelope", number + 1))?;
-        batch.push(event);
-        if batch.len() == PAGE {
-            imported += append(log, std::mem::take(&mut batch)).await?;
+        let parsed: Line = serde_json::from_str(&line).with_context(|| format!("line {}: not an event envelope", number + 1))?;
+        check.next(number + 1, &parsed.event)?;
+        page.push((number + 1, parsed));
+        if page.len() == PAGE {
+            insert(&mut tx, std::mem::take(&mut page), &mut imported).await?;
         }
     }
-    imported += append(log, batch).await?;
+    insert(&mut tx, page, &mut imported).await?;
+    tx.commit().await.context("commit the import")?;
     Ok(imported)
 }
 
-/// Appends a page of the file in its order: each stream's run of events is
-/// one write expecting the version just before its first event, and a
-/// stream that comes back later in the page starts the next append, so the
-/// new log keeps the file's order.
-async fn append(log: &dyn EventLog, events: Vec<RecordedEvent>) -> Result<u64> {
-    let count = events.len() as u64;
-    let mut writes: Vec<StreamWrite> = Vec::new();
-    let mut next_version: HashMap<String, u64> = HashMap::new();
-    for e in events {
-        if let Some(&expected) = next_version.get(&e.stream_id)
-            && expected != e.stream_version
-        {
-            bail!("stream {} jumps to version {} (expected {expected}): the input is not an export", e.stream_id, e.stream_version);
+/// What the file must hold to be an export: positions rising, and each
+/// stream's versions running on from 0 without a gap.
+#[derive(Default)]
+struct Check {
+    position: u64,
+    next_version: HashMap<String, u64>,
+}
+
+impl Check {
+    fn next(&mut self, number: usize, e: &RecordedEvent) -> Result<()> {
+        if e.global_position <= self.position {
+            bail!("line {number}: position {} does not follow {}: the input is not an export", e.global_position, self.position);
         }
-        let continues = writes.last().is_some_and(|w| w.stream_id == e.stream_id);
-        if !continues && writes.iter().any(|w| w.stream_id == e.stream_id) {
-            log.append(std::mem::take(&mut writes)).await.context("append imported events")?;
+        self.position = e.global_position;
+        let expected = self.next_version.get(&e.stream_id).copied().unwrap_or(0);
+        if e.stream_version != expected {
+            bail!(
+                "line {number}: stream {} jumps to version {} (expected {expected}): the input is not an export",
+                e.stream_id,
+                e.stream_version
+            );
         }
-        next_version.insert(e.stream_id.clone(), e.stream_version + 1);
-        if writes.last().is_none_or(|w| w.stream_id != e.stream_id) {
-            let expected = if e.stream_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(e.stream_version - 1) };
-            writes.push(StreamWrite { stream_id: e.stream_id.clone(), expected, events: Vec::new() });
-        }
-        writes.last_mut().expect("just pushed").events.push(NewEvent {
-            event_id: e.event_id,
-            event_type: e.event_type,
-            schema_version: e.schema_version,
-            occurred_at: e.occurred_at,
-            metadata: e.metadata,
-            data: e.data,
-        });
+        self.next_version.insert(e.stream_id.clone(), expected + 1);
+        Ok(())
     }
-    if !writes.is_empty() {
-        log.append(writes).await.context("append imported events")?;
+}
+
+/// Inserts a page as it is, hashes it as the sealer would and compares the
+/// hashes with the file's.
+async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, Line)>, imported: &mut Imported) -> Result<()> {
+    let Some(last) = page.last().map(|(_, l)| l.event.global_position) else { return Ok(()) };
+    let mut hashes = Vec::new();
+    for (number, line) in &page {
+        if let Some(hash) = &line.stream_hash {
+            let hash = hex::decode(hash)
+                .ok()
+                .filter(|h| h.len() == 32)
+                .with_context(|| format!("line {number}: stream_hash is not a SHA-256 in hex"))?;
+            hashes.push((*number, line.event.global_position as i64, hash));
+        }
     }
-    Ok(count)
+    let events: Vec<&RecordedEvent> = page.iter().map(|(_, l)| &l.event).collect();
+    sqlx::query(
+        "INSERT INTO events (global_position, first_in_append, stream_id, stream_version, event_id, event_type, schema_version,
+                             occurred_at, recorded_at, metadata, data)
+         SELECT p, p, s, v, i, t, sv, o, r, m, d
+           FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::integer[], $7::timestamptz[],
+                       $8::timestamptz[], $9::jsonb[], $10::jsonb[]) AS x(p, s, v, i, t, sv, o, r, m, d)",
+    )
+    .bind(events.iter().map(|e| e.global_position as i64).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.stream_version as i64).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.schema_version as i32).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| serde_json::to_value(&e.metadata).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .context("insert imported events")?;
+    // New appends continue above the imported positions.
+    sqlx::query("SELECT setval('events_position_seq', $1)")
+        .bind(last as i64)
+        .execute(&mut *tx)
+        .await
+        .context("move the position sequence")?;
+    let mut sealed = 0;
+    for _ in 0..200 {
+        let n: i64 = sqlx::query_scalar("SELECT seal_log(NULL)").fetch_one(&mut *tx).await.context("hash imported events")?;
+        sealed += n as usize;
+        if sealed >= page.len() {
+            break;
+        }
+        // Another process's sealer holds the lock for a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if sealed < page.len() {
+        bail!("another process keeps sealing this database's log: stop every storekeeper process on it and import again");
+    }
+    let (positions, wanted): (Vec<i64>, Vec<Vec<u8>>) = hashes.iter().map(|(_, p, h)| (*p, h.clone())).unzip();
+    let differs: Option<i64> = sqlx::query_scalar(
+        "SELECT f.p FROM unnest($1::bigint[], $2::bytea[]) AS f(p, h) LEFT JOIN event_hashes e ON e.global_position = f.p
+          WHERE e.stream_hash IS DISTINCT FROM f.h ORDER BY f.p LIMIT 1",
+    )
+    .bind(&positions)
+    .bind(&wanted)
+    .fetch_optional(&mut *tx)
+    .await
+    .context("compare the hashes")?;
+    if let Some(position) = differs {
+        let number = hashes.iter().find(|h| h.1 == position).map_or(0, |h| h.0);
+        bail!(
+            "line {number}: the event at position {position} does not match its stream_hash: the file was altered or is not an export (nothing was imported)"
+        );
+    }
+    imported.events += page.len() as u64;
+    imported.verified += hashes.len() as u64;
+    Ok(())
 }

@@ -186,27 +186,26 @@ async fn events(action: EventsAction) -> Result<()> {
         }
         EventsAction::Export { output, db } => {
             let (_cluster, pool) = open(&db, false).await?;
-            let log = PgEventLog::new(pool);
+            let log = PgEventLog::new(pool.clone());
             let mut out: Box<dyn std::io::Write> = if is_std(&output) {
                 Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
             } else {
                 let path = output.expect("checked above");
                 Box::new(std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?))
             };
-            let written = storekeeper::events::export(&log, &mut out).await?;
+            let written = storekeeper::events::export(&log, &pool, &mut out).await?;
             eprintln!("storekeeper: exported {written} events");
         }
         EventsAction::Import { input, db } => {
             let (_cluster, pool) = open(&db, false).await?;
-            let log = PgEventLog::new(pool.clone());
             let read: Box<dyn std::io::BufRead> = if is_std(&input) {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
             } else {
                 let path = input.expect("checked above");
                 Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?))
             };
-            let imported = storekeeper::events::import(&log, &pool, read).await?;
-            eprintln!("storekeeper: imported {imported} events");
+            let imported = storekeeper::events::import(&pool, read).await?;
+            eprintln!("storekeeper: imported {} events, {} of them checked against their hashes", imported.events, imported.verified);
         }
     }
     Ok(())

@@ -211,21 +211,33 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     assert!(!twice.status.success() && String::from_utf8_lossy(&twice.stderr).contains("not empty"), "a second import is refused");
     assert!(export(&target, &reexported).status.success());
 
-    // Everything but the positions and recording times comes back.
-    let events = |file: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(file)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
-                e.as_object_mut().unwrap().retain(|k, _| k != "global_position" && k != "recorded_at");
-                e
-            })
-            .collect()
-    };
-    let (before, after) = (events(&exported), events(&reexported));
-    assert!(before.len() > 30 + 5 + 10, "{} events", before.len());
-    assert_eq!(before, after);
+    // Exported again, the restored log gives the same bytes.
+    let (before, after) = (std::fs::read(&exported).unwrap(), std::fs::read(&reexported).unwrap());
+    let lines = String::from_utf8_lossy(&before).lines().count();
+    assert!(lines > 30 + 5 + 10, "{lines} events");
+    assert!(before == after, "the round trip changed the bytes");
+    assert!(String::from_utf8_lossy(&before).lines().all(|l| l.contains("\"stream_hash\":\"")), "every line carries its hash");
+    assert!(String::from_utf8_lossy(&imported.stderr).contains(&format!("{lines} of them checked against their hashes")), "{imported:?}");
+
+    // One value changed in the file: refused, and nothing imported.
+    let altered = dir.join("altered.jsonl");
+    let text = String::from_utf8(before).unwrap();
+    let victim = text.lines().position(|l| l.contains("\"initial_stock\":")).expect("a product in the export");
+    let tampered: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == victim { l.replacen("\"initial_stock\":", "\"initial_stock\":9", 1) } else { l.to_owned() })
+        .collect();
+    std::fs::write(&altered, tampered.join("\n") + "\n").unwrap();
+    let empty = eventlog::testing::fresh_database_url().await;
+    let refused = import(&empty, &altered);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(stderr.contains(&format!("line {}:", victim + 1)) && stderr.contains("does not match its stream_hash"), "{stderr}");
+    let pool = sqlx::PgPool::connect(&empty).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "nothing of a refused file stays");
+    pool.close().await;
 
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"not\": \"an event\"}\n").unwrap();

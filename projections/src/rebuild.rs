@@ -24,6 +24,10 @@ pub(crate) async fn take_over(pool: &PgPool, projection: &dyn Projection) -> Res
     if pending.is_none() {
         return Ok(()); // another worker took it over already
     }
+    // Loaded without its secondary indexes: built now, before readers see it.
+    for table in projection.tables() {
+        crate::checkpoint::build_other_indexes(&mut tx, schema, table).await?;
+    }
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}")).execute(&mut *tx).await?;
         sqlx::query(&format!("ALTER TABLE {schema}.{table} SET SCHEMA public")).execute(&mut *tx).await?;

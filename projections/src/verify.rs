@@ -116,19 +116,7 @@ async fn compare(
     for table in projection.tables() {
         // Unlogged and with only the unique indexes (what the projection's
         // upserts need): scratch that is dropped at the end.
-        sqlx::query(&format!("CREATE UNLOGGED TABLE {schema}.{table} (LIKE public.{table} INCLUDING DEFAULTS)"))
-            .execute(&mut *conn)
-            .await?;
-        let unique: Vec<String> = sqlx::query_scalar(
-            "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = ('public.' || $1)::regclass AND indisunique",
-        )
-        .bind(table)
-        .fetch_all(&mut *conn)
-        .await?;
-        for index in unique {
-            let index = index.replace(&format!(" ON public.{table} "), &format!(" ON {schema}.{table} "));
-            sqlx::query(&index).execute(&mut *conn).await?;
-        }
+        crate::checkpoint::copy_table(&mut *conn, schema, table, true).await?;
     }
     let started = Instant::now();
     let mut fold = Fold { schema, folded: 0, events: 0, unapplied: Vec::new() };

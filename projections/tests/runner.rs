@@ -716,6 +716,21 @@ async fn a_rebuild_cut_short_by_a_crash_resumes_where_it_was_and_reports_its_rat
     assert!(live.events_per_second > 0.0, "{live:?}");
     assert_eq!(live.eta_seconds, Some(0.0), "caught up: {live:?}");
 
+    let shape = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'rm_products'
+                 UNION ALL SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'public.rm_products'::regclass
+                 ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let shape_before = shape().await;
+
     // Rebuilt in small batches, and killed part way.
     assert!(projections::request_rebuild(&pool, PRODUCTS).await.unwrap());
     let (_stop, stopped) = watch::channel(false);
@@ -755,6 +770,7 @@ async fn a_rebuild_cut_short_by_a_crash_resumes_where_it_was_and_reports_its_rat
         .await
         .unwrap();
     assert!(!requested, "taken over");
+    assert_eq!(shape().await, shape_before, "the rebuilt table has every index and constraint of the one it replaced");
     let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();
     assert!(found.matches(), "{found:?}");
     stop(running).await;

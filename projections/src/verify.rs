@@ -125,11 +125,18 @@ async fn compare(
     let Some(progress) = crate::progress(&mut *conn, &[name]).await?.pop().flatten() else {
         return Err(VerifyError::NotStarted(name.to_owned()));
     };
-    fold.to(&mut *conn, log, projection, &progress).await?;
+    // From a partitioned source, outside the snapshot only as far as every
+    // partition has applied: beyond that, which events are in the live view
+    // is only known in the snapshot, and each event is folded once.
+    let everywhere = match progress.is_partitioned() {
+        true => (0..progress.partition_count).map(|p| progress.partitions.get(&p).copied().unwrap_or(0)).min().unwrap_or(0),
+        false => progress.position,
+    };
+    fold.to(&mut *conn, log, projection, &progress, everywhere).await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
     let progress = crate::progress(&mut *tx, &[name]).await?.pop().flatten().unwrap_or(progress);
-    fold.to(&mut tx, log, projection, &progress).await?;
+    fold.to(&mut tx, log, projection, &progress, progress.position).await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut differences = Vec::new();
     let mut differing_rows = 0;
@@ -172,28 +179,30 @@ struct Fold<'a> {
 }
 
 impl Fold<'_> {
-    /// Folds what `progress` says the live view has applied and the fold
-    /// has not yet: every event up to its position or, from a partitioned
-    /// source, up to its stream's partition's position.
+    /// Folds, up to `up_to`, what `progress` says the live view has applied
+    /// and the fold has not read yet: every event up to its position or,
+    /// from a partitioned source, up to its stream's partition's position.
     async fn to(
         &mut self,
         conn: &mut PgConnection,
         log: &dyn EventLog,
         projection: &dyn Projection,
         progress: &Progress,
+        up_to: u64,
     ) -> Result<(), VerifyError> {
+        let up_to = up_to.min(progress.position);
         let applied = |e: &RecordedEvent| {
-            e.global_position <= progress.position
+            e.global_position <= up_to
                 && (!progress.is_partitioned()
                     || progress
                         .partitions
                         .get(&partition_for(&e.stream_id, progress.partition_count))
                         .is_some_and(|at| *at >= e.global_position))
         };
-        while self.folded < progress.position {
+        while self.folded < up_to {
             let events = log.read_all(self.folded, BATCH).await?;
             let Some(last) = events.last() else { break };
-            self.folded = last.global_position.min(progress.position);
+            self.folded = last.global_position.min(up_to);
             let mut decoded = Vec::with_capacity(events.len());
             for event in events.iter().filter(|e| applied(e)) {
                 match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {

@@ -279,6 +279,15 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
     d.lock().await.kill("worker-a");
     tokio::time::sleep(Duration::from_millis(300)).await;
     d.lock().await.start("worker-a", &["projections"]);
+    // Verified while the load goes on through the partitions: each time
+    // against whatever each partition has applied by then.
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let mut verified = 0;
+    while !load.is_finished() || verified == 0 {
+        let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();
+        assert!(found.matches(), "{found:?}");
+        verified += 1;
+    }
     let last = load.await.unwrap();
 
     // Every last write is visible, with its token, through Kafka.
@@ -287,7 +296,6 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
         let product = d.lock().await.read(&format!("/v1/products/{id}"), &[token]).await;
         assert_eq!(product["stock"], total, "{product}");
     }
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
     caught_up_through_kafka(&pool, &log).await;
     let live = read_models(&pool).await;
     // Verified while the workers still run, against each one's progress

@@ -90,11 +90,15 @@ DECLARE
     v_next_up_to bigint;
     v_next_seal bytea;
     v_orphan bigint;
+    v_beyond bigint;
     r record;
 BEGIN
     checked := 0;
     SELECT coalesce(max(up_to), 0) INTO v_sealed_to FROM log_seals;
     SELECT count(*) INTO unsealed FROM events WHERE global_position > v_sealed_to;
+    -- The sealer writes hashes and their seal together: a hash above the
+    -- last seal means seals were removed.
+    SELECT min(global_position) INTO v_beyond FROM event_hashes WHERE global_position > v_sealed_to;
     -- A hash whose event is gone: that event was removed.
     SELECT h.global_position INTO v_orphan FROM event_hashes h
      WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.global_position = h.global_position)
@@ -139,12 +143,12 @@ BEGIN
         v_chain := sha256(v_chain || r.stored);
         checked := checked + 1;
     END LOOP;
-    IF v_orphan IS NOT NULL THEN
+    IF v_orphan IS NOT NULL AND v_orphan <= v_sealed_to THEN
         problem_at := v_orphan;
         problem := 'the event at this position was removed (its hash remains)';
         RETURN;
     END IF;
-    WHILE v_next_up_to IS NOT NULL LOOP
+    WHILE v_next_up_to IS NOT NULL AND v_next_up_to <= v_sealed_to LOOP
         IF v_next_seal <> v_chain THEN
             problem_at := v_next_up_to;
             problem := 'the seal up to this position does not match: an event at or below it, after the seal before, was removed';
@@ -152,6 +156,11 @@ BEGIN
         END IF;
         SELECT up_to, seal INTO v_next_up_to, v_next_seal FROM log_seals WHERE up_to > v_next_up_to ORDER BY up_to LIMIT 1;
     END LOOP;
+    IF v_beyond IS NOT NULL THEN
+        problem_at := v_beyond;
+        problem := 'this position has a hash but no seal covers it: seals were removed';
+        RETURN;
+    END IF;
 END;
 $$;
 

@@ -39,6 +39,10 @@ pub async fn run_sealer(pool: PgPool, mut shutdown: watch::Receiver<bool>) {
                     metrics::counter!("storekeeper_log_sealed_events_total").increment(n);
                 }
             }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => tracing::error!(
+                error = %e,
+                "the log's hashes run past its last seal: seals were removed; `storekeeper events verify` names where. Sealing stops until it is looked into"
+            ),
             Err(e) => tracing::warn!(error = %e, "sealing the log failed; trying again"),
         }
         tokio::select! {
@@ -67,10 +71,15 @@ pub struct LogVerification {
 /// every seal against the hashes before it.
 pub async fn verify(pool: &PgPool) -> Result<LogVerification, sqlx::Error> {
     let started = Instant::now();
+    // One snapshot for the whole check: seals and hashes the sealer commits
+    // meanwhile are not half seen.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     let (problem_at, problem, checked, unsealed): (Option<i64>, Option<String>, i64, i64) =
-        sqlx::query_as("SELECT problem_at, problem, checked, unsealed FROM verify_log()").fetch_one(pool).await?;
+        sqlx::query_as("SELECT problem_at, problem, checked, unsealed FROM verify_log()").fetch_one(&mut *tx).await?;
     let seal: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT up_to, seal FROM log_seals ORDER BY up_to DESC LIMIT 1").fetch_optional(pool).await?;
+        sqlx::query_as("SELECT up_to, seal FROM log_seals ORDER BY up_to DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    tx.rollback().await?;
     Ok(LogVerification {
         problem: problem_at.map(|at| (at as u64, problem.unwrap_or_default())),
         checked: checked as u64,

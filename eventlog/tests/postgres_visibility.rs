@@ -214,11 +214,14 @@ async fn the_sealer_hashes_only_final_events_and_verify_names_the_first_altered_
     let middle = positions(&streams[1]).await[1];
     sqlx::query("CREATE TABLE kept AS SELECT * FROM events").execute(&pool).await.unwrap();
     sqlx::query("CREATE TABLE kept_hashes AS SELECT * FROM event_hashes").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE kept_seals AS SELECT * FROM log_seals").execute(&pool).await.unwrap();
     let restore = [
         "DELETE FROM events",
         "INSERT INTO events SELECT * FROM kept",
         "DELETE FROM event_hashes",
         "INSERT INTO event_hashes SELECT * FROM kept_hashes",
+        "DELETE FROM log_seals",
+        "INSERT INTO log_seals SELECT * FROM kept_seals",
     ];
 
     // An altered event: its own hash fails.
@@ -264,6 +267,19 @@ async fn the_sealer_hashes_only_final_events_and_verify_names_the_first_altered_
     let (at, why) = first_problem(&pool).await.unwrap();
     assert!(at as i64 >= gone[0], "named at or after the first removed event: {at} vs {gone:?}");
     assert!(why.contains("seal"), "{why}");
+    tamper(&pool, &restore).await;
+    assert_eq!(first_problem(&pool).await, None);
+
+    // Seals removed, so that what they covered looks unsealed: the hashes
+    // left above the last seal give it away, altered event or not.
+    tamper(&pool, &["DELETE FROM log_seals"]).await;
+    let (at, why) = first_problem(&pool).await.unwrap();
+    assert_eq!(at as i64, positions(&streams[0]).await[0], "{why}");
+    assert!(why.contains("seals were removed"), "{why}");
+    tamper(&pool, &restore).await;
+    let last = positions(&streams[1]).await.last().copied().unwrap();
+    tamper(&pool, &["DELETE FROM log_seals WHERE up_to = (SELECT max(up_to) FROM log_seals)", &format!("UPDATE events SET data = '{{}}' WHERE global_position = {last}")]).await;
+    assert!(first_problem(&pool).await.is_some_and(|(_, why)| why.contains("seals were removed")));
     tamper(&pool, &restore).await;
     assert_eq!(first_problem(&pool).await, None);
 }

@@ -220,8 +220,28 @@ async fn events_verify_passes_a_sealed_log_and_names_an_altered_event_or_a_remov
         assert!(tokio::time::Instant::now() < deadline, "the sealer did not reach the head of the log");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(d);
     let verify = || run(storekeeper(&["events", "verify"]).env("DATABASE_URL", &url));
+    // While writes go on and the sealer keeps sealing, it still verifies.
+    let (command, admin, http) = (d.command.clone(), d.admin.clone(), d.http.clone());
+    let writes = tokio::spawn(async move {
+        for _ in 0..40 {
+            let restocked = http
+                .post(format!("{command}/v1/products/{}/restock", products[0]))
+                .bearer_auth(&admin)
+                .json(&json!({"quantity": 1}))
+                .send()
+                .await
+                .unwrap();
+            assert!(restocked.status().is_success());
+        }
+        products
+    });
+    for _ in 0..3 {
+        let live = verify();
+        assert!(live.status.success(), "verified during writes: {live:?}");
+    }
+    let products = writes.await.unwrap();
+    drop(d);
     let clean = verify();
     let stdout = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success() && stdout.contains("the log verifies") && stdout.contains("latest seal"), "{clean:?}");

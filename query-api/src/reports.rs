@@ -169,7 +169,11 @@ pub async fn list_projections(State(state): State<AppState>, _: Admin) -> Result
 /// by row: for admins only. Answers 200 either way; `matches` says which.
 pub async fn verify_projection(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<Json<Verified>, ApiError> {
     let projection = projections::all().into_iter().find(|p| p.name() == name).ok_or(ApiError::NotFound("projection"))?;
-    let verification = projections::verify(&state.pool, &*state.log, &*projection).await.map_err(|e| match e {
+    // On a task of its own, so that a client that goes away does not cut it
+    // off before it drops its scratch tables.
+    let (pool, log) = (state.pool.clone(), state.log.clone());
+    let verifying = tokio::spawn(async move { projections::verify(&pool, &*log, &*projection).await });
+    let verification = verifying.await.map_err(ApiError::internal)?.map_err(|e| match e {
         projections::VerifyError::NotStarted(_) => ApiError::NotFound("projection"),
         projections::VerifyError::Busy(name) => ApiError::VerifyInProgress(name),
         projections::VerifyError::Database(e) => e.into(),

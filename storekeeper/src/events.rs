@@ -88,6 +88,19 @@ async fn seal_what_is_final(pool: &PgPool) -> Result<()> {
 
 /// Restores the events of `input` into an empty log.
 pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
+    let imported = import_all(pool, input).await;
+    if imported.is_err() {
+        // The position sequence ignores the rollback: put it back for the
+        // log that stayed empty.
+        sqlx::query("SELECT setval('events_position_seq', 1, false) WHERE NOT EXISTS (SELECT FROM events)")
+            .execute(pool)
+            .await
+            .context("reset the position sequence after the refused import")?;
+    }
+    imported
+}
+
+async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
     let mut tx = pool.begin().await.context("begin the import")?;
     // No append starts meanwhile (reads go on), and none is in the log.
     sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut *tx).await.context("lock the log")?;
@@ -125,6 +138,9 @@ struct Check {
 
 impl Check {
     fn next(&mut self, number: usize, e: &RecordedEvent) -> Result<()> {
+        if e.global_position > i64::MAX as u64 || e.stream_version > i64::MAX as u64 || e.schema_version > i32::MAX as u32 {
+            bail!("line {number}: a position, stream version or schema version out of range: the input is not an export");
+        }
         if e.global_position <= self.position {
             bail!("line {number}: position {} does not follow {}: the input is not an export", e.global_position, self.position);
         }
@@ -176,7 +192,7 @@ async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, Line)>, imported:
     .bind(events.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await
-    .context("insert imported events")?;
+    .with_context(|| format!("lines {} to {}: the database refused these events", page[0].0, page[page.len() - 1].0))?;
     // New appends continue above the imported positions.
     sqlx::query("SELECT setval('events_position_seq', $1)")
         .bind(last as i64)

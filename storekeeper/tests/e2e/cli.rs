@@ -237,6 +237,8 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     let pool = sqlx::PgPool::connect(&empty).await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
     assert_eq!(left, 0, "nothing of a refused file stays");
+    let sequence: (i64, bool) = sqlx::query_as("SELECT last_value, is_called FROM events_position_seq").fetch_one(&pool).await.unwrap();
+    assert_eq!(sequence, (1, false), "not even the position sequence moves");
     pool.close().await;
 
     let bad = dir.join("bad.jsonl");

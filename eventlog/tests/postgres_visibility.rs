@@ -278,7 +278,14 @@ async fn the_sealer_hashes_only_final_events_and_verify_names_the_first_altered_
     assert!(why.contains("seals were removed"), "{why}");
     tamper(&pool, &restore).await;
     let last = positions(&streams[1]).await.last().copied().unwrap();
-    tamper(&pool, &["DELETE FROM log_seals WHERE up_to = (SELECT max(up_to) FROM log_seals)", &format!("UPDATE events SET data = '{{}}' WHERE global_position = {last}")]).await;
+    tamper(
+        &pool,
+        &[
+            "DELETE FROM log_seals WHERE up_to = (SELECT max(up_to) FROM log_seals)",
+            &format!("UPDATE events SET data = '{{}}' WHERE global_position = {last}"),
+        ],
+    )
+    .await;
     assert!(first_problem(&pool).await.is_some_and(|(_, why)| why.contains("seals were removed")));
     tamper(&pool, &restore).await;
     assert_eq!(first_problem(&pool).await, None);

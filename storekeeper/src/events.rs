@@ -1,13 +1,17 @@
 //! `storekeeper events export|import`: the log as JSON Lines, one envelope
 //! per line in global order, for backups and moving to another database.
 //!
-//! Each line carries the event's stream hash when the sealer has made one
-//! (`eventlog::seal`); export seals what is final first. Import restores
-//! into an empty log only, in one transaction: every event exactly as
-//! exported (position and recording time included, so exporting again
-//! gives the same bytes), hashed afresh on the way in and compared with
-//! the file's hashes. A line whose hash does not match, a gap in a stream
-//! or positions out of order, and nothing is imported.
+//! Export seals what is final first and writes the sealed events, each
+//! with its stream hash (`eventlog::seal`), then an end line: how many
+//! events, up to which position, and the seal over their hashes (the log's
+//! own seal there). Import restores into an empty log only, in one
+//! transaction: every event exactly as exported (position and recording
+//! time included, so exporting again gives the same bytes), hashed afresh
+//! on the way in and compared with the file's hashes, and the whole file
+//! compared with its end line. A line whose hash does not match, a line or
+//! stream taken out, a file cut short, a gap in a stream or positions out
+//! of order, and nothing is imported. Someone who rewrites hashes and end
+//! line together is only caught by a seal kept elsewhere.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -32,20 +36,57 @@ struct Line {
     stream_hash: Option<String>,
 }
 
+/// The last line of an export: how many events it holds, up to which
+/// position, and the seal over their hashes in order (the log's own seal
+/// at that position, worth comparing with one kept elsewhere).
+#[derive(Serialize, Deserialize)]
+struct End {
+    events: u64,
+    up_to: u64,
+    seal: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EndLine {
+    end_of_export: End,
+}
+
+/// The chain of hashes a seal is: `sha256(previous || hash)` in order.
+#[derive(Default)]
+struct Chain(Vec<u8>);
+
+impl Chain {
+    fn add(&mut self, hash: &[u8]) {
+        use sha2::Digest;
+        let mut next = sha2::Sha256::new();
+        next.update(&self.0);
+        next.update(hash);
+        self.0 = next.finalize().to_vec();
+    }
+}
+
 /// What an import brought in.
 pub struct Imported {
     pub events: u64,
     /// Of them, those whose hash in the file was checked.
     pub verified: u64,
+    /// The seal over them, from the file's end line.
+    pub seal: String,
 }
 
-/// Writes every event to `out`; answers how many.
+/// Writes every sealed event to `out`, then the end line; answers how
+/// many events. Events newer than the seal it makes first are left out.
 pub async fn export(log: &dyn EventLog, pool: &PgPool, out: &mut dyn Write) -> Result<u64> {
     seal_what_is_final(pool).await?;
+    let sealed_to: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(up_to), 0) FROM log_seals").fetch_one(pool).await.context("read the log's seals")?;
+    let sealed_to = sealed_to as u64;
+    let mut chain = Chain::default();
     let mut after = 0;
     let mut written = 0;
-    loop {
-        let page = log.read_all(after, PAGE).await.context("read the log")?;
+    while after < sealed_to {
+        let mut page = log.read_all(after, PAGE).await.context("read the log")?;
+        page.retain(|e| e.global_position <= sealed_to);
         let Some(last) = page.last() else { break };
         after = last.global_position;
         let positions: Vec<i64> = page.iter().map(|e| e.global_position as i64).collect();
@@ -58,12 +99,18 @@ pub async fn export(log: &dyn EventLog, pool: &PgPool, out: &mut dyn Write) -> R
                 .into_iter()
                 .collect();
         for event in page {
-            let stream_hash = hashes.get(&(event.global_position as i64)).map(hex::encode);
-            serde_json::to_writer(&mut *out, &Line { event, stream_hash }).context("write an event")?;
+            let Some(hash) = hashes.get(&(event.global_position as i64)) else {
+                bail!("the event at position {} is sealed but has no hash: run `storekeeper events verify`", event.global_position);
+            };
+            chain.add(hash);
+            serde_json::to_writer(&mut *out, &Line { event, stream_hash: Some(hex::encode(hash)) }).context("write an event")?;
             out.write_all(b"\n").context("write an event")?;
         }
         written += positions.len() as u64;
     }
+    let end = End { events: written, up_to: after, seal: hex::encode(&chain.0) };
+    serde_json::to_writer(&mut *out, &EndLine { end_of_export: end }).context("write the end line")?;
+    out.write_all(b"\n").context("write the end line")?;
     out.flush().context("flush the export")?;
     Ok(written)
 }
@@ -110,21 +157,46 @@ async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
     }
     let mut check = Check::default();
     let mut page: Vec<(usize, Line)> = Vec::with_capacity(PAGE);
-    let mut imported = Imported { events: 0, verified: 0 };
+    let mut imported = Imported { events: 0, verified: 0, seal: String::new() };
+    let mut chain = Chain::default();
+    let mut end: Option<(usize, End)> = None;
     for (number, line) in input.lines().enumerate() {
+        let number = number + 1;
         let line = line.context("read the input")?;
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&line).with_context(|| format!("line {}: not an event envelope", number + 1))?;
-        check.next(number + 1, &parsed.event)?;
-        page.push((number + 1, parsed));
+        if let Some((at, _)) = &end {
+            bail!("line {number}: the file goes on after its end line (line {at}): the input is not an export");
+        }
+        if line.starts_with("{\"end_of_export\"") {
+            let parsed: EndLine = serde_json::from_str(&line).with_context(|| format!("line {number}: not an end line"))?;
+            end = Some((number, parsed.end_of_export));
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(&line).with_context(|| format!("line {number}: not an event envelope"))?;
+        check.next(number, &parsed.event)?;
+        let hash = parsed.stream_hash.as_deref().and_then(|h| hex::decode(h).ok()).filter(|h| h.len() == 32);
+        let Some(hash) = hash else { bail!("line {number}: no stream_hash (a SHA-256 in hex): the input is not an export") };
+        chain.add(&hash);
+        page.push((number, parsed));
         if page.len() == PAGE {
             insert(&mut tx, std::mem::take(&mut page), &mut imported).await?;
         }
     }
     insert(&mut tx, page, &mut imported).await?;
+    // The end line says what the whole file held: lines or streams taken
+    // out, or a file cut short, no longer add up to it.
+    let Some((_, end)) = end else { bail!("the file has no end line: it was cut short, or is not an export (nothing was imported)") };
+    if end.events != imported.events || end.up_to != check.position || end.seal != hex::encode(&chain.0) {
+        bail!(
+            "the file's events do not add up to its end line ({} events up to position {}): lines were taken out or changed (nothing was imported)",
+            end.events,
+            end.up_to
+        );
+    }
     tx.commit().await.context("commit the import")?;
+    imported.seal = end.seal;
     Ok(imported)
 }
 

@@ -205,7 +205,10 @@ async fn events(action: EventsAction) -> Result<()> {
                 Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?))
             };
             let imported = storekeeper::events::import(&pool, read).await?;
-            eprintln!("storekeeper: imported {} events, {} of them checked against their hashes", imported.events, imported.verified);
+            eprintln!(
+                "storekeeper: imported {} events, {} of them checked against their hashes; seal {}",
+                imported.events, imported.verified, imported.seal
+            );
         }
     }
     Ok(())

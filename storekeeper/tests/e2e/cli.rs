@@ -216,8 +216,32 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     let lines = String::from_utf8_lossy(&before).lines().count();
     assert!(lines > 30 + 5 + 10, "{lines} events");
     assert!(before == after, "the round trip changed the bytes");
-    assert!(String::from_utf8_lossy(&before).lines().all(|l| l.contains("\"stream_hash\":\"")), "every line carries its hash");
-    assert!(String::from_utf8_lossy(&imported.stderr).contains(&format!("{lines} of them checked against their hashes")), "{imported:?}");
+    let text = String::from_utf8_lossy(&before).into_owned();
+    let (events, end) = text.trim_end().rsplit_once('\n').unwrap();
+    assert!(events.lines().all(|l| l.contains("\"stream_hash\":\"")), "every event carries its hash");
+    assert!(end.starts_with(&format!("{{\"end_of_export\":{{\"events\":{}", lines - 1)), "{end}");
+    assert!(
+        String::from_utf8_lossy(&imported.stderr).contains(&format!("{} of them checked against their hashes", lines - 1)),
+        "{imported:?}"
+    );
+
+    // Cut short, or a whole stream taken out: refused.
+    let refused = |file: &Path, contents: String| {
+        std::fs::write(file, contents).unwrap();
+        let empty = std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(eventlog::testing::fresh_database_url()))
+            .join()
+            .unwrap();
+        let out = import(&empty, file);
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cut = refused(&dir.join("cut.jsonl"), format!("{events}\n"));
+    assert!(cut.contains("no end line"), "{cut}");
+    let single = events.lines().map(|l| l.split("\"stream_id\":\"").nth(1).unwrap().split('"').next().unwrap()).collect::<Vec<_>>();
+    let lonely = single.iter().find(|s| single.iter().filter(|t| t == s).count() == 1).expect("a stream of one event");
+    let without: Vec<&str> = text.lines().filter(|l| !l.contains(&format!("\"stream_id\":\"{lonely}\""))).collect();
+    let taken_out = refused(&dir.join("taken-out.jsonl"), without.join("\n") + "\n");
+    assert!(taken_out.contains("do not add up to its end line"), "{taken_out}");
 
     // One value changed in the file: refused, and nothing imported.
     let altered = dir.join("altered.jsonl");

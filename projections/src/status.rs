@@ -124,7 +124,9 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         events_per_second: f64,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.projection, c.version, c.position, c.state, c.last_error, c.events_per_second,
+        "SELECT c.projection, c.version, c.position, c.state, c.last_error,
+                -- A rate only while batches come: idle for 10 s, none.
+                CASE WHEN c.updated_at > now() - interval '10 seconds' THEN c.events_per_second ELSE 0 END AS events_per_second,
                 (SELECT count(*) FROM dead_letters d WHERE d.projection = c.projection) AS parked
            FROM projection_checkpoints c ORDER BY c.projection",
     )

@@ -217,6 +217,9 @@ impl Check {
             bail!("line {number}: position {} does not follow {}: the input is not an export", e.global_position, self.position);
         }
         self.position = e.global_position;
+        if e.stream_id.is_empty() || e.stream_id.chars().any(char::is_control) || e.event_type.chars().any(char::is_control) {
+            bail!("line {number}: an empty stream id, or a control character in the stream id or event type: the input is not an export");
+        }
         let expected = self.next_version.get(&e.stream_id).copied().unwrap_or(0);
         if e.stream_version != expected {
             bail!(

@@ -84,6 +84,7 @@ $$;
 CREATE FUNCTION verify_log(OUT problem_at bigint, OUT problem text, OUT checked bigint, OUT unsealed bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
+    c_seal_broken CONSTANT text := 'the seal up to this position does not match: an event at or below it, after the seal before, was removed';
     v_sealed_to bigint;
     v_chain bytea := '\x'::bytea;
     v_prev bytea;
@@ -103,6 +104,8 @@ BEGIN
     SELECT h.global_position INTO v_orphan FROM event_hashes h
      WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.global_position = h.global_position)
      ORDER BY h.global_position LIMIT 1;
+    -- Each seal ends at an event's position: passing that position without
+    -- meeting the event, or meeting it with another chain, breaks the seal.
     SELECT up_to, seal INTO v_next_up_to, v_next_seal FROM log_seals ORDER BY up_to LIMIT 1;
     FOR r IN SELECT e AS event, e.global_position AS pos, e.stream_id AS stream, e.stream_version AS version, h.stream_hash AS stored
                FROM events e LEFT JOIN event_hashes h USING (global_position)
@@ -111,15 +114,11 @@ BEGIN
         IF v_orphan IS NOT NULL AND v_orphan < r.pos THEN
             EXIT;
         END IF;
-        -- Every seal below this event covers exactly the hashes before it.
-        WHILE v_next_up_to IS NOT NULL AND v_next_up_to < r.pos LOOP
-            IF v_next_seal <> v_chain THEN
-                problem_at := v_next_up_to;
-                problem := 'the seal up to this position does not match: an event at or below it, after the seal before, was removed';
-                RETURN;
-            END IF;
-            SELECT up_to, seal INTO v_next_up_to, v_next_seal FROM log_seals WHERE up_to > v_next_up_to ORDER BY up_to LIMIT 1;
-        END LOOP;
+        IF v_next_up_to < r.pos THEN
+            problem_at := v_next_up_to;
+            problem := c_seal_broken;
+            RETURN;
+        END IF;
         IF r.stored IS NULL THEN
             problem_at := r.pos;
             problem := 'the event at this position has no hash though the log is sealed past it';
@@ -142,24 +141,25 @@ BEGIN
         END IF;
         v_chain := sha256(v_chain || r.stored);
         checked := checked + 1;
+        IF v_next_up_to = r.pos THEN
+            IF v_next_seal <> v_chain THEN
+                problem_at := r.pos;
+                problem := c_seal_broken;
+                RETURN;
+            END IF;
+            SELECT up_to, seal INTO v_next_up_to, v_next_seal FROM log_seals WHERE up_to > r.pos ORDER BY up_to LIMIT 1;
+        END IF;
     END LOOP;
     IF v_orphan IS NOT NULL AND v_orphan <= v_sealed_to THEN
         problem_at := v_orphan;
         problem := 'the event at this position was removed (its hash remains)';
-        RETURN;
-    END IF;
-    WHILE v_next_up_to IS NOT NULL AND v_next_up_to <= v_sealed_to LOOP
-        IF v_next_seal <> v_chain THEN
-            problem_at := v_next_up_to;
-            problem := 'the seal up to this position does not match: an event at or below it, after the seal before, was removed';
-            RETURN;
-        END IF;
-        SELECT up_to, seal INTO v_next_up_to, v_next_seal FROM log_seals WHERE up_to > v_next_up_to ORDER BY up_to LIMIT 1;
-    END LOOP;
-    IF v_beyond IS NOT NULL THEN
+    ELSIF v_next_up_to IS NOT NULL THEN
+        -- A seal whose last event is gone, with every event after it.
+        problem_at := v_next_up_to;
+        problem := c_seal_broken;
+    ELSIF v_beyond IS NOT NULL THEN
         problem_at := v_beyond;
         problem := 'this position has a hash but no seal covers it: seals were removed';
-        RETURN;
     END IF;
 END;
 $$;

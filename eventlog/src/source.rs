@@ -63,8 +63,25 @@ impl Progress {
         if self.partition_count == 0 {
             return self.position >= token;
         }
-        !streams.is_empty()
-            && streams.iter().all(|s| self.partitions.get(&partition_for(s, self.partition_count)).is_some_and(|p| *p >= token))
+        !streams.is_empty() && streams.iter().all(|s| self.has_applied(s, token))
+    }
+
+    /// Whether the event of `stream_id` at `position` is applied: up to the
+    /// position, or from a partitioned source, up to its partition's.
+    pub fn has_applied(&self, stream_id: &str, position: u64) -> bool {
+        if self.partition_count == 0 {
+            return self.position >= position;
+        }
+        self.partitions.get(&partition_for(stream_id, self.partition_count)).is_some_and(|p| *p >= position)
+    }
+
+    /// The highest position up to which every event is applied, whatever
+    /// its partition.
+    pub fn applied_everywhere(&self) -> u64 {
+        if self.partition_count == 0 {
+            return self.position;
+        }
+        (0..self.partition_count).map(|p| self.partitions.get(&p).copied().unwrap_or(0)).min().unwrap_or(0)
     }
 
     pub fn is_partitioned(&self) -> bool {

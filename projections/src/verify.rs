@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use domain::events::DomainEvent;
-use eventlog::{EventLog, EventLogError, Progress, RecordedEvent, partition_for};
+use eventlog::{EventLog, EventLogError, Progress, RecordedEvent};
 use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -128,11 +128,7 @@ async fn compare(
     // From a partitioned source, outside the snapshot only as far as every
     // partition has applied: beyond that, which events are in the live view
     // is only known in the snapshot, and each event is folded once.
-    let everywhere = match progress.is_partitioned() {
-        true => (0..progress.partition_count).map(|p| progress.partitions.get(&p).copied().unwrap_or(0)).min().unwrap_or(0),
-        false => progress.position,
-    };
-    fold.to(&mut *conn, log, projection, &progress, everywhere).await?;
+    fold.to(&mut *conn, log, projection, &progress, progress.applied_everywhere()).await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
     let progress = crate::progress(&mut *tx, &[name]).await?.pop().flatten().unwrap_or(progress);
@@ -191,14 +187,7 @@ impl Fold<'_> {
         up_to: u64,
     ) -> Result<(), VerifyError> {
         let up_to = up_to.min(progress.position);
-        let applied = |e: &RecordedEvent| {
-            e.global_position <= up_to
-                && (!progress.is_partitioned()
-                    || progress
-                        .partitions
-                        .get(&partition_for(&e.stream_id, progress.partition_count))
-                        .is_some_and(|at| *at >= e.global_position))
-        };
+        let applied = |e: &RecordedEvent| e.global_position <= up_to && progress.has_applied(&e.stream_id, e.global_position);
         while self.folded < up_to {
             let events = log.read_all(self.folded, BATCH).await?;
             let Some(last) = events.last() else { break };

@@ -67,9 +67,8 @@ impl Chain {
 
 /// What an import brought in.
 pub struct Imported {
+    /// Each checked against its hash.
     pub events: u64,
-    /// Of them, those whose hash in the file was checked.
-    pub verified: u64,
     /// The seal over them, from the file's end line.
     pub seal: String,
 }
@@ -156,8 +155,8 @@ async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
         bail!("the event log is not empty: import restores into an empty database only");
     }
     let mut check = Check::default();
-    let mut page: Vec<(usize, Line)> = Vec::with_capacity(PAGE);
-    let mut imported = Imported { events: 0, verified: 0, seal: String::new() };
+    let mut page: Vec<(usize, RecordedEvent, Vec<u8>)> = Vec::with_capacity(PAGE);
+    let mut imported = Imported { events: 0, seal: String::new() };
     let mut chain = Chain::default();
     let mut end: Option<(usize, End)> = None;
     for (number, line) in input.lines().enumerate() {
@@ -179,7 +178,7 @@ async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
         let hash = parsed.stream_hash.as_deref().and_then(|h| hex::decode(h).ok()).filter(|h| h.len() == 32);
         let Some(hash) = hash else { bail!("line {number}: no stream_hash (a SHA-256 in hex): the input is not an export") };
         chain.add(&hash);
-        page.push((number, parsed));
+        page.push((number, parsed.event, hash));
         if page.len() == PAGE {
             insert(&mut tx, std::mem::take(&mut page), &mut imported).await?;
         }
@@ -233,21 +232,11 @@ impl Check {
     }
 }
 
-/// Inserts a page as it is, hashes it as the sealer would and compares the
-/// hashes with the file's.
-async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, Line)>, imported: &mut Imported) -> Result<()> {
-    let Some(last) = page.last().map(|(_, l)| l.event.global_position) else { return Ok(()) };
-    let mut hashes = Vec::new();
-    for (number, line) in &page {
-        if let Some(hash) = &line.stream_hash {
-            let hash = hex::decode(hash)
-                .ok()
-                .filter(|h| h.len() == 32)
-                .with_context(|| format!("line {number}: stream_hash is not a SHA-256 in hex"))?;
-            hashes.push((*number, line.event.global_position as i64, hash));
-        }
-    }
-    let events: Vec<&RecordedEvent> = page.iter().map(|(_, l)| &l.event).collect();
+/// Inserts a page (line number, event, its hash in the file) as it is,
+/// hashes it as the sealer would and compares the hashes with the file's.
+async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, RecordedEvent, Vec<u8>)>, imported: &mut Imported) -> Result<()> {
+    let Some(last) = page.last().map(|(_, e, _)| e.global_position) else { return Ok(()) };
+    let events: Vec<&RecordedEvent> = page.iter().map(|(_, e, _)| e).collect();
     sqlx::query(
         "INSERT INTO events (global_position, first_in_append, stream_id, stream_version, event_id, event_type, schema_version,
                              occurred_at, recorded_at, metadata, data)
@@ -287,7 +276,8 @@ async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, Line)>, imported:
     if sealed < page.len() {
         bail!("another process keeps sealing this database's log: stop every storekeeper process on it and import again");
     }
-    let (positions, wanted): (Vec<i64>, Vec<Vec<u8>>) = hashes.iter().map(|(_, p, h)| (*p, h.clone())).unzip();
+    let positions: Vec<i64> = events.iter().map(|e| e.global_position as i64).collect();
+    let wanted: Vec<&[u8]> = page.iter().map(|(_, _, h)| h.as_slice()).collect();
     let differs: Option<i64> = sqlx::query_scalar(
         "SELECT f.p FROM unnest($1::bigint[], $2::bytea[]) AS f(p, h) LEFT JOIN event_hashes e ON e.global_position = f.p
           WHERE e.stream_hash IS DISTINCT FROM f.h ORDER BY f.p LIMIT 1",
@@ -298,12 +288,11 @@ async fn insert(tx: &mut sqlx::PgConnection, page: Vec<(usize, Line)>, imported:
     .await
     .context("compare the hashes")?;
     if let Some(position) = differs {
-        let number = hashes.iter().find(|h| h.1 == position).map_or(0, |h| h.0);
+        let number = page.iter().find(|(_, e, _)| e.global_position as i64 == position).map_or(0, |(n, _, _)| *n);
         bail!(
             "line {number}: the event at position {position} does not match its stream_hash: the file was altered or is not an export (nothing was imported)"
         );
     }
     imported.events += page.len() as u64;
-    imported.verified += hashes.len() as u64;
     Ok(())
 }

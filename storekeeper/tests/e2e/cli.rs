@@ -221,7 +221,7 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     assert!(events.lines().all(|l| l.contains("\"stream_hash\":\"")), "every event carries its hash");
     assert!(end.starts_with(&format!("{{\"end_of_export\":{{\"events\":{}", lines - 1)), "{end}");
     assert!(
-        String::from_utf8_lossy(&imported.stderr).contains(&format!("{} of them checked against their hashes", lines - 1)),
+        String::from_utf8_lossy(&imported.stderr).contains(&format!("imported {} events, each checked against its hash", lines - 1)),
         "{imported:?}"
     );
 
@@ -464,6 +464,8 @@ async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
     assert_eq!(found["matches"], false, "{found}");
     assert_eq!(found["differing_rows"], 2, "{found}");
     assert!(found["events_per_second"].as_f64().unwrap() > 0.0, "{found}");
+    let metrics = http.get(format!("{}/metrics", serve.query)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "storekeeper_projection_verify_differing_rows{projection=\"products\"} 2"), "{metrics}");
     assert_eq!(answer("/v1/projections/products/verify", None).await.unwrap().status(), 401);
     let customer = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &uuid::Uuid::now_v7().to_string()]));
     let customer = String::from_utf8(customer.stdout).unwrap().trim().to_owned();

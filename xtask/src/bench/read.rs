@@ -105,7 +105,7 @@ pub fn read(args: &[&str]) -> Result<()> {
         // time, each until it has taken over.
         println!("(c) rebuilding one projection at a time from the whole log (live tables keep serving)");
         for name in ["products", "audit"] {
-            sqlx::query("UPDATE projection_checkpoints SET rebuild_requested = true WHERE projection = $1").bind(name).execute(&pool).await?;
+            projections::request_rebuild(&pool, name).await?;
             let started = Instant::now();
             loop {
                 let requested: bool = sqlx::query_scalar("SELECT rebuild_requested FROM projection_checkpoints WHERE projection = $1")

@@ -160,6 +160,20 @@ pub async fn deactivate_customer(
     customer_command(&state, &ctx, &id, body.try_into()).await
 }
 
+/// Forgets a customer (the customer itself, or an admin): its personal
+/// data becomes unreadable everywhere and its email is free again.
+pub async fn forget_customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+    JsonBody(_): JsonBody<dto::Empty>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    ctx.principal().require_customer(id)?;
+    let outcome = state.service.forget_customer(id, ctx.if_match, &ctx.metadata).await?;
+    Ok(respond(StatusCode::OK, outcome))
+}
+
 // --- products ---
 
 pub async fn add_product(State(state): State<AppState>, ctx: Ctx, JsonBody(body): JsonBody<dto::AddProduct>) -> Result<Response, ApiError> {

@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/email", post(change_email))
         .route("/v1/customers/{id}/address", post(update_address))
         .route("/v1/customers/{id}/deactivate", post(deactivate_customer))
+        .route("/v1/customers/{id}/forget", post(forget_customer))
         .route("/v1/products", post(add_product))
         .route("/v1/products/{id}/details", post(update_product_details))
         .route("/v1/products/{id}/price", post(change_price))

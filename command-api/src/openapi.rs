@@ -42,6 +42,13 @@ fn operations() -> Vec<Op> {
             auth: OWNER,
         },
         Op { path: "/v1/customers/{id}/deactivate", summary: "Deactivate a customer", body: body::<dto::Reason>, status: 200, auth: OWNER },
+        Op {
+            path: "/v1/customers/{id}/forget",
+            summary: "Forget a customer: its personal data is shredded everywhere and its email freed",
+            body: body::<dto::Empty>,
+            status: 200,
+            auth: OWNER,
+        },
         Op { path: "/v1/products", summary: "Add a product", body: body::<dto::AddProduct>, status: 201, auth: ADMIN },
         Op {
             path: "/v1/products/{id}/details",

@@ -23,7 +23,7 @@ use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
-use eventlog::{AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite};
+use eventlog::{Vault, AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite};
 use uuid::Uuid;
 
 /// How often a decision is retried after losing a race without `If-Match`.
@@ -105,6 +105,7 @@ struct Cache {
 #[derive(Clone)]
 pub struct CommandService {
     log: Arc<dyn EventLog>,
+    vault: Arc<Vault>,
     stripes: Arc<[tokio::sync::Mutex<()>]>,
     cache: Arc<Mutex<Cache>>,
 }
@@ -146,9 +147,13 @@ impl Decision {
 }
 
 impl CommandService {
-    pub fn new(log: Arc<dyn EventLog>) -> Self {
+    /// `log` is the vaulted log (`eventlog::VaultedLog`) over `vault`'s
+    /// keys: decisions are made on opened personal data, and what they
+    /// append is sealed.
+    pub fn new(log: Arc<dyn EventLog>, vault: Arc<Vault>) -> Self {
         CommandService {
             log,
+            vault,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             cache: Arc::new(Mutex::new(Cache::default())),
         }
@@ -156,6 +161,10 @@ impl CommandService {
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.log
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
     }
 
     fn stripe(&self, stream_id: &str) -> &tokio::sync::Mutex<()> {
@@ -374,6 +383,7 @@ impl CommandService {
             let loaded = self.state::<CustomerAggregate>(stream, cached).await?;
             let events = CustomerAggregate::decide(&loaded.state, command.clone())?;
             let mut writes = vec![write(stream, &loaded, &events, metadata)];
+            let current = loaded.state.as_ref().map(|c| &c.email);
             for event in &events {
                 let (claim, release) = match event {
                     CustomerEvent::Registered(e) => (Some(&e.email), None),
@@ -381,20 +391,37 @@ impl CommandService {
                     // stays the customer's; releasing it would free it.
                     CustomerEvent::EmailChanged(e) if e.email.key() == e.previous_email.key() => (None, None),
                     CustomerEvent::EmailChanged(e) => (Some(&e.email), Some(&e.previous_email)),
+                    // Forgetting frees the email for anyone to register.
+                    CustomerEvent::Forgotten(_) => (None, current.filter(|e| !e.is_redacted())),
                     _ => (None, None),
                 };
                 if let Some(email) = claim {
-                    let command = ClaimCommand::Claim { kind: ClaimKind::Email, value: email.key(), owner_stream_id: stream.clone() };
-                    writes.push(self.claim(command, &email_claim_stream(email), metadata).await?);
+                    let value = self.vault.keyed_hash(&email.key()).await?;
+                    let claim_stream = email_claim_stream(&value);
+                    let command = ClaimCommand::Claim { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
+                    writes.push(self.claim(command, &claim_stream, metadata).await?);
                 }
                 if let Some(email) = release {
-                    let command = ClaimCommand::Release { kind: ClaimKind::Email, value: email.key(), owner_stream_id: stream.clone() };
-                    writes.push(self.claim(command, &email_claim_stream(email), metadata).await?);
+                    let value = self.vault.keyed_hash(&email.key()).await?;
+                    let claim_stream = email_claim_stream(&value);
+                    let command = ClaimCommand::Release { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
+                    writes.push(self.claim(command, &claim_stream, metadata).await?);
                 }
             }
             Ok(Decision::new(stream, loaded, &events, writes))
         })
         .await
+    }
+
+    /// Forgets a customer: appends `CustomerForgotten` (releasing its email)
+    /// and then deletes its key, so that its personal data reads as
+    /// redacted everywhere. Asked again, it appends nothing but deletes the
+    /// key all the same, which finishes a forget cut short between the two
+    /// (the order process manager finishes those on its own too).
+    pub async fn forget_customer(&self, id: Uuid, if_match: Option<u64>, metadata: &Metadata) -> Result<Outcome, ServiceError> {
+        let outcome = self.customer(id, CustomerCommand::Forget, if_match, metadata).await?;
+        self.vault.forget(id).await?;
+        Ok(outcome)
     }
 
     /// Product commands: adding a product claims its SKU.

@@ -44,7 +44,15 @@ pub fn claim_stream(kind: ClaimKind, normalised: &str) -> String {
     format!("{}-{}", ClaimAggregate::CATEGORY, id)
 }
 
-pub fn email_claim_stream(email: &Email) -> String {
+/// The claim stream of an email, given its keyed hash (never the email
+/// itself, which would be guessable from the stream id).
+pub fn email_claim_stream(keyed_hash: &str) -> String {
+    claim_stream(ClaimKind::Email, keyed_hash)
+}
+
+/// The claim stream an email had before claims were keyed (plaintext
+/// logs): only the migration that re-encrypts such a log needs it.
+pub fn legacy_email_claim_stream(email: &Email) -> String {
     claim_stream(ClaimKind::Email, &email.key())
 }
 
@@ -55,6 +63,8 @@ pub fn sku_claim_stream(sku: &Sku) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ValueClaimed {
     pub kind: ClaimKind,
+    /// The normalised value; for an email, its keyed hash
+    /// (`hmac-sha256:<hex>`), never the email itself.
     pub value: String,
     pub owner_stream_id: String,
 }
@@ -62,6 +72,7 @@ pub struct ValueClaimed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ValueReleased {
     pub kind: ClaimKind,
+    /// As in `ValueClaimed`.
     pub value: String,
     pub owner_stream_id: String,
 }

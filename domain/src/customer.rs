@@ -1,4 +1,5 @@
-//! Customers: registration, email changes, shipping address, deactivation.
+//! Customers: registration, email changes, shipping address, deactivation,
+//! and being forgotten (their personal data shredded, see `crate::personal`).
 //! Email uniqueness is not decided here but by the claim registry
 //! (`crate::claim`), whose streams are appended atomically with these.
 
@@ -35,12 +36,20 @@ pub struct CustomerDeactivated {
     pub reason: String,
 }
 
+/// The customer's key is deleted: every personal field of its events (and
+/// of its orders) reads as redacted from now on, and its email is free.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerForgotten {}
+
 event_enum! {
     pub enum CustomerEvent {
-        Registered(CustomerRegistered) = ("CustomerRegistered", 1),
-        EmailChanged(CustomerEmailChanged) = ("CustomerEmailChanged", 1),
-        ShippingAddressUpdated(CustomerShippingAddressUpdated) = ("CustomerShippingAddressUpdated", 1),
+        // v2: the personal fields are stored sealed (`crate::personal`).
+        Registered(CustomerRegistered) = ("CustomerRegistered", 2),
+        EmailChanged(CustomerEmailChanged) = ("CustomerEmailChanged", 2),
+        ShippingAddressUpdated(CustomerShippingAddressUpdated) = ("CustomerShippingAddressUpdated", 2),
         Deactivated(CustomerDeactivated) = ("CustomerDeactivated", 1),
+        Forgotten(CustomerForgotten) = ("CustomerForgotten", 1),
     }
 }
 
@@ -50,6 +59,7 @@ pub enum CustomerCommand {
     ChangeEmail { email: Email },
     UpdateShippingAddress { shipping_address: Address },
     Deactivate { reason: String },
+    Forget,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +69,8 @@ pub struct Customer {
     pub name: String,
     pub shipping_address: Option<Address>,
     pub active: bool,
+    #[serde(default)]
+    pub forgotten: bool,
 }
 
 /// `None` until registered.
@@ -68,7 +80,7 @@ pub struct CustomerAggregate;
 
 impl Aggregate for CustomerAggregate {
     const CATEGORY: &'static str = "customer";
-    const SNAPSHOT_VERSION: u32 = 1;
+    const SNAPSHOT_VERSION: u32 = 2;
     type State = CustomerState;
     type Command = CustomerCommand;
     type Event = CustomerEvent;
@@ -88,6 +100,11 @@ impl Aggregate for CustomerAggregate {
             (Some(customer), command) => (customer, command),
         };
         match customer {
+            (c, C::Forget) if c.forgotten => Ok(vec![]),
+            (_, C::Forget) => Ok(vec![CustomerEvent::Forgotten(CustomerForgotten {})]),
+            (c, C::ChangeEmail { .. } | C::UpdateShippingAddress { .. }) if c.forgotten => {
+                Err(DomainError::state("the customer is forgotten"))
+            }
             (c, C::ChangeEmail { .. } | C::UpdateShippingAddress { .. }) if !c.active => {
                 Err(DomainError::state("the customer is deactivated"))
             }
@@ -119,12 +136,21 @@ impl Aggregate for CustomerAggregate {
                 name: e.name.clone(),
                 shipping_address: e.shipping_address.clone(),
                 active: true,
+                forgotten: false,
             }),
             (Some(c), CustomerEvent::EmailChanged(e)) => Some(Customer { email: e.email.clone(), ..c }),
             (Some(c), CustomerEvent::ShippingAddressUpdated(e)) => {
                 Some(Customer { shipping_address: Some(e.shipping_address.clone()), ..c })
             }
             (Some(c), CustomerEvent::Deactivated(_)) => Some(Customer { active: false, ..c }),
+            (Some(c), CustomerEvent::Forgotten(_)) => Some(Customer {
+                email: Email::redacted(),
+                name: crate::personal::REDACTED.to_owned(),
+                shipping_address: c.shipping_address.map(|_| Address::redacted()),
+                active: false,
+                forgotten: true,
+                ..c
+            }),
             (None, _) => None,
         }
     }

@@ -58,7 +58,15 @@ type Upcaster = fn(Value) -> Result<Value, serde_json::Error>;
 
 /// Every upcaster: (event type, version it reads). Each lifts data by one
 /// version.
-const UPCASTERS: &[(&str, u32, Upcaster)] = &[("ProductAdded", 1, crate::product::upcast_product_added_v1)];
+const UPCASTERS: &[(&str, u32, Upcaster)] = &[
+    ("ProductAdded", 1, crate::product::upcast_product_added_v1),
+    // v2 of these stores the personal fields sealed; once opened (or for
+    // v1, which holds them in the clear) the shape is the same.
+    ("CustomerRegistered", 1, Ok),
+    ("CustomerEmailChanged", 1, Ok),
+    ("CustomerShippingAddressUpdated", 1, Ok),
+    ("OrderPlaced", 1, Ok),
+];
 
 /// Lifts `data` stored at `stored` up to `current`, one version at a time.
 pub fn upcast(event_type: &str, stored: u32, current: u32, mut data: Value) -> Result<Value, DecodeError> {
@@ -77,7 +85,31 @@ pub fn upcast(event_type: &str, stored: u32, current: u32, mut data: Value) -> R
 
 /// Schemas of historical versions that are still read through upcasters.
 pub fn historical_schemas() -> Vec<EventSchema> {
-    vec![EventSchema { event_type: "ProductAdded", schema_version: 1, schema: schemars::schema_for!(crate::product::ProductAddedV1) }]
+    use crate::{customer::*, order::OrderPlaced};
+    vec![
+        EventSchema { event_type: "ProductAdded", schema_version: 1, schema: schemars::schema_for!(crate::product::ProductAddedV1) },
+        EventSchema { event_type: "CustomerRegistered", schema_version: 1, schema: schemars::schema_for!(CustomerRegistered) },
+        EventSchema { event_type: "CustomerEmailChanged", schema_version: 1, schema: schemars::schema_for!(CustomerEmailChanged) },
+        EventSchema {
+            event_type: "CustomerShippingAddressUpdated",
+            schema_version: 1,
+            schema: schemars::schema_for!(CustomerShippingAddressUpdated),
+        },
+        EventSchema { event_type: "OrderPlaced", schema_version: 1, schema: schemars::schema_for!(OrderPlaced) },
+    ]
+}
+
+/// Marks the sealed fields of a current schema: stored, each is an object
+/// `{"$sealed": "<base64 of nonce and ciphertext>"}` (XChaCha20-Poly1305
+/// under the owner's key), which opens to the shape the schema gives.
+fn mark_sealed(mut schema: EventSchema) -> EventSchema {
+    if let Some(personal) = crate::personal::personal_fields(schema.event_type)
+        && schema.schema_version >= 2
+    {
+        let fields: Vec<&str> = personal.fields.iter().map(|(f, _)| *f).collect();
+        schema.schema.insert("x-sealed-fields".into(), serde_json::json!(fields));
+    }
+    schema
 }
 
 /// Every schema, current and historical, in a stable order.
@@ -88,6 +120,7 @@ pub fn all_schemas() -> Vec<EventSchema> {
     all.extend(crate::order::OrderEvent::schemas());
     all.extend(crate::claim::ClaimEvent::schemas());
     all.extend(historical_schemas());
+    let mut all: Vec<EventSchema> = all.into_iter().map(mark_sealed).collect();
     all.sort_by(|a, b| (a.event_type, a.schema_version).cmp(&(b.event_type, b.schema_version)));
     all
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod money;
 pub mod order;
+pub mod personal;
 pub mod process;
 pub mod product;
 pub mod values;

@@ -78,7 +78,8 @@ pub struct OrderCancelled {
 
 event_enum! {
     pub enum OrderEvent {
-        Placed(OrderPlaced) = ("OrderPlaced", 1),
+        // v2: the shipping address is stored sealed (`crate::personal`).
+        Placed(OrderPlaced) = ("OrderPlaced", 2),
         LineReserved(OrderLineReserved) = ("OrderLineReserved", 1),
         Confirmed(OrderConfirmed) = ("OrderConfirmed", 1),
         Rejected(OrderRejected) = ("OrderRejected", 1),

@@ -31,6 +31,15 @@ impl Email {
     pub fn key(&self) -> String {
         self.0.to_lowercase()
     }
+
+    /// What a forgotten customer's email reads as.
+    pub fn redacted() -> Email {
+        Email(crate::personal::REDACTED.to_owned())
+    }
+
+    pub fn is_redacted(&self) -> bool {
+        self.0 == crate::personal::REDACTED
+    }
 }
 
 impl From<Email> for String {

@@ -16,6 +16,7 @@ pub mod seal;
 mod shared_tail;
 pub mod source;
 mod subscription;
+pub mod vault;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -26,6 +27,7 @@ pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use shared_tail::SharedTail;
 pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
 pub use subscription::Subscription;
+pub use vault::{Vault, VaultedLog};
 
 use async_trait::async_trait;
 use tokio::sync::watch;

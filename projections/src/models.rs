@@ -228,6 +228,47 @@ impl Projection for ProductsProjection {
 
 pub struct CustomersProjection;
 
+/// Scrubs forgotten customers' rows (id, version of `CustomerForgotten`,
+/// recorded at) to what a fold of their opened history gives once their
+/// key is gone: every personal field redacted.
+async fn forget_customers(
+    tx: &mut PgConnection,
+    forgotten: &[(uuid::Uuid, i64, chrono::DateTime<chrono::Utc>)],
+) -> Result<(), ApplyError> {
+    if forgotten.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE rm_customers c
+            SET email = $4, name = $4, status = 'forgotten', version = f.version, updated_at = f.at,
+                shipping_address = CASE WHEN c.shipping_address IS NULL THEN NULL ELSE $5 END
+           FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS f(id, version, at)
+          WHERE c.id = f.id AND c.version < f.version",
+    )
+    .bind(forgotten.iter().map(|f| f.0).collect::<Vec<_>>())
+    .bind(forgotten.iter().map(|f| f.1).collect::<Vec<_>>())
+    .bind(forgotten.iter().map(|f| f.2).collect::<Vec<_>>())
+    .bind(domain::personal::REDACTED)
+    .bind(json!(domain::Address::redacted()))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Scrubs the shipping address of forgotten customers' orders; their
+/// lines and amounts stay.
+async fn forget_orders_of(tx: &mut PgConnection, customers: &[uuid::Uuid]) -> Result<(), ApplyError> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE rm_orders SET shipping_address = $2 WHERE customer_id = ANY($1)")
+        .bind(customers)
+        .bind(json!(domain::Address::redacted()))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Projection for CustomersProjection {
     fn name(&self) -> &'static str {
@@ -261,6 +302,7 @@ impl Projection for CustomersProjection {
             CustomerEvent::EmailChanged(c) => (Some(c.email.as_str()), None, None),
             CustomerEvent::ShippingAddressUpdated(u) => (None, Some(json!(u.shipping_address)), None),
             CustomerEvent::Deactivated(_) => (None, None, Some("deactivated")),
+            CustomerEvent::Forgotten(_) => return forget_customers(tx, &[(id, version, at)]).await,
         };
         sqlx::query(
             "UPDATE rm_customers SET email = coalesce($3, email), shipping_address = coalesce($4, shipping_address),
@@ -295,11 +337,17 @@ impl Projection for CustomersProjection {
         })
         .await?;
         let mut added = Vec::new();
+        let mut forgotten = Vec::new();
         let mut net: BTreeMap<uuid::Uuid, Net> = BTreeMap::new();
         for (id, version, at, e) in mine {
             let n = match e {
                 CustomerEvent::Registered(r) => {
                     added.push((id, r, version, at));
+                    continue;
+                }
+                // Last of its stream: scrubbed after the net changes.
+                CustomerEvent::Forgotten(_) => {
+                    forgotten.push((id, version, at));
                     continue;
                 }
                 CustomerEvent::EmailChanged(c) => {
@@ -356,7 +404,7 @@ impl Projection for CustomersProjection {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(())
+        forget_customers(tx, &forgotten).await
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -376,6 +424,9 @@ impl Projection for OrdersProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
+        if let DomainEvent::Customer(CustomerEvent::Forgotten(_)) = decoded {
+            return forget_orders_of(tx, &[entity_id(&event.stream_id)?]).await;
+        }
         let DomainEvent::Order(e) = decoded else { return Ok(()) };
         let id = entity_id(&event.stream_id)?;
         let version = event.stream_version as i64;
@@ -462,7 +513,12 @@ impl Projection for OrdersProjection {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(())
+        let forgotten: Vec<uuid::Uuid> = events
+            .iter()
+            .filter(|(_, d)| matches!(d, DomainEvent::Customer(CustomerEvent::Forgotten(_))))
+            .map(|(e, _)| entity_id(&e.stream_id))
+            .collect::<Result<_, _>>()?;
+        forget_orders_of(tx, &forgotten).await
     }
 
     fn tables(&self) -> &'static [&'static str] {

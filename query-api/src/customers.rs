@@ -81,7 +81,14 @@ pub async fn customer_at(
         email: c.email.as_str().to_owned(),
         name: c.name,
         shipping_address: c.shipping_address.map(|a| json!(a)),
-        status: if c.active { "active" } else { "deactivated" }.to_owned(),
+        status: if c.forgotten {
+            "forgotten"
+        } else if c.active {
+            "active"
+        } else {
+            "deactivated"
+        }
+        .to_owned(),
         version: version as i64,
     }))
 }

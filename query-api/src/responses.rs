@@ -39,7 +39,7 @@ pub struct Customer {
     pub email: String,
     pub name: String,
     pub shipping_address: Option<Value>,
-    /// `active` or `deactivated`.
+    /// `active`, `deactivated` or `forgotten` (every personal field then reads `[redacted]`).
     pub status: String,
     pub version: i64,
 }

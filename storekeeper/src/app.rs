@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use commands::{CommandService, IdempotencyStore, ProcessManager};
 use edge::JwtKeys;
-use eventlog::{EventLog, PgEventLog};
+use eventlog::{EventLog, PgEventLog, Vault, VaultedLog};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -69,8 +69,12 @@ pub struct App {
 impl App {
     pub async fn start(config: Config, pool: PgPool, listeners: Listeners) -> Result<App> {
         // One reader of the log for every part of this process that follows it.
-        let log: Arc<dyn EventLog> = Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone()))));
-        let service = CommandService::new(log.clone());
+        // What is stored (ciphertext) goes to the relay; everything else
+        // reads and writes through the vault.
+        let stored: Arc<dyn EventLog> = Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone()))));
+        let vault = Vault::postgres(pool.clone());
+        let log: Arc<dyn EventLog> = Arc::new(VaultedLog::new(stored.clone(), vault.clone()));
+        let service = CommandService::new(log.clone(), vault.clone());
         let jwt = JwtKeys::new(config.jwt_secret.as_bytes());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
@@ -82,14 +86,14 @@ impl App {
             kafka::ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions)
                 .await
                 .with_context(|| format!("create the topic {} on {}", kafka.topic, kafka.brokers))?;
-            let relay = kafka::Relay::new(log.clone(), pool.clone(), &kafka.brokers, &kafka.topic).context("start the Kafka producer")?;
+            let relay = kafka::Relay::new(stored.clone(), pool.clone(), &kafka.brokers, &kafka.topic).context("start the Kafka producer")?;
             let stop = stop_rx.clone();
             tracing::info!(topic = %kafka.topic, "relay publishing the log to Kafka");
             tasks.spawn(async move { relay.run(stop).await.context("Kafka relay") });
         }
         // With Kafka, every consumer reads the topic the relay fills, each in
         // its own consumer group; without, each tails the log in process.
-        let sources = config.kafka.as_ref().map(|k| kafka::sources(&k.brokers, &k.topic, log.clone()));
+        let sources = config.kafka.as_ref().map(|k| eventlog::vault::opening(kafka::sources(&k.brokers, &k.topic, stored.clone()), vault.clone()));
         if roles.workers {
             let manager = match &sources {
                 Some(sources) => ProcessManager::new(service.clone(), pool.clone()).with_partitioned_source(sources.clone()),

@@ -4,7 +4,6 @@
 mod cli;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -108,7 +107,8 @@ async fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Events { action } => events(action).await,
         Cmd::Seed { products, customers, orders, db } => {
             let (_cluster, pool) = open(&db, false).await?;
-            let service = commands::CommandService::new(Arc::new(PgEventLog::new(pool)));
+            let (log, vault) = eventlog::vault::postgres_log(&pool);
+            let service = commands::CommandService::new(log, vault);
             let (p, c, o) = storekeeper::seed::seed(&service, storekeeper::seed::Sizes { products, customers, orders }).await?;
             println!("seeded {p} products, {c} customers and {o} orders");
             Ok(())
@@ -234,8 +234,8 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
             let (_cluster, pool) = open(&db, false).await?;
             let projection =
                 projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
-            let log = PgEventLog::new(pool.clone());
-            let retried = projections::retry_parked(&pool, &log, &*projection).await.context("retry parked events")?;
+            let (log, _) = eventlog::vault::postgres_log(&pool);
+            let retried = projections::retry_parked(&pool, &*log, &*projection).await.context("retry parked events")?;
             println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
             if retried.still_parked > 0 {
                 bail!("{} event(s) of {name} are still parked: see `storekeeper projections list`", retried.still_parked);
@@ -265,11 +265,11 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 }
                 bail!("no projection is called {name}");
             }
-            let log = PgEventLog::new(pool.clone());
+            let (log, _) = eventlog::vault::postgres_log(&pool);
             let mut differ = Vec::new();
             for projection in chosen {
                 let found =
-                    projections::verify(&pool, &log, &*projection).await.with_context(|| format!("verify {}", projection.name()))?;
+                    projections::verify(&pool, &*log, &*projection).await.with_context(|| format!("verify {}", projection.name()))?;
                 print_verification(&found);
                 if !found.matches() {
                     differ.push(found.projection);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use commands::CommandService;
 use edge::{JwtKeys, Role};
-use eventlog::{EventLog, PgEventLog};
+use eventlog::EventLog;
 use reqwest::Response;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -29,8 +29,8 @@ pub async fn migrated_database() -> PgPool {
 /// A fresh migrated database, its log and a command service on it.
 pub async fn command_side() -> (PgPool, Arc<dyn EventLog>, CommandService) {
     let pool = migrated_database().await;
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
-    let service = CommandService::new(log.clone());
+    let (log, vault) = eventlog::vault::postgres_log(&pool);
+    let service = CommandService::new(log.clone(), vault);
     (pool, log, service)
 }
 

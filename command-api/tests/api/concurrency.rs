@@ -49,7 +49,8 @@ async fn cached_state_never_makes_an_answer_wrong_when_another_process_writes() 
     use domain::{Currency, Money};
 
     let app = spawn_app().await;
-    let other = commands::CommandService::new(std::sync::Arc::new(eventlog::PgEventLog::new(app.pool.clone())));
+    let (log, vault) = eventlog::vault::postgres_log(&app.pool);
+    let other = commands::CommandService::new(log, vault);
     let metadata = eventlog::Metadata::system("other-process");
     let id = app.add_product("KET-1", 1000, 10).await;
     let path = format!("/v1/products/{id}");

@@ -88,8 +88,8 @@ async fn the_index_keeps_its_position_in_its_commits() {
     let index = projections::search::SearchIndex::open(&dir).unwrap();
     assert_eq!(index.position(), 0);
     let pool = eventlog::testing::fresh_event_log_database().await;
-    let log: std::sync::Arc<dyn eventlog::EventLog> = std::sync::Arc::new(eventlog::PgEventLog::new(pool));
-    let service = commands::CommandService::new(log.clone());
+    let (log, vault) = eventlog::vault::postgres_log(&pool);
+    let service = commands::CommandService::new(log.clone(), vault);
     let id = uuid::Uuid::now_v7();
     let add = domain::product::ProductCommand::Add {
         product_id: id,

@@ -495,3 +495,133 @@ async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
     assert!(mended.status.success(), "{}", String::from_utf8_lossy(&mended.stdout));
     assert!(serve.terminate().success());
 }
+
+/// Everything a scan for one customer's personal data must not find.
+const SECRETS: [&str; 4] = ["zelda.quartermain@forget.example", "Zelda Quartermain", "12 Hyrule Lane", "77 Shredding Street"];
+
+/// Which of `SECRETS` appear in `bytes`, in any letter case.
+fn secrets_in(bytes: &[u8]) -> Vec<&'static str> {
+    let text = String::from_utf8_lossy(bytes).to_lowercase();
+    SECRETS.iter().filter(|s| text.contains(&s.to_lowercase())).copied().collect()
+}
+
+/// Every file under `dir`, concatenated.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            bytes.extend(all_bytes(&path));
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_or_a_fresh_export() {
+    let dir = temp_dir("forget");
+    let admin = admin_token();
+    let http = reqwest::Client::new();
+    let mut serve = Serve::start(&dir);
+    serve.wait_ready().await;
+    let token_for = |id: uuid::Uuid| {
+        let out = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &id.to_string()]));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let post = |path: String, token: &str, body: serde_json::Value| http.post(format!("{}{path}", serve.base)).bearer_auth(token).json(&body).send();
+    let address = |line1: &str| json!({"line1": line1, "city": "Kakariko", "postal_code": "40401", "country": "DE"});
+
+    let product = uuid::Uuid::now_v7();
+    let added = post("/v1/products".into(), &admin, json!({"id": product, "sku": "FGT-1", "name": "Lantern", "description": "Lights",
+        "category": "camping", "price": {"amount_minor": 2500, "currency": "EUR"}, "initial_stock": 10}));
+    assert_eq!(added.await.unwrap().status(), 201);
+    let customer = uuid::Uuid::now_v7();
+    let own = token_for(customer);
+    let registered = post("/v1/customers".into(), &own, json!({"email": "Zelda.Quartermain@forget.example", "name": "Zelda Quartermain",
+        "shipping_address": address("12 Hyrule Lane")}));
+    assert_eq!(registered.await.unwrap().status(), 201);
+    let order = uuid::Uuid::now_v7();
+    let placed = http
+        .post(format!("{}/v1/orders", serve.base))
+        .bearer_auth(&own)
+        .header("idempotency-key", "forget-order-1")
+        .json(&json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 2}],
+                      "shipping_address": address("77 Shredding Street")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let token = placed.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let read = |path: String, token: String| {
+        let request = http.get(format!("{}{path}", serve.query)).bearer_auth(&admin).header("x-consistency-token", token);
+        async move {
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+            answer.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // Before: readers see the data, while the log holds none of it.
+    assert_eq!(read(format!("/v1/customers/{customer}"), token.clone()).await["name"], "Zelda Quartermain");
+    assert_eq!(read(format!("/v1/orders/{order}"), token.clone()).await["shipping_address"]["line1"], "77 Shredding Street");
+    let url = std::fs::read_to_string(dir.join("postgres/url")).unwrap();
+    let url = url.trim();
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let events: Vec<String> = sqlx::query_scalar("SELECT data::text FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(secrets_in(events.join("\n").as_bytes()), Vec::<&str>::new(), "the log itself holds only ciphertext");
+
+    // Only the customer itself, or an admin, may forget it.
+    let stranger = token_for(uuid::Uuid::now_v7());
+    assert_eq!(post(format!("/v1/customers/{customer}/forget"), &stranger, json!({})).await.unwrap().status(), 403);
+    let forgotten = post(format!("/v1/customers/{customer}/forget"), &own, json!({})).await.unwrap();
+    assert_eq!(forgotten.status(), 200);
+    let token = forgotten.headers()["x-consistency-token"].to_str().unwrap().to_owned();
+    let again = post(format!("/v1/customers/{customer}/forget"), &admin, json!({})).await.unwrap();
+    assert_eq!(again.status(), 200, "forgetting twice is a no-op");
+
+    // Every reader shows the fields redacted; the order keeps its lines and amounts.
+    let shown = read(format!("/v1/customers/{customer}"), token.clone()).await;
+    assert_eq!((shown["email"].as_str(), shown["name"].as_str(), shown["status"].as_str()), (Some("[redacted]"), Some("[redacted]"), Some("forgotten")), "{shown}");
+    let shown = read(format!("/v1/orders/{order}"), token.clone()).await;
+    assert_eq!(shown["shipping_address"]["line1"], "[redacted]", "{shown}");
+    assert_eq!(shown["lines"][0]["quantity"], 2, "{shown}");
+    assert_eq!(shown["total"]["amount_minor"], 5000, "{shown}");
+    let then = read(format!("/v1/customers/{customer}/at?version=0"), token.clone()).await;
+    assert_eq!(then["name"], "[redacted]", "time travel: {then}");
+    for stream in [format!("customer-{customer}"), format!("order-{order}")] {
+        let history = read(format!("/v1/streams/{stream}/events"), token.clone()).await;
+        assert_eq!(secrets_in(history.to_string().as_bytes()), Vec::<&str>::new(), "history of {stream}: {history}");
+        assert!(history.to_string().contains("[redacted]"), "{history}");
+    }
+    // The same after rebuilding every view from the log, and they still verify.
+    for name in ["customers", "orders", "audit"] {
+        let rebuilt = run(storekeeper(&["projections", "rebuild", name, "--wait"]).env("DATABASE_URL", url));
+        assert!(rebuilt.status.success(), "{rebuilt:?}");
+    }
+    let verified = run(storekeeper(&["projections", "verify"]).env("DATABASE_URL", url));
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    assert_eq!(read(format!("/v1/customers/{customer}"), token.clone()).await["email"], "[redacted]");
+
+    // No copy left: the whole database, the index directory, a fresh export.
+    let pg_dump = pgcluster::find_bindir().unwrap().join("pg_dump");
+    let dump = run(Command::new(pg_dump).arg(url));
+    assert!(dump.status.success() && dump.stdout.len() > 10_000, "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("CustomerForgotten"));
+    assert_eq!(secrets_in(&dump.stdout), Vec::<&str>::new(), "pg_dump of the whole database");
+    assert_eq!(secrets_in(&all_bytes(&dir.join("index"))), Vec::<&str>::new(), "the index directory");
+    let export = run(storekeeper(&["events", "export"]).env("DATABASE_URL", url));
+    assert!(export.status.success() && export.stdout.len() > 1000, "{export:?}");
+    assert_eq!(secrets_in(&export.stdout), Vec::<&str>::new(), "a fresh export");
+    let checked = run(storekeeper(&["events", "verify"]).env("DATABASE_URL", url));
+    assert!(checked.status.success(), "the hash chain still holds: {checked:?}");
+
+    // The email is free again, and the forgotten customer takes no more changes.
+    let other = uuid::Uuid::now_v7();
+    let reused = post("/v1/customers".into(), &token_for(other), json!({"email": "zelda.quartermain@FORGET.example", "name": "Z."}));
+    assert_eq!(reused.await.unwrap().status(), 201);
+    let change = post(format!("/v1/customers/{customer}/email"), &own, json!({"email": "new@forget.example"})).await.unwrap();
+    assert_eq!(change.status(), 409);
+    pool.close().await;
+    assert!(serve.terminate().success());
+}

@@ -281,7 +281,7 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
     d.lock().await.start("worker-a", &["projections"]);
     // Verified while the load goes on through the partitions: each time
     // against whatever each partition has applied by then.
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let (log, _) = eventlog::vault::postgres_log(&pool);
     let mut verified = 0;
     while !load.is_finished() || verified == 0 {
         let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();

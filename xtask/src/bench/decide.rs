@@ -12,7 +12,6 @@
 //! - place order: orders for that product, priced from the cached product
 //!   state caught up with the log (p50/p99).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -20,7 +19,7 @@ use commands::CommandService;
 use domain::customer::CustomerCommand;
 use domain::product::{ProductAdded, ProductCommand, ProductEvent, ProductRestocked};
 use domain::{Address, Currency, Email, Money, Sku};
-use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, PgEventLog, StreamWrite};
+use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, StreamWrite};
 use hdrhistogram::Histogram;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -42,7 +41,7 @@ pub fn decide(args: &[&str]) -> Result<()> {
         let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.context("connect")?;
         eventlog::migrate(&pool).await?;
         commands::migrate(&pool).await?;
-        let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+        let (log, vault) = eventlog::vault::postgres_log(&pool);
         println!("storekeeper decision benchmark ({} cores, durable PostgreSQL, in process, {samples} samples each)", num_cpus());
         println!(
             "    {:>8}  {:>14}  {:>14}  {:>17}  {:>17}",
@@ -50,7 +49,7 @@ pub fn decide(args: &[&str]) -> Result<()> {
         );
         let customer = Uuid::now_v7();
         let metadata = Metadata::system("bench");
-        CommandService::new(log.clone())
+        CommandService::new(log.clone(), vault.clone())
             .customer(
                 customer,
                 CustomerCommand::Register {
@@ -69,11 +68,11 @@ pub fn decide(args: &[&str]) -> Result<()> {
 
             sqlx::query("DELETE FROM snapshots").execute(&pool).await?;
             let started = Instant::now();
-            CommandService::new(log.clone()).product(product, restock.clone(), None, &metadata).await?;
+            CommandService::new(log.clone(), vault.clone()).product(product, restock.clone(), None, &metadata).await?;
             let cold = started.elapsed();
             // Let the snapshot that load stored settle, then restart again.
             let started = Instant::now();
-            let service = CommandService::new(log.clone());
+            let service = CommandService::new(log.clone(), vault.clone());
             service.product(product, restock.clone(), None, &metadata).await?;
             let cold_snapshot = started.elapsed();
 

@@ -1,0 +1,468 @@
+//! Crypto-shredding: personal data is stored sealed under a key per
+//! customer, so deleting the key forgets it wherever the event went.
+//!
+//! The log, its hashes and seals, Kafka and exports only ever hold
+//! ciphertext; readers see personal fields opened, or redacted once the key
+//! is gone. `VaultedLog` puts this at the port: it seals what is appended
+//! and opens what is read, so every reader that goes through it (aggregate
+//! loads, projections, rebuilds, verify, history, time travel) gets the
+//! same answer. What must see the stored bytes (the relay, the sealer,
+//! export) takes the inner log instead. Which fields are personal is the
+//! domain's to say (`domain::personal`).
+//!
+//! A sealed field is `{"$sealed": "<base64 of a 24-byte nonce and the
+//! XChaCha20-Poly1305 ciphertext of its JSON>"}`, bound by associated data
+//! to its owner and field name, so a ciphertext moved elsewhere does not
+//! open. A forgotten owner's key row stays, empty, as a tombstone: no key
+//! is ever made for it again, and even fields written in the clear (logs
+//! from before sealing) read as redacted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use domain::personal::{PersonalFields, personal_fields};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use sqlx::PgPool;
+use tokio::sync::{OnceCell, watch};
+use uuid::Uuid;
+
+use crate::{AppendResult, Batch, EventLog, EventLogError, EventSource, Receipt, RecordedEvent, Resume, Snapshot, SourceFactory, StreamWrite};
+
+/// A customer's data key.
+pub type DataKey = [u8; 32];
+
+/// What the store holds for an owner.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyState {
+    Live(DataKey),
+    /// The key was deleted: the owner is forgotten, for good.
+    Forgotten,
+}
+
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyState::Live(_) => "Live(..)",
+            KeyState::Forgotten => "Forgotten",
+        })
+    }
+}
+
+/// Where data keys are kept. Owners with no entry have never had a key.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    async fn keys(&self, owners: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, EventLogError>;
+    /// Inserts `fresh[i]` as the key of `owners[i]` where the owner has no
+    /// entry yet (never where it is forgotten), then answers as `keys`.
+    async fn create_keys(&self, owners: &[Uuid], fresh: &[DataKey]) -> Result<HashMap<Uuid, KeyState>, EventLogError>;
+    /// Deletes the owner's key and leaves a tombstone. Idempotent.
+    async fn forget(&self, owner: Uuid) -> Result<(), EventLogError>;
+    /// The secret keyed hashes of unique personal values are made with.
+    async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError>;
+}
+
+/// Keys in the `customer_keys` table, beside the log.
+pub struct PgKeyStore {
+    pool: PgPool,
+}
+
+impl PgKeyStore {
+    pub fn new(pool: PgPool) -> Self {
+        PgKeyStore { pool }
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn keys(&self, owners: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT customer_id, key FROM customer_keys WHERE customer_id = ANY($1)").bind(owners).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, key)| {
+                let state = match key.and_then(|k| DataKey::try_from(k.as_slice()).ok()) {
+                    Some(key) => KeyState::Live(key),
+                    None => KeyState::Forgotten,
+                };
+                (owner, state)
+            })
+            .collect())
+    }
+
+    async fn create_keys(&self, owners: &[Uuid], fresh: &[DataKey]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        let fresh: Vec<Vec<u8>> = fresh.iter().map(|k| k.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO customer_keys (customer_id, key) SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(owners)
+        .bind(&fresh)
+        .execute(&self.pool)
+        .await?;
+        self.keys(owners).await
+    }
+
+    async fn forget(&self, owner: Uuid) -> Result<(), EventLogError> {
+        sqlx::query(
+            "INSERT INTO customer_keys (customer_id, key, forgotten_at) VALUES ($1, NULL, now())
+             ON CONFLICT (customer_id) DO UPDATE SET key = NULL, forgotten_at = coalesce(customer_keys.forgotten_at, now())",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError> {
+        Ok(sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'").fetch_one(&self.pool).await?)
+    }
+}
+
+/// Keys in memory, for the in-memory log.
+pub struct MemoryKeyStore {
+    keys: Mutex<HashMap<Uuid, KeyState>>,
+    secret: DataKey,
+}
+
+impl Default for MemoryKeyStore {
+    fn default() -> Self {
+        MemoryKeyStore { keys: Mutex::default(), secret: XChaCha20Poly1305::generate_key(&mut OsRng).into() }
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryKeyStore {
+    async fn keys(&self, owners: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        let keys = self.keys.lock().expect("key store poisoned");
+        Ok(owners.iter().filter_map(|o| Some((*o, keys.get(o)?.clone()))).collect())
+    }
+
+    async fn create_keys(&self, owners: &[Uuid], fresh: &[DataKey]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        {
+            let mut keys = self.keys.lock().expect("key store poisoned");
+            for (owner, key) in owners.iter().zip(fresh) {
+                keys.entry(*owner).or_insert(KeyState::Live(*key));
+            }
+        }
+        self.keys(owners).await
+    }
+
+    async fn forget(&self, owner: Uuid) -> Result<(), EventLogError> {
+        self.keys.lock().expect("key store poisoned").insert(owner, KeyState::Forgotten);
+        Ok(())
+    }
+
+    async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError> {
+        Ok(self.secret.to_vec())
+    }
+}
+
+/// Seals and opens personal fields with the store's keys.
+pub struct Vault {
+    store: Arc<dyn KeyStore>,
+    secret: OnceCell<Vec<u8>>,
+}
+
+const SEALED: &str = "$sealed";
+
+impl Vault {
+    pub fn new(store: Arc<dyn KeyStore>) -> Self {
+        Vault { store, secret: OnceCell::new() }
+    }
+
+    pub fn postgres(pool: PgPool) -> Arc<Vault> {
+        Arc::new(Vault::new(Arc::new(PgKeyStore::new(pool))))
+    }
+
+    pub fn in_memory() -> Arc<Vault> {
+        Arc::new(Vault::new(Arc::new(MemoryKeyStore::default())))
+    }
+
+    /// Deletes the customer's key: what was sealed with it is unreadable
+    /// from now on, and nothing is sealed for it again.
+    pub async fn forget(&self, owner: Uuid) -> Result<(), EventLogError> {
+        self.store.forget(owner).await
+    }
+
+    /// The keyed hash a unique personal value (a normalised email) is
+    /// claimed by, so that the claim holds no plaintext and cannot be
+    /// guessed from the value without the secret.
+    pub async fn keyed_hash(&self, normalised: &str) -> Result<String, EventLogError> {
+        let secret = self.secret.get_or_try_init(|| self.store.hash_secret()).await?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(normalised.as_bytes());
+        Ok(format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes())))
+    }
+
+    /// Seals the personal fields of current-version events in `writes`,
+    /// making a key for each owner that has none. Refuses to write personal
+    /// data of a forgotten owner.
+    pub async fn seal(&self, writes: &mut [StreamWrite]) -> Result<(), EventLogError> {
+        let mut owners = HashSet::new();
+        for write in writes.iter() {
+            for event in &write.events {
+                if let Some(owner) = sealable(&write.stream_id, &event.event_type, event.schema_version, &event.data) {
+                    owners.insert(owner.1);
+                }
+            }
+        }
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let owners: Vec<Uuid> = owners.into_iter().collect();
+        let mut keys = self.store.keys(&owners).await?;
+        let missing: Vec<Uuid> = owners.iter().filter(|o| !keys.contains_key(o)).copied().collect();
+        if !missing.is_empty() {
+            let fresh: Vec<DataKey> = missing.iter().map(|_| XChaCha20Poly1305::generate_key(&mut OsRng).into()).collect();
+            keys.extend(self.store.create_keys(&missing, &fresh).await?);
+        }
+        for write in writes.iter_mut() {
+            for event in &mut write.events {
+                let Some((personal, owner)) = sealable(&write.stream_id, &event.event_type, event.schema_version, &event.data) else {
+                    continue;
+                };
+                let Some(KeyState::Live(key)) = keys.get(&owner) else {
+                    return Err(EventLogError::InvalidAppend(format!("customer {owner} is forgotten: no personal data is written for it")));
+                };
+                for (field, _) in personal.fields {
+                    if let Some(value) = event.data.get_mut(*field)
+                        && !value.is_null()
+                        && !is_sealed(value)
+                    {
+                        *value = seal_value(key, owner, field, value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the personal fields of `events` in place: with the owner's key
+    /// when it is live, as redacted when the owner is forgotten (or a
+    /// sealed field cannot be opened). One read of the store per call.
+    pub async fn open(&self, events: &mut [RecordedEvent]) -> Result<(), EventLogError> {
+        let owners: HashSet<Uuid> = events
+            .iter()
+            .filter_map(|e| personal_fields(&e.event_type)?.owner_of(&e.stream_id, &e.data))
+            .collect();
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let keys = self.store.keys(&owners.into_iter().collect::<Vec<_>>()).await?;
+        for event in events.iter_mut() {
+            let Some(personal) = personal_fields(&event.event_type) else { continue };
+            let Some(owner) = personal.owner_of(&event.stream_id, &event.data) else { continue };
+            open_fields(personal, owner, keys.get(&owner), &mut event.data);
+        }
+        Ok(())
+    }
+}
+
+/// The personal fields and owner of an event the vault seals: current
+/// versions only, so that what is stored as v1 stays in v1's shape.
+fn sealable(stream_id: &str, event_type: &str, schema_version: u32, data: &Value) -> Option<(&'static PersonalFields, Uuid)> {
+    let personal = personal_fields(event_type)?;
+    if schema_version < 2 {
+        return None;
+    }
+    Some((personal, personal.owner_of(stream_id, data)?))
+}
+
+fn is_sealed(value: &Value) -> bool {
+    value.as_object().is_some_and(|o| o.len() == 1 && o.get(SEALED).is_some_and(Value::is_string))
+}
+
+fn aad(owner: Uuid, field: &str) -> Vec<u8> {
+    [owner.as_bytes().as_slice(), field.as_bytes()].concat()
+}
+
+fn seal_value(key: &DataKey, owner: Uuid, field: &str, value: &Value) -> Value {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let plain = serde_json::to_vec(value).expect("JSON values serialize");
+    let sealed = cipher.encrypt(&nonce, Payload { msg: &plain, aad: &aad(owner, field) }).expect("encryption of a buffer does not fail");
+    json!({ SEALED: BASE64.encode([nonce.as_slice(), &sealed].concat()) })
+}
+
+fn open_value(key: &DataKey, owner: Uuid, field: &str, value: &Value) -> Option<Value> {
+    let raw = BASE64.decode(value.get(SEALED)?.as_str()?).ok()?;
+    if raw.len() < 24 {
+        return None;
+    }
+    let (nonce, sealed) = raw.split_at(24);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let plain = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &aad(owner, field) }).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+/// Opens (or redacts) the personal fields of one event's data.
+pub fn open_fields(personal: &PersonalFields, owner: Uuid, key: Option<&KeyState>, data: &mut Value) {
+    for (field, shape) in personal.fields {
+        let Some(value) = data.get_mut(*field) else { continue };
+        if value.is_null() {
+            continue;
+        }
+        let opened = match key {
+            Some(KeyState::Forgotten) => None,
+            Some(KeyState::Live(key)) if is_sealed(value) => {
+                let opened = open_value(key, owner, field, value);
+                if opened.is_none() {
+                    tracing::warn!(%owner, field, "a sealed personal field does not open with its owner's key; read as redacted");
+                }
+                opened
+            }
+            // Stored in the clear, by a log from before sealing.
+            _ if !is_sealed(value) => continue,
+            None | Some(KeyState::Live(_)) => None,
+        };
+        *value = opened.unwrap_or_else(|| shape.redacted());
+    }
+}
+
+/// The log with personal data sealed on the way in and opened on the way
+/// out (see the module docs). Snapshots of customers and orders, which
+/// would hold their state in the clear, are neither kept nor read.
+pub struct VaultedLog {
+    inner: Arc<dyn EventLog>,
+    vault: Arc<Vault>,
+}
+
+impl VaultedLog {
+    pub fn new(inner: Arc<dyn EventLog>, vault: Arc<Vault>) -> Self {
+        VaultedLog { inner, vault }
+    }
+}
+
+/// The PostgreSQL log as every reader and writer but the relay, the sealer
+/// and export sees it, and its vault.
+pub fn postgres_log(pool: &PgPool) -> (Arc<dyn EventLog>, Arc<Vault>) {
+    let vault = Vault::postgres(pool.clone());
+    (Arc::new(VaultedLog::new(Arc::new(crate::PgEventLog::new(pool.clone())), vault.clone())), vault)
+}
+
+/// The in-memory log, vaulted with keys in memory.
+pub fn in_memory_log() -> (Arc<dyn EventLog>, Arc<Vault>) {
+    let vault = Vault::in_memory();
+    (Arc::new(VaultedLog::new(Arc::new(crate::InMemoryEventLog::new()), vault.clone())), vault)
+}
+
+/// Streams whose state holds personal data.
+fn personal_stream(stream_id: &str) -> bool {
+    stream_id.starts_with("customer-") || stream_id.starts_with("order-")
+}
+
+#[async_trait]
+impl EventLog for VaultedLog {
+    async fn append_once(&self, mut writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
+        self.vault.seal(&mut writes).await?;
+        self.inner.append_once(writes, receipt).await
+    }
+
+    async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let mut events = self.inner.read_stream(stream_id, from_version, limit).await?;
+        self.vault.open(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let mut events = self.inner.read_all(after, limit).await?;
+        self.vault.open(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
+        self.inner.receipt(receipt).await
+    }
+
+    async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
+        if personal_stream(stream_id) {
+            return Ok(None);
+        }
+        self.inner.snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+        if personal_stream(&snapshot.stream_id) {
+            return Ok(());
+        }
+        self.inner.save_snapshot(snapshot).await
+    }
+
+    fn appends(&self) -> watch::Receiver<u64> {
+        self.inner.appends()
+    }
+}
+
+/// `sources` with every batch opened: for sources that hand out the stored
+/// form (Kafka's topic, which holds only ciphertext).
+pub fn opening(sources: SourceFactory, vault: Arc<Vault>) -> SourceFactory {
+    Arc::new(move |resume: &Resume| {
+        let inner = sources(resume)?;
+        Ok(Box::new(Opened { inner, vault: vault.clone() }) as Box<dyn EventSource>)
+    })
+}
+
+struct Opened {
+    inner: Box<dyn EventSource>,
+    vault: Arc<Vault>,
+}
+
+#[async_trait]
+impl EventSource for Opened {
+    async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
+        let mut batch = self.inner.next_batch().await?;
+        self.vault.open(&mut batch.events).await?;
+        Ok(batch)
+    }
+
+    async fn ack(&mut self) -> Result<(), EventLogError> {
+        self.inner.ack().await
+    }
+
+    fn is_partitioned(&self) -> bool {
+        self.inner.is_partitioned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(owner: Uuid) -> (String, Value) {
+        let data = json!({"customer_id": owner, "email": "ada@example.com", "name": "Ada", "shipping_address": null});
+        (format!("customer-{owner}"), data)
+    }
+
+    #[test]
+    fn a_sealed_field_opens_only_with_its_key_owner_and_field() {
+        let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let key: DataKey = XChaCha20Poly1305::generate_key(&mut OsRng).into();
+        let sealed = seal_value(&key, owner, "email", &json!("ada@example.com"));
+        assert!(is_sealed(&sealed) && !sealed.to_string().contains("ada"));
+        assert_eq!(open_value(&key, owner, "email", &sealed), Some(json!("ada@example.com")));
+        assert_eq!(open_value(&key, other, "email", &sealed), None, "bound to its owner");
+        assert_eq!(open_value(&key, owner, "name", &sealed), None, "bound to its field");
+        let wrong: DataKey = XChaCha20Poly1305::generate_key(&mut OsRng).into();
+        assert_eq!(open_value(&wrong, owner, "email", &sealed), None);
+    }
+
+    #[test]
+    fn a_forgotten_owner_reads_as_redacted_sealed_or_not() {
+        let owner = Uuid::new_v4();
+        let (stream, mut data) = registered(owner);
+        let personal = personal_fields("CustomerRegistered").unwrap();
+        assert_eq!(personal.owner_of(&stream, &data), Some(owner));
+        open_fields(personal, owner, None, &mut data);
+        assert_eq!(data["email"], "ada@example.com", "a plaintext field of an owner with no key is left as written");
+        open_fields(personal, owner, Some(&KeyState::Forgotten), &mut data);
+        assert_eq!(data["email"], "[redacted]");
+        assert_eq!(data["name"], "[redacted]");
+        assert!(data["shipping_address"].is_null(), "an absent address stays absent");
+    }
+}

@@ -23,7 +23,7 @@ use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
-use eventlog::{Vault, AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite};
+use eventlog::{AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite, Vault};
 use uuid::Uuid;
 
 /// How often a decision is retried after losing a race without `If-Match`.

@@ -44,7 +44,11 @@ pub const PERSONAL: &[PersonalFields] = &[
         owner: Owner::Stream,
         fields: &[("email", Shape::Text), ("name", Shape::Text), ("shipping_address", Shape::Address)],
     },
-    PersonalFields { event_type: "CustomerEmailChanged", owner: Owner::Stream, fields: &[("previous_email", Shape::Text), ("email", Shape::Text)] },
+    PersonalFields {
+        event_type: "CustomerEmailChanged",
+        owner: Owner::Stream,
+        fields: &[("previous_email", Shape::Text), ("email", Shape::Text)],
+    },
     PersonalFields { event_type: "CustomerShippingAddressUpdated", owner: Owner::Stream, fields: &[("shipping_address", Shape::Address)] },
     PersonalFields { event_type: "OrderPlaced", owner: Owner::Field("customer_id"), fields: &[("shipping_address", Shape::Address)] },
 ];

@@ -100,7 +100,10 @@ fn a_forgotten_customer_reads_as_redacted_and_takes_no_more_changes() {
     let id = Uuid::now_v7();
     let with_address = CustomerEvent::ShippingAddressUpdated(CustomerShippingAddressUpdated { shipping_address: address() });
     let history = [registered(id), with_address];
-    assert_eq!(given::<CustomerAggregate>(&history, CustomerCommand::Forget).unwrap(), vec![CustomerEvent::Forgotten(CustomerForgotten {})]);
+    assert_eq!(
+        given::<CustomerAggregate>(&history, CustomerCommand::Forget).unwrap(),
+        vec![CustomerEvent::Forgotten(CustomerForgotten {})]
+    );
     let forgotten = [registered(id), history[1].clone(), CustomerEvent::Forgotten(CustomerForgotten {})];
     let state = CustomerAggregate::fold(&forgotten).unwrap();
     assert!(state.forgotten && !state.active);

@@ -16,9 +16,9 @@ pub mod seal;
 mod shared_tail;
 pub mod source;
 mod subscription;
-pub mod vault;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod vault;
 
 pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite};
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};

@@ -33,7 +33,9 @@ use sqlx::PgPool;
 use tokio::sync::{OnceCell, watch};
 use uuid::Uuid;
 
-use crate::{AppendResult, Batch, EventLog, EventLogError, EventSource, Receipt, RecordedEvent, Resume, Snapshot, SourceFactory, StreamWrite};
+use crate::{
+    AppendResult, Batch, EventLog, EventLogError, EventSource, Receipt, RecordedEvent, Resume, Snapshot, SourceFactory, StreamWrite,
+};
 
 /// A customer's data key.
 pub type DataKey = [u8; 32];
@@ -82,8 +84,10 @@ impl PgKeyStore {
 #[async_trait]
 impl KeyStore for PgKeyStore {
     async fn keys(&self, owners: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
-        let rows: Vec<(Uuid, Option<Vec<u8>>)> =
-            sqlx::query_as("SELECT customer_id, key FROM customer_keys WHERE customer_id = ANY($1)").bind(owners).fetch_all(&self.pool).await?;
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> = sqlx::query_as("SELECT customer_id, key FROM customer_keys WHERE customer_id = ANY($1)")
+            .bind(owners)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(owner, key)| {
@@ -132,7 +136,7 @@ pub struct MemoryKeyStore {
 
 impl Default for MemoryKeyStore {
     fn default() -> Self {
-        MemoryKeyStore { keys: Mutex::default(), secret: XChaCha20Poly1305::generate_key(&mut OsRng).into() }
+        MemoryKeyStore { keys: Mutex::default(), secret: new_key() }
     }
 }
 
@@ -195,9 +199,7 @@ impl Vault {
     /// guessed from the value without the secret.
     pub async fn keyed_hash(&self, normalised: &str) -> Result<String, EventLogError> {
         let secret = self.secret.get_or_try_init(|| self.store.hash_secret()).await?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-        mac.update(normalised.as_bytes());
-        Ok(format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes())))
+        Ok(keyed_hash(secret, normalised))
     }
 
     /// Seals the personal fields of current-version events in `writes`,
@@ -219,7 +221,7 @@ impl Vault {
         let mut keys = self.store.keys(&owners).await?;
         let missing: Vec<Uuid> = owners.iter().filter(|o| !keys.contains_key(o)).copied().collect();
         if !missing.is_empty() {
-            let fresh: Vec<DataKey> = missing.iter().map(|_| XChaCha20Poly1305::generate_key(&mut OsRng).into()).collect();
+            let fresh: Vec<DataKey> = missing.iter().map(|_| new_key()).collect();
             keys.extend(self.store.create_keys(&missing, &fresh).await?);
         }
         for write in writes.iter_mut() {
@@ -230,14 +232,7 @@ impl Vault {
                 let Some(KeyState::Live(key)) = keys.get(&owner) else {
                     return Err(EventLogError::InvalidAppend(format!("customer {owner} is forgotten: no personal data is written for it")));
                 };
-                for (field, _) in personal.fields {
-                    if let Some(value) = event.data.get_mut(*field)
-                        && !value.is_null()
-                        && !is_sealed(value)
-                    {
-                        *value = seal_value(key, owner, field, value);
-                    }
-                }
+                seal_fields(personal, owner, key, &mut event.data);
             }
         }
         Ok(())
@@ -247,10 +242,7 @@ impl Vault {
     /// when it is live, as redacted when the owner is forgotten (or a
     /// sealed field cannot be opened). One read of the store per call.
     pub async fn open(&self, events: &mut [RecordedEvent]) -> Result<(), EventLogError> {
-        let owners: HashSet<Uuid> = events
-            .iter()
-            .filter_map(|e| personal_fields(&e.event_type)?.owner_of(&e.stream_id, &e.data))
-            .collect();
+        let owners: HashSet<Uuid> = events.iter().filter_map(|e| personal_fields(&e.event_type)?.owner_of(&e.stream_id, &e.data)).collect();
         if owners.is_empty() {
             return Ok(());
         }
@@ -272,6 +264,31 @@ fn sealable(stream_id: &str, event_type: &str, schema_version: u32, data: &Value
         return None;
     }
     Some((personal, personal.owner_of(stream_id, data)?))
+}
+
+/// A fresh random data key.
+pub fn new_key() -> DataKey {
+    XChaCha20Poly1305::generate_key(&mut OsRng).into()
+}
+
+/// `hmac-sha256:<hex>` of `normalised` under `secret`.
+pub fn keyed_hash(secret: &[u8], normalised: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(normalised.as_bytes());
+    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Seals the personal fields of one event's data under `key` (fields
+/// absent, null or sealed already are left).
+pub fn seal_fields(personal: &PersonalFields, owner: Uuid, key: &DataKey, data: &mut Value) {
+    for (field, _) in personal.fields {
+        if let Some(value) = data.get_mut(*field)
+            && !value.is_null()
+            && !is_sealed(value)
+        {
+            *value = seal_value(key, owner, field, value);
+        }
+    }
 }
 
 fn is_sealed(value: &Value) -> bool {
@@ -442,13 +459,13 @@ mod tests {
     #[test]
     fn a_sealed_field_opens_only_with_its_key_owner_and_field() {
         let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
-        let key: DataKey = XChaCha20Poly1305::generate_key(&mut OsRng).into();
+        let key = new_key();
         let sealed = seal_value(&key, owner, "email", &json!("ada@example.com"));
         assert!(is_sealed(&sealed) && !sealed.to_string().contains("ada"));
         assert_eq!(open_value(&key, owner, "email", &sealed), Some(json!("ada@example.com")));
         assert_eq!(open_value(&key, other, "email", &sealed), None, "bound to its owner");
         assert_eq!(open_value(&key, owner, "name", &sealed), None, "bound to its field");
-        let wrong: DataKey = XChaCha20Poly1305::generate_key(&mut OsRng).into();
+        let wrong = new_key();
         assert_eq!(open_value(&wrong, owner, "email", &sealed), None);
     }
 

@@ -72,6 +72,28 @@ pub(crate) async fn apply_one(
     projection: &dyn Projection,
     event: &RecordedEvent,
 ) -> Result<Option<(String, u32)>, sqlx::Error> {
+    let failed = apply_with_retries(conn, projection, event).await?;
+    Ok(failed.map(|(error, attempts)| (withheld(event, error), attempts)))
+}
+
+/// What is recorded of an error about `event`: an event with personal
+/// fields may have them quoted in it (a decode or constraint error names
+/// the value), and a parked row outlives a forget, so only its kind is
+/// kept; the log line has the rest.
+fn withheld(event: &RecordedEvent, error: String) -> String {
+    if domain::personal::personal_fields(&event.event_type).is_none() {
+        return error;
+    }
+    tracing::warn!(position = event.global_position, %error, "parking an event with personal data; its error is kept in this log only");
+    let kind = error.split(':').next().unwrap_or("failed");
+    format!("{kind}: details withheld, the event holds personal data (see the worker's log at position {})", event.global_position)
+}
+
+async fn apply_with_retries(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    event: &RecordedEvent,
+) -> Result<Option<(String, u32)>, sqlx::Error> {
     let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
         Ok(decoded) => decoded,
         Err(e) => return Ok(Some((format!("cannot decode: {e}"), 1))),

@@ -231,10 +231,7 @@ pub struct CustomersProjection;
 /// Scrubs forgotten customers' rows (id, version of `CustomerForgotten`,
 /// recorded at) to what a fold of their opened history gives once their
 /// key is gone: every personal field redacted.
-async fn forget_customers(
-    tx: &mut PgConnection,
-    forgotten: &[(uuid::Uuid, i64, chrono::DateTime<chrono::Utc>)],
-) -> Result<(), ApplyError> {
+async fn forget_customers(tx: &mut PgConnection, forgotten: &[(uuid::Uuid, i64, chrono::DateTime<chrono::Utc>)]) -> Result<(), ApplyError> {
     if forgotten.is_empty() {
         return Ok(());
     }

@@ -86,14 +86,16 @@ impl App {
             kafka::ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions)
                 .await
                 .with_context(|| format!("create the topic {} on {}", kafka.topic, kafka.brokers))?;
-            let relay = kafka::Relay::new(stored.clone(), pool.clone(), &kafka.brokers, &kafka.topic).context("start the Kafka producer")?;
+            let relay =
+                kafka::Relay::new(stored.clone(), pool.clone(), &kafka.brokers, &kafka.topic).context("start the Kafka producer")?;
             let stop = stop_rx.clone();
             tracing::info!(topic = %kafka.topic, "relay publishing the log to Kafka");
             tasks.spawn(async move { relay.run(stop).await.context("Kafka relay") });
         }
         // With Kafka, every consumer reads the topic the relay fills, each in
         // its own consumer group; without, each tails the log in process.
-        let sources = config.kafka.as_ref().map(|k| eventlog::vault::opening(kafka::sources(&k.brokers, &k.topic, stored.clone()), vault.clone()));
+        let sources =
+            config.kafka.as_ref().map(|k| eventlog::vault::opening(kafka::sources(&k.brokers, &k.topic, stored.clone()), vault.clone()));
         if roles.workers {
             let manager = match &sources {
                 Some(sources) => ProcessManager::new(service.clone(), pool.clone()).with_partitioned_source(sources.clone()),

@@ -130,6 +130,11 @@ pub enum EventsAction {
         /// Where to read; `-` or absent: stdin.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Seal personal data the file holds in the clear (a log from
+        /// before sealing) under fresh per-customer keys; the new log is
+        /// hashed and sealed afresh.
+        #[arg(long)]
+        reencrypt: bool,
         #[command(flatten)]
         db: DatabaseArgs,
     },

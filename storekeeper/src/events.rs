@@ -12,6 +12,10 @@
 //! stream taken out, a file cut short, a gap in a stream or positions out
 //! of order, and nothing is imported. Someone who rewrites hashes and end
 //! line together is only caught by a seal kept elsewhere.
+//!
+//! `import --reencrypt` is how a log written before personal data was
+//! sealed moves forward: export the old log, import into a new empty one
+//! with the flag, and the personal fields arrive sealed under fresh keys.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -69,8 +73,11 @@ impl Chain {
 pub struct Imported {
     /// Each checked against its hash.
     pub events: u64,
-    /// The seal over them, from the file's end line.
+    /// The seal over them, from the file's end line (or, re-encrypted, the
+    /// new log's own).
     pub seal: String,
+    /// Events whose personal data was sealed on the way in.
+    pub reencrypted: Option<u64>,
 }
 
 /// Writes every sealed event to `out`, then the end line; answers how
@@ -132,9 +139,20 @@ async fn seal_what_is_final(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// What import does with personal data written in the clear (by a log
+/// from before sealing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    /// Keep every event as exported, byte for byte.
+    Keep,
+    /// Seal it under fresh keys per customer and claim emails by keyed hash
+    /// (see `reencrypt`): the supported way to bring such a log forward.
+    Reencrypt,
+}
+
 /// Restores the events of `input` into an empty log.
-pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
-    let imported = import_all(pool, input).await;
+pub async fn import(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) -> Result<Imported> {
+    let imported = import_all(pool, input, plaintext).await;
     if imported.is_err() {
         // The position sequence ignores the rollback: put it back for the
         // log that stayed empty.
@@ -146,7 +164,7 @@ pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
     imported
 }
 
-async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
+async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) -> Result<Imported> {
     let mut tx = pool.begin().await.context("begin the import")?;
     // No append starts meanwhile (reads go on), and none is in the log.
     sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut *tx).await.context("lock the log")?;
@@ -156,7 +174,7 @@ async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
     }
     let mut check = Check::default();
     let mut page: Vec<(usize, RecordedEvent, Vec<u8>)> = Vec::with_capacity(PAGE);
-    let mut imported = Imported { events: 0, seal: String::new() };
+    let mut imported = Imported { events: 0, seal: String::new(), reencrypted: None };
     let mut chain = Chain::default();
     let mut end: Option<(usize, End)> = None;
     for (number, line) in input.lines().enumerate() {
@@ -194,9 +212,104 @@ async fn import_all(pool: &PgPool, input: impl BufRead) -> Result<Imported> {
             end.up_to
         );
     }
-    tx.commit().await.context("commit the import")?;
     imported.seal = end.seal;
+    if plaintext == Plaintext::Reencrypt {
+        imported.reencrypted = Some(reencrypt(&mut tx).await?);
+        imported.seal = sqlx::query_scalar("SELECT encode(seal, 'hex') FROM log_seals ORDER BY up_to DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .context("read the new seal")?
+            .unwrap_or_default();
+    }
+    tx.commit().await.context("commit the import")?;
     Ok(imported)
+}
+
+/// Seals, inside the import's transaction and once the file has checked
+/// out against its hashes, every personal field the file held in the
+/// clear (v1 of the personal event types) under a fresh key per customer,
+/// as v2; moves email claims to streams named by the keyed hash; then
+/// hashes and seals the log afresh, since its bytes changed. Answers how
+/// many events it rewrote. The log's no-update rule is lifted for this
+/// transaction only (the change is undone with it if anything fails).
+async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
+    use domain::claim::email_claim_stream;
+    use domain::personal::personal_fields;
+    use eventlog::vault::{keyed_hash, new_key, seal_fields};
+
+    let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'")
+        .fetch_one(&mut *tx)
+        .await
+        .context("read the vault's secret")?;
+    let rows: Vec<(i64, String, String, i32, serde_json::Value)> = sqlx::query_as(
+        "SELECT global_position, stream_id, event_type, schema_version, data FROM events
+          WHERE (event_type = ANY($1) AND schema_version < 2)
+             OR (event_type IN ('UniqueValueClaimed', 'UniqueValueReleased') AND data->>'kind' = 'email'
+                 AND data->>'value' NOT LIKE 'hmac-sha256:%')
+          ORDER BY global_position",
+    )
+    .bind(domain::personal::PERSONAL.iter().map(|p| p.event_type).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+    .context("find personal data in the clear")?;
+    let mut keys: HashMap<uuid::Uuid, eventlog::vault::DataKey> = HashMap::new();
+    let mut rewritten: Vec<(i64, String, i32, serde_json::Value)> = Vec::with_capacity(rows.len());
+    for (position, stream_id, event_type, version, mut data) in rows {
+        if let Some(personal) = personal_fields(&event_type) {
+            let Some(owner) = personal.owner_of(&stream_id, &data) else {
+                bail!("the event at position {position} names no customer: its personal data cannot be sealed");
+            };
+            let key = keys.entry(owner).or_insert_with(new_key);
+            seal_fields(personal, owner, key, &mut data);
+            rewritten.push((position, stream_id, 2, data));
+        } else {
+            let normalised = data["value"].as_str().unwrap_or_default().to_lowercase();
+            let hashed = keyed_hash(&secret, &normalised);
+            data["value"] = serde_json::Value::String(hashed.clone());
+            rewritten.push((position, email_claim_stream(&hashed), version, data));
+        }
+    }
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update").execute(&mut *tx).await.context("lift the no-update rule")?;
+    for chunk in rewritten.chunks(PAGE) {
+        sqlx::query(
+            "UPDATE events e SET stream_id = x.s, schema_version = x.v, data = x.d
+               FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::jsonb[]) AS x(p, s, v, d)
+              WHERE e.global_position = x.p",
+        )
+        .bind(chunk.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .context("rewrite events with their personal data sealed")?;
+    }
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update").execute(&mut *tx).await.context("restore the no-update rule")?;
+    let owners: Vec<uuid::Uuid> = keys.keys().copied().collect();
+    let fresh: Vec<Vec<u8>> = owners.iter().map(|o| keys[o].to_vec()).collect();
+    sqlx::query("INSERT INTO customer_keys (customer_id, key) SELECT * FROM unnest($1::uuid[], $2::bytea[])")
+        .bind(&owners)
+        .bind(&fresh)
+        .execute(&mut *tx)
+        .await
+        .context("store the new keys")?;
+    // The bytes changed: hash and seal them again.
+    sqlx::query("DELETE FROM log_seals").execute(&mut *tx).await.context("drop the old seals")?;
+    sqlx::query("DELETE FROM event_hashes").execute(&mut *tx).await.context("drop the old hashes")?;
+    for _ in 0..400 {
+        let n: i64 = sqlx::query_scalar("SELECT seal_log(NULL)").fetch_one(&mut *tx).await.context("hash the rewritten log")?;
+        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM events e WHERE NOT EXISTS (SELECT FROM event_hashes h WHERE h.global_position = e.global_position))")
+            .fetch_one(&mut *tx)
+            .await
+            .context("check the hashes")?;
+        if !left {
+            return Ok(rewritten.len() as u64);
+        }
+        if n == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    bail!("another process keeps sealing this database's log: stop every storekeeper process on it and import again")
 }
 
 /// What the file must hold to be an export: positions rising, and each

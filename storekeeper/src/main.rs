@@ -196,7 +196,7 @@ async fn events(action: EventsAction) -> Result<()> {
             let written = storekeeper::events::export(&log, &pool, &mut out).await?;
             eprintln!("storekeeper: exported {written} events");
         }
-        EventsAction::Import { input, db } => {
+        EventsAction::Import { input, reencrypt, db } => {
             let (_cluster, pool) = open(&db, false).await?;
             let read: Box<dyn std::io::BufRead> = if is_std(&input) {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -204,8 +204,14 @@ async fn events(action: EventsAction) -> Result<()> {
                 let path = input.expect("checked above");
                 Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?))
             };
-            let imported = storekeeper::events::import(&pool, read).await?;
+            let plaintext = if reencrypt { storekeeper::events::Plaintext::Reencrypt } else { storekeeper::events::Plaintext::Keep };
+            let imported = storekeeper::events::import(&pool, read, plaintext).await?;
             eprintln!("storekeeper: imported {} events, each checked against its hash; seal {}", imported.events, imported.seal);
+            if let Some(n) = imported.reencrypted {
+                eprintln!(
+                    "storekeeper: sealed the personal data of {n} events held in the clear, under fresh keys per customer; the log was hashed and sealed afresh"
+                );
+            }
         }
     }
     Ok(())

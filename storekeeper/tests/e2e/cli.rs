@@ -530,17 +530,27 @@ async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_
         let out = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &id.to_string()]));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
-    let post = |path: String, token: &str, body: serde_json::Value| http.post(format!("{}{path}", serve.base)).bearer_auth(token).json(&body).send();
+    let post = |path: String, token: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", serve.base)).bearer_auth(token).json(&body).send()
+    };
     let address = |line1: &str| json!({"line1": line1, "city": "Kakariko", "postal_code": "40401", "country": "DE"});
 
     let product = uuid::Uuid::now_v7();
-    let added = post("/v1/products".into(), &admin, json!({"id": product, "sku": "FGT-1", "name": "Lantern", "description": "Lights",
-        "category": "camping", "price": {"amount_minor": 2500, "currency": "EUR"}, "initial_stock": 10}));
+    let added = post(
+        "/v1/products".into(),
+        &admin,
+        json!({"id": product, "sku": "FGT-1", "name": "Lantern", "description": "Lights",
+        "category": "camping", "price": {"amount_minor": 2500, "currency": "EUR"}, "initial_stock": 10}),
+    );
     assert_eq!(added.await.unwrap().status(), 201);
     let customer = uuid::Uuid::now_v7();
     let own = token_for(customer);
-    let registered = post("/v1/customers".into(), &own, json!({"email": "Zelda.Quartermain@forget.example", "name": "Zelda Quartermain",
-        "shipping_address": address("12 Hyrule Lane")}));
+    let registered = post(
+        "/v1/customers".into(),
+        &own,
+        json!({"email": "Zelda.Quartermain@forget.example", "name": "Zelda Quartermain",
+        "shipping_address": address("12 Hyrule Lane")}),
+    );
     assert_eq!(registered.await.unwrap().status(), 201);
     let order = uuid::Uuid::now_v7();
     let placed = http
@@ -582,7 +592,11 @@ async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_
 
     // Every reader shows the fields redacted; the order keeps its lines and amounts.
     let shown = read(format!("/v1/customers/{customer}"), token.clone()).await;
-    assert_eq!((shown["email"].as_str(), shown["name"].as_str(), shown["status"].as_str()), (Some("[redacted]"), Some("[redacted]"), Some("forgotten")), "{shown}");
+    assert_eq!(
+        (shown["email"].as_str(), shown["name"].as_str(), shown["status"].as_str()),
+        (Some("[redacted]"), Some("[redacted]"), Some("forgotten")),
+        "{shown}"
+    );
     let shown = read(format!("/v1/orders/{order}"), token.clone()).await;
     assert_eq!(shown["shipping_address"]["line1"], "[redacted]", "{shown}");
     assert_eq!(shown["lines"][0]["quantity"], 2, "{shown}");
@@ -624,4 +638,97 @@ async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_
     assert_eq!(change.status(), 409);
     pool.close().await;
     assert!(serve.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_from_before_sealing_moves_forward_by_export_and_an_import_that_reencrypts() {
+    use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, StreamWrite};
+    let (source, target) = (eventlog::testing::fresh_database_url().await, eventlog::testing::fresh_database_url().await);
+    let old = sqlx::PgPool::connect(&source).await.unwrap();
+    storekeeper::database::migrate(&old).await.unwrap();
+    // What an older build wrote: personal data in the clear (v1), the
+    // email claimed under its plaintext.
+    let (customer, order, product) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let address = json!({"line1": "3 Plaintext Row", "city": "Oldtown", "postal_code": "10115", "country": "DE"});
+    let event = |event_type: &str, data: serde_json::Value| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        occurred_at: chrono::Utc::now(),
+        metadata: Metadata::system("legacy"),
+        data,
+    };
+    let email = domain::Email::parse("Legacy.Person@old.example").unwrap();
+    let stream = format!("customer-{customer}");
+    let legacy_claim = domain::claim::legacy_email_claim_stream(&email);
+    let raw = eventlog::PgEventLog::new(old.clone());
+    let write = |stream_id: &str, events| StreamWrite { stream_id: stream_id.into(), expected: ExpectedVersion::NoStream, events };
+    raw.append(vec![
+        write(
+            &stream,
+            vec![event(
+                "CustomerRegistered",
+                json!({"customer_id": customer, "email": email.as_str(), "name": "Legacy Person", "shipping_address": address}),
+            )],
+        ),
+        write(&legacy_claim, vec![event("UniqueValueClaimed", json!({"kind": "email", "value": email.key(), "owner_stream_id": stream}))]),
+    ])
+    .await
+    .unwrap();
+    let money = json!({"amount_minor": 700, "currency": "EUR"});
+    let placed = json!({"order_id": order, "customer_id": customer, "total": money, "shipping_address": address,
+                        "lines": [{"product_id": product, "quantity": 1, "unit_price": money, "line_total": money}]});
+    raw.append(vec![write(&format!("order-{order}"), vec![event("OrderPlaced", placed)])]).await.unwrap();
+    old.close().await;
+
+    let dir = temp_dir("reencrypt");
+    let file = dir.join("old.jsonl");
+    let exported = run(storekeeper(&["events", "export", "--output", file.to_str().unwrap()]).env("DATABASE_URL", &source));
+    assert!(exported.status.success(), "{exported:?}");
+    assert!(String::from_utf8_lossy(&std::fs::read(&file).unwrap()).contains("Legacy Person"), "the old export holds plaintext");
+    let imported = run(storekeeper(&["events", "import", "--reencrypt", "--input", file.to_str().unwrap()]).env("DATABASE_URL", &target));
+    let stderr = String::from_utf8_lossy(&imported.stderr);
+    assert!(imported.status.success(), "{stderr}");
+    assert!(stderr.contains("imported 3 events") && stderr.contains("sealed the personal data of 3 events"), "{stderr}");
+
+    // The new log holds no plaintext, verifies, and reads as before.
+    let pool = sqlx::PgPool::connect(&target).await.unwrap();
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT stream_id || ' ' || data::text FROM events ORDER BY global_position").fetch_all(&pool).await.unwrap();
+    let stored = stored.join("\n");
+    for plain in ["legacy.person@old.example", "Legacy Person", "3 Plaintext Row", legacy_claim.as_str()] {
+        assert!(!stored.to_lowercase().contains(&plain.to_lowercase()), "{plain} is still in the log:\n{stored}");
+    }
+    let checked = run(storekeeper(&["events", "verify"]).env("DATABASE_URL", &target));
+    assert!(checked.status.success(), "{checked:?}");
+    let (log, vault) = eventlog::vault::postgres_log(&pool);
+    let read = log.read_stream(&stream, 0, 10).await.unwrap();
+    assert_eq!((read[0].schema_version, read[0].data["name"].as_str()), (2, Some("Legacy Person")));
+    let service = commands::CommandService::new(log.clone(), vault);
+    let metadata = Metadata::system("test");
+    let again = domain::customer::CustomerCommand::Register {
+        customer_id: uuid::Uuid::now_v7(),
+        email: domain::Email::parse("legacy.PERSON@old.example").unwrap(),
+        name: "Someone else".into(),
+        shipping_address: None,
+    };
+    let taken = service.customer(uuid::Uuid::now_v7(), again.clone(), None, &metadata).await;
+    assert!(
+        matches!(taken, Err(commands::ServiceError::Domain(domain::DomainError::EmailTaken))),
+        "the claim moved with the log: {taken:?}"
+    );
+
+    // And it can now be forgotten: its order included.
+    service.forget_customer(customer, None, &metadata).await.unwrap();
+    let order_read = log.read_stream(&format!("order-{order}"), 0, 10).await.unwrap();
+    assert_eq!(order_read[0].data["shipping_address"]["line1"], "[redacted]");
+    assert_eq!(order_read[0].data["total"]["amount_minor"], 700);
+    assert_eq!(log.read_stream(&stream, 0, 10).await.unwrap()[0].data["email"], "[redacted]");
+    let id = match &again {
+        domain::customer::CustomerCommand::Register { customer_id, .. } => *customer_id,
+        _ => unreachable!(),
+    };
+    assert!(service.customer(id, again, None, &metadata).await.is_ok(), "its email is free");
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

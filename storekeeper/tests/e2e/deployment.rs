@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge::{JwtKeys, Role};
-use eventlog::{EventLog, PgEventLog};
+use eventlog::EventLog;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;

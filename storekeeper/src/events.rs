@@ -13,6 +13,13 @@
 //! of order, and nothing is imported. Someone who rewrites hashes and end
 //! line together is only caught by a seal kept elsewhere.
 //!
+//! Before the end line come the vault's lines: the secret that emails are
+//! claimed under, and each customer's data key (a forgotten customer's as
+//! a tombstone, with no key), without which the sealed personal fields of
+//! the restored log would never open again. They are not covered by the
+//! seal; an export holds every live customer's key, so keep it as you
+//! would keep the database.
+//!
 //! `import --reencrypt` is how a log written before personal data was
 //! sealed moves forward: export the old log, import into a new empty one
 //! with the flag, and the personal fields arrive sealed under fresh keys.
@@ -53,6 +60,86 @@ struct End {
 #[derive(Serialize, Deserialize)]
 struct EndLine {
     end_of_export: End,
+}
+
+/// The vault's secret, for keyed hashes of unique values: without it, an
+/// imported log would claim emails under other names and let one be taken
+/// twice.
+#[derive(Serialize, Deserialize)]
+struct VaultLine {
+    vault: VaultSecret,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VaultSecret {
+    unique_values_secret: String,
+}
+
+/// A customer's data key (hex), or `null` for a forgotten customer: the
+/// log's sealed fields mean nothing without them. A forgotten customer's
+/// key is in no export made after the forget.
+#[derive(Serialize, Deserialize)]
+struct KeyLine {
+    customer_key: CustomerKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CustomerKey {
+    customer_id: uuid::Uuid,
+    key: Option<String>,
+}
+
+/// Writes the vault's lines: its secret, then every customer key in order.
+async fn write_vault(pool: &PgPool, out: &mut dyn Write) -> Result<()> {
+    let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'")
+        .fetch_one(pool)
+        .await
+        .context("read the vault's secret")?;
+    serde_json::to_writer(&mut *out, &VaultLine { vault: VaultSecret { unique_values_secret: hex::encode(secret) } })
+        .context("write the vault")?;
+    out.write_all(b"\n").context("write the vault")?;
+    let mut rows =
+        sqlx::query_as::<_, (uuid::Uuid, Option<Vec<u8>>)>("SELECT customer_id, key FROM customer_keys ORDER BY customer_id").fetch(pool);
+    while let Some((customer_id, key)) = futures::TryStreamExt::try_next(&mut rows).await.context("read the customer keys")? {
+        serde_json::to_writer(&mut *out, &KeyLine { customer_key: CustomerKey { customer_id, key: key.map(hex::encode) } })
+            .context("write a customer key")?;
+        out.write_all(b"\n").context("write a customer key")?;
+    }
+    Ok(())
+}
+
+/// Restores one vault line into the import's transaction.
+async fn import_vault_line(tx: &mut sqlx::PgConnection, number: usize, line: &str) -> Result<()> {
+    if line.starts_with("{\"vault\"") {
+        let parsed: VaultLine = serde_json::from_str(line).with_context(|| format!("line {number}: not a vault line"))?;
+        let secret = hex::decode(&parsed.vault.unique_values_secret)
+            .ok()
+            .filter(|s| s.len() >= 32)
+            .with_context(|| format!("line {number}: the vault's secret is not 32 bytes or more in hex"))?;
+        sqlx::query("UPDATE vault_secrets SET secret = $1 WHERE name = 'unique_values'")
+            .bind(secret)
+            .execute(&mut *tx)
+            .await
+            .context("restore the vault's secret")?;
+        return Ok(());
+    }
+    let parsed: KeyLine = serde_json::from_str(line).with_context(|| format!("line {number}: not a customer key line"))?;
+    let key = match parsed.customer_key.key {
+        Some(hex_key) => Some(
+            hex::decode(hex_key)
+                .ok()
+                .filter(|k| k.len() == 32)
+                .with_context(|| format!("line {number}: a customer key is not 32 bytes in hex"))?,
+        ),
+        None => None,
+    };
+    sqlx::query("INSERT INTO customer_keys (customer_id, key, forgotten_at) VALUES ($1, $2, CASE WHEN $2 IS NULL THEN now() END)")
+        .bind(parsed.customer_key.customer_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("line {number}: the customer key was refused (named twice?)"))?;
+    Ok(())
 }
 
 /// The chain of hashes a seal is: `sha256(previous || hash)` in order.
@@ -114,6 +201,7 @@ pub async fn export(log: &dyn EventLog, pool: &PgPool, out: &mut dyn Write) -> R
         }
         written += positions.len() as u64;
     }
+    write_vault(pool, out).await?;
     let end = End { events: written, up_to: after, seal: hex::encode(&chain.0) };
     serde_json::to_writer(&mut *out, &EndLine { end_of_export: end }).context("write the end line")?;
     out.write_all(b"\n").context("write the end line")?;
@@ -186,6 +274,10 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
         if let Some((at, _)) = &end {
             bail!("line {number}: the file goes on after its end line (line {at}): the input is not an export");
         }
+        if line.starts_with("{\"vault\"") || line.starts_with("{\"customer_key\"") {
+            import_vault_line(&mut tx, number, &line).await?;
+            continue;
+        }
         if line.starts_with("{\"end_of_export\"") {
             let parsed: EndLine = serde_json::from_str(&line).with_context(|| format!("line {number}: not an end line"))?;
             end = Some((number, parsed.end_of_export));
@@ -252,6 +344,16 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
     .fetch_all(&mut *tx)
     .await
     .context("find personal data in the clear")?;
+    // Keys the file brought (a log sealed in part) are kept.
+    let known: Vec<(uuid::Uuid, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT customer_id, key FROM customer_keys").fetch_all(&mut *tx).await.context("read the customer keys")?;
+    let known: HashMap<uuid::Uuid, eventlog::vault::KeyState> = known
+        .into_iter()
+        .map(|(id, key)| match key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()) {
+            Some(key) => (id, eventlog::vault::KeyState::Live(key)),
+            None => (id, eventlog::vault::KeyState::Forgotten),
+        })
+        .collect();
     let mut keys: HashMap<uuid::Uuid, eventlog::vault::DataKey> = HashMap::new();
     let mut rewritten: Vec<(i64, String, i32, serde_json::Value)> = Vec::with_capacity(rows.len());
     for (position, stream_id, event_type, version, mut data) in rows {
@@ -259,8 +361,11 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
             let Some(owner) = personal.owner_of(&stream_id, &data) else {
                 bail!("the event at position {position} names no customer: its personal data cannot be sealed");
             };
-            let key = keys.entry(owner).or_insert_with(new_key);
-            seal_fields(personal, owner, key, &mut data);
+            match known.get(&owner) {
+                Some(eventlog::vault::KeyState::Forgotten) => eventlog::vault::open_fields(personal, owner, known.get(&owner), &mut data),
+                Some(eventlog::vault::KeyState::Live(key)) => seal_fields(personal, owner, key, &mut data),
+                None => seal_fields(personal, owner, keys.entry(owner).or_insert_with(new_key), &mut data),
+            }
             rewritten.push((position, stream_id, 2, data));
         } else {
             let normalised = data["value"].as_str().unwrap_or_default().to_lowercase();

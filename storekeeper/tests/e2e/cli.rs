@@ -217,13 +217,25 @@ async fn seed_export_and_import_into_an_empty_database_keep_every_event() {
     assert!(lines > 30 + 5 + 10, "{lines} events");
     assert!(before == after, "the round trip changed the bytes");
     let text = String::from_utf8_lossy(&before).into_owned();
-    let (events, end) = text.trim_end().rsplit_once('\n').unwrap();
+    let (all, end) = text.trim_end().rsplit_once('\n').unwrap();
+    // The vault's lines (its secret, each customer's key) come before the end line.
+    let vault = |l: &&str| l.starts_with("{\"vault\":") || l.starts_with("{\"customer_key\":");
+    assert_eq!(all.lines().filter(vault).count(), 1 + 5, "the secret and five customers' keys");
+    let events = all.lines().filter(|l| !vault(l)).collect::<Vec<_>>().join("\n");
+    let events = events.as_str();
+    let counted = events.lines().count();
     assert!(events.lines().all(|l| l.contains("\"stream_hash\":\"")), "every event carries its hash");
-    assert!(end.starts_with(&format!("{{\"end_of_export\":{{\"events\":{}", lines - 1)), "{end}");
+    assert!(end.starts_with(&format!("{{\"end_of_export\":{{\"events\":{counted}")), "{end}");
     assert!(
-        String::from_utf8_lossy(&imported.stderr).contains(&format!("imported {} events, each checked against its hash", lines - 1)),
+        String::from_utf8_lossy(&imported.stderr).contains(&format!("imported {counted} events, each checked against its hash")),
         "{imported:?}"
     );
+    // The keys came along: the restored log reads as the first one.
+    let (restored, _) = eventlog::vault::postgres_log(&sqlx::PgPool::connect(&target).await.unwrap());
+    let customer = events.lines().find(|l| l.contains("\"CustomerRegistered\"")).unwrap();
+    let stream = customer.split("\"stream_id\":\"").nth(1).unwrap().split('"').next().unwrap();
+    let read = restored.read_stream(stream, 0, 1).await.unwrap();
+    assert!(read[0].data["email"].as_str().is_some_and(|e| e.contains('@')), "{:?}", read[0].data);
 
     // Cut short, or a whole stream taken out: refused.
     let refused = |file: &Path, contents: String| {
@@ -627,6 +639,11 @@ async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_
     let export = run(storekeeper(&["events", "export"]).env("DATABASE_URL", url));
     assert!(export.status.success() && export.stdout.len() > 1000, "{export:?}");
     assert_eq!(secrets_in(&export.stdout), Vec::<&str>::new(), "a fresh export");
+    let tombstone = format!("{{\"customer_key\":{{\"customer_id\":\"{customer}\",\"key\":null}}}}");
+    assert!(
+        String::from_utf8_lossy(&export.stdout).lines().any(|l| l == tombstone),
+        "the export carries no key for it, only its tombstone"
+    );
     let checked = run(storekeeper(&["events", "verify"]).env("DATABASE_URL", url));
     assert!(checked.status.success(), "the hash chain still holds: {checked:?}");
 

@@ -55,6 +55,16 @@ async fn a_relay_killed_mid_stream_resumes_without_losing_an_event() {
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
     let streams: Vec<String> = (0..20).map(|_| format!("thing-{}", Uuid::now_v7())).collect();
     append(&log, &streams, 40).await; // 4,000 events
+    // And a customer, whose personal data Kafka must only ever carry sealed.
+    let (vaulted, vault) = eventlog::vault::postgres_log(&pool);
+    let customer = Uuid::now_v7();
+    let register = domain::customer::CustomerCommand::Register {
+        customer_id: customer,
+        email: domain::Email::parse("kafka.person@relay.example").unwrap(),
+        name: "Kafka Person".into(),
+        shipping_address: None,
+    };
+    commands::CommandService::new(vaulted, vault.clone()).customer(customer, register, None, &Metadata::system("test")).await.unwrap();
 
     let topic = format!("storekeeper-relay-{}", Uuid::now_v7().simple());
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -88,13 +98,20 @@ async fn a_relay_killed_mid_stream_resumes_without_losing_an_event() {
     let mut second = relay(&url, &topic);
     consumer.subscribe(&[topic.as_str()]).unwrap();
     let all: Vec<RecordedEvent> = log.read_all(0, usize::MAX).await.unwrap();
-    assert_eq!(all.len(), 5000);
+    assert_eq!(all.len(), 5002);
     let wanted: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut next: HashMap<String, u64> = HashMap::new();
     while seen.len() < wanted.len() {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.expect("events keep arriving").unwrap();
-        let event: RecordedEvent = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let payload = String::from_utf8_lossy(message.payload().unwrap()).into_owned();
+        assert!(!payload.contains("Kafka Person") && !payload.contains("kafka.person"), "plaintext on the topic: {payload}");
+        let event: RecordedEvent = serde_json::from_str(&payload).unwrap();
+        if event.stream_id == format!("customer-{customer}") {
+            let mut opened = [event.clone()];
+            vault.open(&mut opened).await.unwrap();
+            assert_eq!(opened[0].data["name"], "Kafka Person", "a consumer with the key opens it");
+        }
         // Duplicates after the crash are allowed; gaps and reordering are not.
         let expected = next.entry(event.stream_id.clone()).or_insert(0);
         assert!(event.stream_version <= *expected, "{} skipped to {} before {}", event.stream_id, event.stream_version, expected);

@@ -100,8 +100,69 @@ pub fn decide(args: &[&str]) -> Result<()> {
             );
         }
         println!("    target: warm and place-order latency flat in the stream's length; cold with a snapshot flat too");
-        Ok(())
+        vault_costs(&vault, 20).await
     })
+}
+
+/// What sealing and opening personal fields costs, against the key table:
+/// batches of 2,000 registrations of different customers (one key lookup
+/// per batch, as a consumer's read pays it).
+async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> Result<()> {
+    use domain::customer::{CustomerEvent, CustomerRegistered};
+    const BATCH: usize = 2000;
+    let metadata = Metadata::system("bench");
+    let mut writes: Vec<StreamWrite> = (0..BATCH)
+        .map(|i| {
+            let customer = Uuid::now_v7();
+            let registered = CustomerEvent::Registered(CustomerRegistered {
+                customer_id: customer,
+                email: Email::parse(&format!("bench-{i}@example.com")).expect("valid"),
+                name: format!("Bench Customer {i}"),
+                shipping_address: Some(address()),
+            });
+            StreamWrite {
+                stream_id: format!("customer-{customer}"),
+                expected: ExpectedVersion::NoStream,
+                events: NewEvent::encode_all(&[registered], &metadata),
+            }
+        })
+        .collect();
+    let plain = writes.clone();
+    vault.seal(&mut writes).await?; // makes the keys
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut again = plain.clone();
+        vault.seal(&mut again).await?;
+    }
+    let seal = (rounds * BATCH) as f64 / started.elapsed().as_secs_f64();
+    let stored: Vec<eventlog::RecordedEvent> = writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let e = w.events.into_iter().next().expect("one event");
+            eventlog::RecordedEvent {
+                event_id: e.event_id,
+                stream_id: w.stream_id,
+                stream_version: 0,
+                global_position: i as u64 + 1,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                occurred_at: e.occurred_at,
+                recorded_at: e.occurred_at,
+                metadata: e.metadata,
+                data: e.data,
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut batch = stored.clone();
+        vault.open(&mut batch).await?;
+    }
+    let open = (rounds * BATCH) as f64 / started.elapsed().as_secs_f64();
+    println!("vault: personal fields of a registration (email, name, address), batches of {BATCH}, against the key table");
+    println!("    sealing {seal:.0} events/s, opening {open:.0} events/s (each batch one key lookup)");
+    Ok(())
 }
 
 /// A product stream of `length` events: added, then restocked.

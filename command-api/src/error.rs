@@ -90,6 +90,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Domain(e) => e.into(),
             ServiceError::VersionConflict { expected, current, .. } => ApiError::VersionConflict { expected, current },
             ServiceError::Contention => ApiError::Contention,
+            // Forgotten between the decision and the append.
+            ServiceError::Log(eventlog::EventLogError::Forgotten(_)) => DomainError::state("the customer is forgotten").into(),
             ServiceError::Log(eventlog::EventLogError::Backend(source))
                 if source.downcast_ref::<sqlx::Error>().is_some_and(edge::database_unavailable) =>
             {

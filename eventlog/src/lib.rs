@@ -38,6 +38,9 @@ pub enum EventLogError {
     VersionConflict { stream_id: String, expected: ExpectedVersion, actual: Option<u64> },
     #[error("invalid append: {0}")]
     InvalidAppend(String),
+    /// The append holds personal data of a customer whose key is deleted.
+    #[error("customer {0} is forgotten: no personal data is written for it")]
+    Forgotten(uuid::Uuid),
     #[error("event log backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

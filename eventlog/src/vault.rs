@@ -230,7 +230,7 @@ impl Vault {
                     continue;
                 };
                 let Some(KeyState::Live(key)) = keys.get(&owner) else {
-                    return Err(EventLogError::InvalidAppend(format!("customer {owner} is forgotten: no personal data is written for it")));
+                    return Err(EventLogError::Forgotten(owner));
                 };
                 seal_fields(personal, owner, key, &mut event.data);
             }
@@ -467,6 +467,39 @@ mod tests {
         assert_eq!(open_value(&key, owner, "name", &sealed), None, "bound to its field");
         let wrong = new_key();
         assert_eq!(open_value(&wrong, owner, "email", &sealed), None);
+    }
+
+    #[tokio::test]
+    async fn the_vaulted_log_stores_ciphertext_opens_it_and_redacts_once_the_key_is_gone() {
+        use crate::{ExpectedVersion, Metadata, NewEvent, Snapshot};
+        let inner: Arc<dyn EventLog> = Arc::new(crate::InMemoryEventLog::new());
+        let vault = Vault::in_memory();
+        let log = VaultedLog::new(inner.clone(), vault.clone());
+        let owner = Uuid::new_v4();
+        let (stream, data) = registered(owner);
+        let event = |data: Value| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "CustomerRegistered".into(),
+            schema_version: 2,
+            occurred_at: chrono::Utc::now(),
+            metadata: Metadata::system("test"),
+            data,
+        };
+        let write =
+            |data: Value| vec![StreamWrite { stream_id: stream.clone(), expected: ExpectedVersion::Any, events: vec![event(data)] }];
+        log.append(write(data.clone())).await.unwrap();
+        let stored = inner.read_all(0, 10).await.unwrap();
+        assert!(!stored[0].data.to_string().contains("ada") && is_sealed(&stored[0].data["email"]), "{}", stored[0].data);
+        assert_eq!(stored[0].data["customer_id"], json!(owner), "what is not personal stays readable");
+        assert_eq!(log.read_stream(&stream, 0, 10).await.unwrap()[0].data, data, "read through the vault, it opens");
+
+        vault.forget(owner).await.unwrap();
+        let read = log.read_all(0, 10).await.unwrap();
+        assert_eq!((read[0].data["email"].as_str(), read[0].data["name"].as_str()), (Some("[redacted]"), Some("[redacted]")));
+        assert!(matches!(log.append(write(data)).await, Err(EventLogError::Forgotten(o)) if o == owner), "no new key for the forgotten");
+        let snapshot = Snapshot { stream_id: stream.clone(), snapshot_version: 1, version: 0, position: 1, state: json!({"name": "Ada"}) };
+        log.save_snapshot(&snapshot).await.unwrap();
+        assert_eq!(inner.snapshot(&stream).await.unwrap(), None, "no snapshot of a customer is kept");
     }
 
     #[test]

@@ -504,3 +504,6 @@ contract!(
     Arc::new(eventlog::SharedTail::new(Arc::new(eventlog::PgEventLog::new(eventlog::testing::fresh_event_log_database().await))))
         as Arc<dyn EventLog>
 );
+// So does the vault in front of the log as `serve` runs it.
+contract!(vaulted_in_memory, eventlog::vault::in_memory_log().0);
+contract!(vaulted_postgres, eventlog::vault::postgres_log(&eventlog::testing::fresh_event_log_database().await).0);

@@ -505,5 +505,11 @@ contract!(
         as Arc<dyn EventLog>
 );
 // So does the vault in front of the log as `serve` runs it.
-contract!(vaulted_in_memory, eventlog::vault::in_memory_log().0);
-contract!(vaulted_postgres, eventlog::vault::postgres_log(&eventlog::testing::fresh_event_log_database().await).0);
+contract!(vaulted_in_memory, {
+    let log: Arc<dyn EventLog> = eventlog::vault::in_memory_log().0;
+    log
+});
+contract!(vaulted_postgres, {
+    let log: Arc<dyn EventLog> = eventlog::vault::postgres_log(&eventlog::testing::fresh_event_log_database().await).0;
+    log
+});

@@ -156,6 +156,9 @@ pub fn read(args: &[&str]) -> Result<()> {
             );
         }
         println!("    target: get-by-id p99 < 5 ms, search p99 < 15 ms (the load generator shares the cores)");
+        if let Some((now, peak)) = server.resident_mib() {
+            println!("    serve resident: {now:.0} MiB now, {peak:.0} MiB at its peak (catch-up, rebuilds and the load above); target < 1024 MiB");
+        }
         let metrics = client.get(format!("{}/metrics", server.query)).send().await?.text().await?;
         for line in metrics.lines().filter(|l| l.starts_with("storekeeper_search_commit_seconds")) {
             println!("    {line}");

@@ -38,6 +38,18 @@ pub(super) struct Serve {
     _index: tempdir::Dir,
 }
 
+impl Serve {
+    /// The process's resident memory now and at its peak, in MiB (Linux).
+    pub(super) fn resident_mib(&self) -> Option<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self._server.0.id())).ok()?;
+        let field = |name: &str| -> Option<f64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Drop for Dir {

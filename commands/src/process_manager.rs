@@ -149,11 +149,6 @@ impl ProcessManager {
         let Some(entity_id) = event.stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()) else {
             return Ok(Handled::Skipped);
         };
-        // A forget cut short after its event leaves the key behind: delete it.
-        if let DomainEvent::Customer(domain::customer::CustomerEvent::Forgotten(_)) = decoded {
-            self.service.vault().forget(entity_id).await?;
-            return Ok(Handled::Done);
-        }
         for (i, step) in react(entity_id, &decoded).into_iter().enumerate() {
             let metadata = Metadata {
                 actor: format!("system:{NAME}"),

@@ -284,8 +284,9 @@ impl CommandService {
                     let version = decision.version.ok_or(DomainError::NotFound("stream"))?;
                     return Ok(Outcome { id, stream_id: decision.primary, version, position: decision.position, appended: false });
                 }
-                let writes: Vec<StreamWrite> = decision.writes.into_iter().filter(|w| !w.events.is_empty()).collect();
-                match self.log.append_once(writes, receipt(metadata)).await {
+                // Writes with no event stay: each checks that a stream the
+                // decision read is still at the version read.
+                match self.log.append_once(decision.writes, receipt(metadata)).await {
                     Ok(result) if result.replayed => return Ok(replayed(&result)),
                     Ok(result) => {
                         let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);
@@ -294,7 +295,9 @@ impl CommandService {
                         (decision.settle)(self, version, position);
                         return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
                     }
-                    Err(EventLogError::VersionConflict { .. }) => {
+                    // The customer was forgotten after the decision read it:
+                    // decided again, its new state refuses.
+                    Err(EventLogError::VersionConflict { .. } | EventLogError::Forgotten(_)) => {
                         metrics::counter!("storekeeper_command_conflicts_total").increment(1);
                         tracing::debug!(attempt, stream_id = %decision.primary, "lost a race; deciding again");
                         if !decision.cached {
@@ -413,15 +416,12 @@ impl CommandService {
         .await
     }
 
-    /// Forgets a customer: appends `CustomerForgotten` (releasing its email)
-    /// and then deletes its key, so that its personal data reads as
-    /// redacted everywhere. Asked again, it appends nothing but deletes the
-    /// key all the same, which finishes a forget cut short between the two
-    /// (the order process manager finishes those on its own too).
+    /// Forgets a customer: appends `CustomerForgotten`, releasing its email
+    /// in the same append; the log deletes the customer's key with it (in
+    /// the same transaction on PostgreSQL), so that its personal data reads
+    /// as redacted everywhere from then on. Asked again, it appends nothing.
     pub async fn forget_customer(&self, id: Uuid, if_match: Option<u64>, metadata: &Metadata) -> Result<Outcome, ServiceError> {
-        let outcome = self.customer(id, CustomerCommand::Forget, if_match, metadata).await?;
-        self.vault.forget(id).await?;
-        Ok(outcome)
+        self.customer(id, CustomerCommand::Forget, if_match, metadata).await
     }
 
     /// Product commands: adding a product claims its SKU.
@@ -462,11 +462,6 @@ impl CommandService {
         if let Some(outcome) = self.earlier(metadata).await? {
             return Ok(outcome);
         }
-        let customer = self.load::<CustomerAggregate>(&stream_id::<CustomerAggregate>(customer_id)).await?;
-        let customer_active = match customer.state {
-            Some(c) => c.active,
-            None => return Err(DomainError::invalid("customer_id", "no such customer").into()),
-        };
         let mut priced = Vec::with_capacity(lines.len());
         for (i, (product_id, quantity)) in lines.into_iter().enumerate() {
             let product = self.load::<ProductAggregate>(&stream_id::<ProductAggregate>(product_id)).await?;
@@ -475,8 +470,32 @@ impl CommandService {
             };
             priced.push(PricedLine { product_id, quantity, unit_price: product.price });
         }
-        let command = OrderCommand::Place { order_id, customer_id, customer_active, lines: priced, shipping_address };
-        self.execute::<OrderAggregate>(order_id, command, None, metadata).await
+        let stream = &stream_id::<OrderAggregate>(order_id);
+        let customer_stream = &stream_id::<CustomerAggregate>(customer_id);
+        let (priced, shipping_address) = (&priced, &shipping_address);
+        self.run(order_id, stream, None, metadata, |cached| async move {
+            let customer = self.load::<CustomerAggregate>(customer_stream).await?;
+            let customer_active = match &customer.state {
+                Some(c) => c.active,
+                None => return Err(DomainError::invalid("customer_id", "no such customer").into()),
+            };
+            let loaded = self.state::<OrderAggregate>(stream, cached).await?;
+            let command = OrderCommand::Place {
+                order_id,
+                customer_id,
+                customer_active,
+                lines: priced.clone(),
+                shipping_address: shipping_address.clone(),
+            };
+            let events = OrderAggregate::decide(&loaded.state, command)?;
+            // The order stands on the customer as read: appended with no
+            // event but that version expected, a customer deactivated or
+            // forgotten meanwhile makes it conflict and be decided again.
+            let as_read = StreamWrite { stream_id: customer_stream.clone(), expected: customer.expected(), events: Vec::new() };
+            let writes = vec![write(stream, &loaded, &events, metadata), as_read];
+            Ok(Decision::new(stream, loaded, &events, writes))
+        })
+        .await
     }
 }
 

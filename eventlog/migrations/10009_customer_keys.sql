@@ -22,3 +22,17 @@ VALUES ('unique_values', decode(replace(gen_random_uuid()::text || gen_random_uu
 -- Snapshots of customers and orders held their state in the clear; they
 -- are no longer taken (a cache: nothing depends on them).
 DELETE FROM snapshots WHERE stream_id LIKE 'customer-%' OR stream_id LIKE 'order-%';
+
+-- Forgetting deletes the key in the transaction that appends
+-- `CustomerForgotten`, whoever appends it (the command service, an
+-- import): no crash between the two can leave the event with a live key.
+CREATE FUNCTION events_forget_customer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO customer_keys (customer_id, key, forgotten_at)
+    VALUES (substr(NEW.stream_id, strpos(NEW.stream_id, '-') + 1)::uuid, NULL, now())
+    ON CONFLICT (customer_id) DO UPDATE SET key = NULL, forgotten_at = coalesce(customer_keys.forgotten_at, now());
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER events_forget_customer AFTER INSERT ON events
+    FOR EACH ROW WHEN (NEW.event_type = 'CustomerForgotten') EXECUTE FUNCTION events_forget_customer();

@@ -378,7 +378,18 @@ fn personal_stream(stream_id: &str) -> bool {
 impl EventLog for VaultedLog {
     async fn append_once(&self, mut writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         self.vault.seal(&mut writes).await?;
-        self.inner.append_once(writes, receipt).await
+        let forgotten: Vec<Uuid> = writes
+            .iter()
+            .filter(|w| w.events.iter().any(|e| e.event_type == "CustomerForgotten"))
+            .filter_map(|w| Uuid::parse_str(w.stream_id.split_once('-')?.1).ok())
+            .collect();
+        let result = self.inner.append_once(writes, receipt).await?;
+        // PostgreSQL deletes the key in the append's own transaction (a
+        // trigger, migration 10009); other stores learn it here.
+        for owner in forgotten {
+            self.vault.forget(owner).await?;
+        }
+        Ok(result)
     }
 
     async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {

@@ -314,3 +314,32 @@ async fn a_log_written_before_hashes_existed_is_hashed_and_sealed_by_the_migrati
     let found = eventlog::seal::verify(&pool).await.unwrap();
     assert_eq!((found.problem, found.checked, found.unsealed), (None, 50, 0));
 }
+
+/// Whoever appends `CustomerForgotten`, even past the vault, the key goes
+/// in the same transaction: no crash can leave the event with a live key.
+#[tokio::test]
+async fn appending_customer_forgotten_deletes_the_key_in_the_same_transaction() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let (vaulted, _) = eventlog::vault::postgres_log(&pool);
+    let customer = Uuid::now_v7();
+    let stream = format!("customer-{customer}");
+    let event = |event_type: &str, version: u32, data: serde_json::Value| NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: version,
+        occurred_at: Utc::now(),
+        metadata: Metadata::system("test"),
+        data,
+    };
+    let registered = json!({"customer_id": customer, "email": "gone@example.com", "name": "Gone", "shipping_address": null});
+    let write = |events| vec![StreamWrite { stream_id: stream.clone(), expected: ExpectedVersion::Any, events }];
+    vaulted.append(write(vec![event("CustomerRegistered", 2, registered)])).await.unwrap();
+    assert_eq!(vaulted.read_stream(&stream, 0, 1).await.unwrap()[0].data["name"], "Gone");
+    // Straight into the log, as an import or another build would.
+    let raw = PgEventLog::new(pool.clone());
+    raw.append(write(vec![event("CustomerForgotten", 1, json!({}))])).await.unwrap();
+    let key: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = $1").bind(customer).fetch_one(&pool).await.unwrap();
+    assert_eq!(key, None);
+    assert_eq!(vaulted.read_stream(&stream, 0, 1).await.unwrap()[0].data["name"], "[redacted]");
+}

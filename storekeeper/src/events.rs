@@ -133,12 +133,17 @@ async fn import_vault_line(tx: &mut sqlx::PgConnection, number: usize, line: &st
         ),
         None => None,
     };
-    sqlx::query("INSERT INTO customer_keys (customer_id, key, forgotten_at) VALUES ($1, $2, CASE WHEN $2 IS NULL THEN now() END)")
-        .bind(parsed.customer_key.customer_id)
-        .bind(key)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("line {number}: the customer key was refused (named twice?)"))?;
+    // A tombstone already there (its `CustomerForgotten` was imported
+    // above) stays one.
+    sqlx::query(
+        "INSERT INTO customer_keys (customer_id, key, forgotten_at) VALUES ($1, $2, CASE WHEN $2 IS NULL THEN now() END)
+         ON CONFLICT (customer_id) DO NOTHING",
+    )
+    .bind(parsed.customer_key.customer_id)
+    .bind(key)
+    .execute(&mut *tx)
+    .await
+    .with_context(|| format!("line {number}: the customer key was refused"))?;
     Ok(())
 }
 
@@ -314,6 +319,11 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
             .unwrap_or_default();
     }
     tx.commit().await.context("commit the import")?;
+    if imported.reencrypted.is_some() {
+        // The rows as first inserted, in the clear, are dead but still in
+        // the table's files until it is rewritten.
+        sqlx::query("VACUUM FULL events").execute(pool).await.context("rewrite the events table without its plaintext row versions")?;
+    }
     Ok(imported)
 }
 

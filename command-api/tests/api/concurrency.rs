@@ -82,3 +82,48 @@ async fn cached_state_never_makes_an_answer_wrong_when_another_process_writes() 
     other.execute::<ProductAggregate>(id, ProductCommand::Discontinue, None, &metadata).await.unwrap();
     problem(app.post_json(format!("{path}/restock"), &app.admin, json!({"quantity": 1})).await, 409, "invalid_state").await;
 }
+
+/// An order decided while its customer was being forgotten is decided
+/// again, and refused: none lands after `CustomerForgotten`, sealed with a
+/// key that is gone, and none is answered with a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_order_is_written_after_its_customer_is_forgotten() {
+    let app = spawn_app().await;
+    let product = app.add_product("FGT-RACE", 100, 100_000).await;
+    let address = json!({"line1": "1 Race Lane", "city": "Berlin", "postal_code": "10115", "country": "DE"});
+    for round in 0..5 {
+        let customer = app.register_customer(&format!("race-forget-{round}@example.com")).await;
+        let token = app.customer_token(customer);
+        let orders = (0..12).map(|_| {
+            app.post_json(
+                "/v1/orders",
+                &token,
+                json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}], "shipping_address": address}),
+            )
+        });
+        let forget = async {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            app.post_json(format!("/v1/customers/{customer}/forget"), &token, json!({})).await
+        };
+        let (answers, forgotten) = tokio::join!(join_all(orders), forget);
+        assert_eq!(forgotten.status(), 200);
+        for answer in answers {
+            assert!([202, 422].contains(&answer.status().as_u16()), "round {round}: {}", answer.status());
+        }
+        let last_forget: i64 =
+            sqlx::query_scalar("SELECT global_position FROM events WHERE event_type = 'CustomerForgotten' AND stream_id = $1")
+                .bind(format!("customer-{customer}"))
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        let late: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE event_type = 'OrderPlaced' AND data->>'customer_id' = $1 AND global_position > $2",
+        )
+        .bind(customer.to_string())
+        .bind(last_forget)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(late, 0, "round {round}: an order landed after the forget");
+    }
+}

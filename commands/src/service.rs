@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, sku_claim_stream};
+use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, legacy_email_claim_stream, sku_claim_stream};
 use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
 use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
@@ -398,15 +398,34 @@ impl CommandService {
                     CustomerEvent::Forgotten(_) => (None, current.filter(|e| !e.is_redacted())),
                     _ => (None, None),
                 };
+                let legacy = self.vault.legacy_email_claims().await?;
                 if let Some(email) = claim {
                     let value = self.vault.keyed_hash(&email.key()).await?;
                     let claim_stream = email_claim_stream(&value);
+                    if legacy {
+                        // Held under its old name by someone else: taken. Either
+                        // way its version is checked at the append.
+                        let old = self.load::<ClaimAggregate>(&legacy_email_claim_stream(email)).await?;
+                        if old.state.owner_stream_id.as_ref().is_some_and(|owner| owner != stream) {
+                            return Err(DomainError::EmailTaken.into());
+                        }
+                        writes.push(StreamWrite {
+                            stream_id: legacy_email_claim_stream(email),
+                            expected: old.expected(),
+                            events: Vec::new(),
+                        });
+                    }
                     let command = ClaimCommand::Claim { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
                     writes.push(self.claim(command, &claim_stream, metadata).await?);
                 }
                 if let Some(email) = release {
                     let value = self.vault.keyed_hash(&email.key()).await?;
                     let claim_stream = email_claim_stream(&value);
+                    if legacy {
+                        let command =
+                            ClaimCommand::Release { kind: ClaimKind::Email, value: value.clone(), owner_stream_id: stream.clone() };
+                        writes.push(self.claim(command, &legacy_email_claim_stream(email), metadata).await?);
+                    }
                     let command = ClaimCommand::Release { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
                     writes.push(self.claim(command, &claim_stream, metadata).await?);
                 }

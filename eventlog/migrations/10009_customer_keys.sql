@@ -19,6 +19,16 @@ CREATE TABLE vault_secrets (
 INSERT INTO vault_secrets (name, secret)
 VALUES ('unique_values', decode(replace(gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
 
+-- Whether the log holds email claims made before they were keyed (named
+-- after the plain address): while it does, a claim is checked against
+-- that name too, so upgrading never lets an address be taken twice.
+CREATE TABLE vault_settings (
+    name text PRIMARY KEY,
+    value boolean NOT NULL
+);
+INSERT INTO vault_settings (name, value)
+SELECT 'legacy_email_claims', EXISTS (SELECT FROM events WHERE event_type = 'UniqueValueClaimed' AND data->>'kind' = 'email');
+
 -- Snapshots of customers and orders held their state in the clear; they
 -- are no longer taken (a cache: nothing depends on them).
 DELETE FROM snapshots WHERE stream_id LIKE 'customer-%' OR stream_id LIKE 'order-%';

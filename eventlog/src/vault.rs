@@ -68,6 +68,11 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn forget(&self, owner: Uuid) -> Result<(), EventLogError>;
     /// The secret keyed hashes of unique personal values are made with.
     async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError>;
+    /// Whether the log holds email claims named after the plain address
+    /// (made before claims were keyed), which claims must also respect.
+    async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
+        Ok(false)
+    }
 }
 
 /// Keys in the `customer_keys` table, beside the log.
@@ -126,6 +131,12 @@ impl KeyStore for PgKeyStore {
     async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError> {
         Ok(sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'").fetch_one(&self.pool).await?)
     }
+
+    async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
+        let flag: Option<bool> =
+            sqlx::query_scalar("SELECT value FROM vault_settings WHERE name = 'legacy_email_claims'").fetch_optional(&self.pool).await?;
+        Ok(flag.unwrap_or(false))
+    }
 }
 
 /// Keys in memory, for the in-memory log.
@@ -171,13 +182,14 @@ impl KeyStore for MemoryKeyStore {
 pub struct Vault {
     store: Arc<dyn KeyStore>,
     secret: OnceCell<Vec<u8>>,
+    legacy: OnceCell<bool>,
 }
 
 const SEALED: &str = "$sealed";
 
 impl Vault {
     pub fn new(store: Arc<dyn KeyStore>) -> Self {
-        Vault { store, secret: OnceCell::new() }
+        Vault { store, secret: OnceCell::new(), legacy: OnceCell::new() }
     }
 
     pub fn postgres(pool: PgPool) -> Arc<Vault> {
@@ -200,6 +212,13 @@ impl Vault {
     pub async fn keyed_hash(&self, normalised: &str) -> Result<String, EventLogError> {
         let secret = self.secret.get_or_try_init(|| self.store.hash_secret()).await?;
         Ok(keyed_hash(secret, normalised))
+    }
+
+    /// Whether email claims named after the plain address exist in this
+    /// log (set when it was migrated or imported; it never changes while
+    /// a process runs on it).
+    pub async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
+        self.legacy.get_or_try_init(|| self.store.legacy_email_claims()).await.copied()
     }
 
     /// Seals the personal fields of current-version events in `writes`,

@@ -73,6 +73,9 @@ struct VaultLine {
 #[derive(Serialize, Deserialize)]
 struct VaultSecret {
     unique_values_secret: String,
+    /// Whether the log holds email claims named after the plain address.
+    #[serde(default)]
+    legacy_email_claims: bool,
 }
 
 /// A customer's data key (hex), or `null` for a forgotten customer: the
@@ -89,13 +92,26 @@ struct CustomerKey {
     key: Option<String>,
 }
 
+async fn set_legacy_email_claims(tx: &mut sqlx::PgConnection, value: bool) -> Result<()> {
+    sqlx::query("UPDATE vault_settings SET value = $1 WHERE name = 'legacy_email_claims'")
+        .bind(value)
+        .execute(tx)
+        .await
+        .context("record whether the log holds email claims by plain address")?;
+    Ok(())
+}
+
 /// Writes the vault's lines: its secret, then every customer key in order.
 async fn write_vault(pool: &PgPool, out: &mut dyn Write) -> Result<()> {
     let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'")
         .fetch_one(pool)
         .await
         .context("read the vault's secret")?;
-    serde_json::to_writer(&mut *out, &VaultLine { vault: VaultSecret { unique_values_secret: hex::encode(secret) } })
+    let legacy_email_claims: bool = sqlx::query_scalar("SELECT value FROM vault_settings WHERE name = 'legacy_email_claims'")
+        .fetch_one(pool)
+        .await
+        .context("read the vault's settings")?;
+    serde_json::to_writer(&mut *out, &VaultLine { vault: VaultSecret { unique_values_secret: hex::encode(secret), legacy_email_claims } })
         .context("write the vault")?;
     out.write_all(b"\n").context("write the vault")?;
     let mut rows =
@@ -121,6 +137,7 @@ async fn import_vault_line(tx: &mut sqlx::PgConnection, number: usize, line: &st
             .execute(&mut *tx)
             .await
             .context("restore the vault's secret")?;
+        set_legacy_email_claims(tx, parsed.vault.legacy_email_claims).await?;
         return Ok(());
     }
     let parsed: KeyLine = serde_json::from_str(line).with_context(|| format!("line {number}: not a customer key line"))?;
@@ -310,6 +327,17 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
         );
     }
     imported.seal = end.seal;
+    // An export from before claims were keyed carries no vault line to say so.
+    let plain_claims: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM events WHERE event_type = 'UniqueValueClaimed' AND data->>'kind' = 'email'
+                                              AND data->>'value' NOT LIKE 'hmac-sha256:%')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .context("look for email claims by plain address")?;
+    if plain_claims {
+        set_legacy_email_claims(&mut tx, true).await?;
+    }
     if plaintext == Plaintext::Reencrypt {
         imported.reencrypted = Some(reencrypt(&mut tx).await?);
         imported.seal = sqlx::query_scalar("SELECT encode(seal, 'hex') FROM log_seals ORDER BY up_to DESC LIMIT 1")
@@ -335,7 +363,6 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
 /// many events it rewrote. The log's no-update rule is lifted for this
 /// transaction only (the change is undone with it if anything fails).
 async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
-    use domain::claim::email_claim_stream;
     use domain::personal::personal_fields;
     use eventlog::vault::{keyed_hash, new_key, seal_fields};
 
@@ -378,10 +405,12 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
             }
             rewritten.push((position, stream_id, 2, data));
         } else {
+            // The claim keeps its stream (named after the address, which a
+            // claim is also checked against from now on: see
+            // `legacy_email_claims`), but no longer holds the address.
             let normalised = data["value"].as_str().unwrap_or_default().to_lowercase();
-            let hashed = keyed_hash(&secret, &normalised);
-            data["value"] = serde_json::Value::String(hashed.clone());
-            rewritten.push((position, email_claim_stream(&hashed), version, data));
+            data["value"] = serde_json::Value::String(keyed_hash(&secret, &normalised));
+            rewritten.push((position, stream_id, version, data));
         }
     }
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update").execute(&mut *tx).await.context("lift the no-update rule")?;
@@ -400,6 +429,9 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
         .context("rewrite events with their personal data sealed")?;
     }
     sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update").execute(&mut *tx).await.context("restore the no-update rule")?;
+    if rewritten.iter().any(|r| r.1.starts_with("claim-")) {
+        set_legacy_email_claims(&mut *tx, true).await?;
+    }
     let owners: Vec<uuid::Uuid> = keys.keys().copied().collect();
     let fresh: Vec<Vec<u8>> = owners.iter().map(|o| keys[o].to_vec()).collect();
     sqlx::query("INSERT INTO customer_keys (customer_id, key) SELECT * FROM unnest($1::uuid[], $2::bytea[])")

@@ -105,6 +105,36 @@ pub struct RegisterCustomer {
     pub name: String,
     #[serde(default)]
     pub shipping_address: Option<AddressDto>,
+    /// Sets the customer's sign-in password (8 to 128 characters); kept
+    /// as an argon2id hash outside the event log.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A sign-in password: 8 to 128 characters, no control characters.
+pub fn checked_password(password: &str) -> Result<(), ApiError> {
+    let length = password.chars().count();
+    let message = if !(8..=128).contains(&length) {
+        "must be 8 to 128 characters"
+    } else if password.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::Invalid(vec![FieldError { field: "password".into(), message: message.into() }]))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub email: String,
+    pub password: String,
 }
 
 /// A create body with the id the handler settled on (the caller's, or a new

@@ -25,6 +25,8 @@ pub enum ApiError {
     Domain(DomainError),
     #[error("too many concurrent changes to this entity; retry")]
     Contention,
+    #[error("the email or the password is wrong")]
+    InvalidCredentials,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -64,6 +66,7 @@ impl ApiError {
                 DomainError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             },
             ApiError::Contention => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let problem = Problem::new(status, code, self.to_string());

@@ -116,10 +116,57 @@ pub async fn register_customer(
             own
         }
     };
+    let password = body.password.clone();
+    if let Some(password) = &password {
+        dto::checked_password(password)?;
+    }
     let command = CustomerCommand::try_from(dto::WithId(id, body))?;
     let outcome = state.service.customer(id, command, ctx.if_match, &ctx.metadata).await?;
+    if let Some(password) = password {
+        state.passwords.set(id, password).await.map_err(ApiError::internal)?;
+    }
     Ok(respond(StatusCode::CREATED, outcome))
 }
+
+/// Sets a customer's sign-in password (the customer itself, or an admin).
+pub async fn set_password(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<dto::SetPassword>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    ctx.principal().require_customer(id)?;
+    dto::checked_password(&body.password)?;
+    let customer =
+        state.service.load::<domain::customer::CustomerAggregate>(&domain::stream_id::<domain::customer::CustomerAggregate>(id)).await?;
+    match customer.state {
+        None => return Err(domain::DomainError::NotFound("customer").into()),
+        Some(c) if c.forgotten => return Err(domain::DomainError::state("the customer is forgotten").into()),
+        Some(_) => {}
+    }
+    state.passwords.set(id, body.password).await.map_err(ApiError::internal)?;
+    Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
+}
+
+/// Signs a customer in: a short-lived access token for its email and
+/// password. An unknown email and a wrong password get the same answer in
+/// about the same time.
+pub async fn sign_in(State(state): State<AppState>, JsonBody(body): JsonBody<dto::SignIn>) -> Result<Response, ApiError> {
+    let customer = match domain::Email::parse(&body.email) {
+        Ok(email) => state.service.active_customer_by_email(&email).await?,
+        Err(_) => None,
+    };
+    if !state.passwords.check(customer, body.password).await.map_err(ApiError::internal)? {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let id = customer.expect("a password matched, so the customer is known");
+    let token = state.jwt.mint(&id.to_string(), Role::Customer, chrono::Duration::seconds(ACCESS_TOKEN_SECONDS));
+    Ok(Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECONDS })).into_response())
+}
+
+/// How long a signed-in customer's access token lasts.
+const ACCESS_TOKEN_SECONDS: i64 = 900;
 
 async fn customer_command(
     state: &AppState,

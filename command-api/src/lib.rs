@@ -25,6 +25,7 @@ use sqlx::PgPool;
 pub struct AppState {
     pub service: CommandService,
     pub idempotency: IdempotencyStore,
+    pub passwords: commands::PasswordStore,
     pub pool: PgPool,
     pub jwt: JwtKeys,
     pub webhook_secret: Arc<str>,
@@ -32,7 +33,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(service: CommandService, pool: PgPool, jwt: JwtKeys, webhook_secret: &str) -> Self {
-        AppState { service, idempotency: IdempotencyStore::new(pool.clone()), pool, jwt, webhook_secret: webhook_secret.into() }
+        AppState {
+            service,
+            idempotency: IdempotencyStore::new(pool.clone()),
+            passwords: commands::PasswordStore::new(pool.clone()),
+            pool,
+            jwt,
+            webhook_secret: webhook_secret.into(),
+        }
     }
 }
 
@@ -55,9 +63,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/deliver", post(deliver_order))
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         .route_layer(middleware::from_fn(edge::auth::require_principal));
+    // Passwords are not kept under an Idempotency-Key (its record holds a
+    // hash of the body); setting one twice is the same as once.
+    let password = Router::new()
+        .route("/v1/customers/{id}/password", post(set_password))
+        .route_layer(middleware::from_fn(edge::auth::require_principal));
     let jwt = state.jwt.clone();
     let routes = Router::new()
         .merge(authenticated)
+        .merge(password)
+        .route("/v1/auth/token", post(sign_in))
         .route("/v1/payments/webhook", post(payment_webhook))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state.clone())

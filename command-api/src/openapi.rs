@@ -89,6 +89,20 @@ fn operations() -> Vec<Op> {
             auth: ADMIN,
         },
         Op {
+            path: "/v1/customers/{id}/password",
+            summary: "Set a customer's sign-in password (argon2id, outside the log; deleted when it is forgotten)",
+            body: body::<dto::SetPassword>,
+            status: 200,
+            auth: OWNER,
+        },
+        Op {
+            path: "/v1/auth/token",
+            summary: "Sign in: a 15-minute customer access token for an email and password (401 invalid_credentials otherwise)",
+            body: body::<dto::SignIn>,
+            status: 200,
+            auth: "",
+        },
+        Op {
             path: "/v1/payments/webhook",
             summary: "Payment provider webhook (HMAC-SHA256 of the raw body in X-Signature)",
             body: body::<dto::PaymentWebhook>,

@@ -5,14 +5,17 @@
 //! - `service`: load, decide, append, retry; uniqueness claims; the state
 //!   cache.
 //! - `idempotency`: the `Idempotency-Key` store.
+//! - `passwords`: sign-in passwords, outside the log.
 //! - `process_manager`: the order process, a consumer of the log that
 //!   issues commands through the same service.
 
 pub mod idempotency;
+pub mod passwords;
 pub mod process_manager;
 pub mod service;
 
 pub use idempotency::{Begin, IdempotencyStore};
+pub use passwords::{PasswordError, PasswordStore};
 pub use process_manager::ProcessManager;
 pub use service::{CommandService, Outcome, ServiceError};
 

@@ -443,6 +443,19 @@ impl CommandService {
         self.customer(id, CustomerCommand::Forget, if_match, metadata).await
     }
 
+    /// The active customer who holds `email`'s claim, if any: how a
+    /// customer is found by email without any store of emails in the clear.
+    pub async fn active_customer_by_email(&self, email: &domain::Email) -> Result<Option<Uuid>, ServiceError> {
+        let value = self.vault.keyed_hash(&email.key()).await?;
+        let mut owner = self.load::<ClaimAggregate>(&email_claim_stream(&value)).await?.state.owner_stream_id;
+        if owner.is_none() && self.vault.legacy_email_claims().await? {
+            owner = self.load::<ClaimAggregate>(&legacy_email_claim_stream(email)).await?.state.owner_stream_id;
+        }
+        let Some(id) = owner.and_then(|o| Uuid::parse_str(o.strip_prefix("customer-")?).ok()) else { return Ok(None) };
+        let customer = self.load::<CustomerAggregate>(&stream_id::<CustomerAggregate>(id)).await?;
+        Ok(customer.state.filter(|c| c.active && !c.forgotten).map(|c| c.id))
+    }
+
     /// Product commands: adding a product claims its SKU.
     pub async fn product(
         &self,

@@ -72,3 +72,94 @@ async fn a_customer_cancels_only_its_own_orders() {
         app.post_json(format!("/v1/orders/{order}/cancel"), &app.customer_token(owner), json!({"reason": "changed my mind"})).await;
     assert_eq!(response.status(), 200);
 }
+
+/// Median time of `n` sign-ins with `body`, each answered 401.
+async fn refused_in(app: &TestApp, body: serde_json::Value, n: usize) -> std::time::Duration {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let answer = app.http.post(format!("{}/v1/auth/token", app.base)).json(&body).send().await.unwrap();
+        times.push(started.elapsed());
+        problem(answer, 401, "invalid_credentials").await;
+    }
+    times.sort();
+    times[n / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_sign_in_with_a_password_kept_outside_the_log_and_gone_when_forgotten() {
+    let app = spawn_app().await;
+    let secret = "Opal-Sunrise-4711";
+    let registered =
+        app.post_json("/v1/customers", &app.admin, json!({"email": "Signer@Example.com", "name": "Signer", "password": secret})).await;
+    assert_eq!(registered.status(), 201);
+    let customer = id_of(registered).await;
+    let sign_in = |email: &str, password: &str| {
+        app.http.post(format!("{}/v1/auth/token", app.base)).json(&json!({"email": email, "password": password})).send()
+    };
+
+    // Any letter case of the email; the token acts as the customer.
+    let answer = sign_in("signer@example.COM", secret).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!((answer["token_type"].as_str(), answer["expires_in"].as_i64()), (Some("Bearer"), Some(900)));
+    let token = answer["access_token"].as_str().unwrap().to_owned();
+    let moved = app
+        .post_json(
+            format!("/v1/customers/{customer}/address"),
+            &token,
+            json!({"shipping_address":
+        {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}}),
+        )
+        .await;
+    assert_eq!(moved.status(), 200);
+
+    // A wrong password, an unknown email and a malformed one: one answer, about one time.
+    let wrong = refused_in(&app, json!({"email": "signer@example.com", "password": "not-the-password"}), 5).await;
+    let unknown = refused_in(&app, json!({"email": "nobody@example.com", "password": "not-the-password"}), 5).await;
+    refused_in(&app, json!({"email": "not an email", "password": "whatever1"}), 1).await;
+    let (slow, fast) = if wrong > unknown { (wrong, unknown) } else { (unknown, wrong) };
+    assert!(slow < fast * 3, "wrong password {wrong:?}, unknown email {unknown:?}");
+
+    // Changing it: the customer itself (or an admin), 8 to 128 characters.
+    problem(
+        app.post_json(format!("/v1/customers/{customer}/password"), &token, json!({"password": "short"})).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    let stranger = app.customer_token(Uuid::now_v7());
+    problem(
+        app.post_json(format!("/v1/customers/{customer}/password"), &stranger, json!({"password": "Long-enough-1"})).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let changed = app.post_json(format!("/v1/customers/{customer}/password"), &token, json!({"password": "Granite-Moon-2024"})).await;
+    assert_eq!(changed.status(), 200);
+    assert_eq!(sign_in("signer@example.com", secret).await.unwrap().status(), 401);
+    assert_eq!(sign_in("signer@example.com", "Granite-Moon-2024").await.unwrap().status(), 200);
+    problem(
+        app.post_json(format!("/v1/customers/{}/password", Uuid::now_v7()), &app.admin, json!({"password": "Long-enough-1"})).await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Nowhere in the log; deleted with the customer.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE data::text LIKE '%Granite%' OR data::text LIKE '%Opal%'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    assert_eq!(app.post_json(format!("/v1/customers/{customer}/forget"), &token, json!({})).await.status(), 200);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM customer_passwords").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(kept, 0, "the password goes with the customer");
+    assert_eq!(sign_in("signer@example.com", "Granite-Moon-2024").await.unwrap().status(), 401);
+    problem(
+        app.post_json(format!("/v1/customers/{customer}/password"), &app.admin, json!({"password": "Long-enough-1"})).await,
+        409,
+        "invalid_state",
+    )
+    .await;
+}

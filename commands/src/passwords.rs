@@ -1,0 +1,98 @@
+//! Sign-in passwords: argon2id hashes in `customer_passwords`, outside the
+//! event log so that forgetting a customer can delete them (a trigger on
+//! `CustomerForgotten`). Hashing runs on the blocking pool: each takes tens
+//! of milliseconds and 19 MiB by design.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("password store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("password hashing: {0}")]
+    Hashing(String),
+}
+
+#[derive(Clone)]
+pub struct PasswordStore {
+    pool: PgPool,
+}
+
+/// A hash of no one's password, checked when there is no hash to check,
+/// so that an unknown customer takes as long as a wrong password.
+fn decoy() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| hash("a password nobody has").expect("hashing a fixed password"))
+}
+
+fn hash(password: &str) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| PasswordError::Hashing(e.to_string()))
+}
+
+fn matches(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| PasswordError::Hashing(e.to_string()))
+}
+
+impl PasswordStore {
+    pub fn new(pool: PgPool) -> Self {
+        PasswordStore { pool }
+    }
+
+    /// Sets (or replaces) the customer's password.
+    pub async fn set(&self, customer: Uuid, password: String) -> Result<(), PasswordError> {
+        let phc = blocking(move || hash(&password)).await??;
+        sqlx::query(
+            "INSERT INTO customer_passwords (customer_id, phc) VALUES ($1, $2)
+             ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
+        )
+        .bind(customer)
+        .bind(phc)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `password` is the customer's; `None` (no such customer)
+    /// costs the same as a wrong password.
+    pub async fn check(&self, customer: Option<Uuid>, password: String) -> Result<bool, PasswordError> {
+        let stored: Option<String> = match customer {
+            Some(id) => {
+                sqlx::query_scalar("SELECT phc FROM customer_passwords WHERE customer_id = $1").bind(id).fetch_optional(&self.pool).await?
+            }
+            None => None,
+        };
+        blocking(move || match stored {
+            Some(phc) => matches(&phc, &password),
+            None => {
+                let _ = matches(decoy(), &password);
+                false
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_matches_its_password_only() {
+        let phc = hash("correct horse battery").unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(matches(&phc, "correct horse battery"));
+        assert!(!matches(&phc, "correct horse battery "));
+        assert!(!matches(decoy(), "correct horse battery"));
+    }
+}

@@ -38,6 +38,11 @@ pub async fn run_sealer(pool: PgPool, mut shutdown: watch::Receiver<bool>) {
                 if n > 0 {
                     metrics::counter!("storekeeper_log_sealed_events_total").increment(n);
                 }
+                // Where the log's readers can go: what each consumer's
+                // position is compared with for its lag in events.
+                if let Ok(head) = sqlx::query_scalar::<_, i64>("SELECT events_frontier()").fetch_one(&pool).await {
+                    metrics::gauge!("storekeeper_log_head_position").set(head as f64);
+                }
             }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => tracing::error!(
                 error = %e,

@@ -274,6 +274,11 @@ async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown:
                 }
             }
         }
+        // From Kafka: how far each partition is applied, for its lag.
+        for (partition, position) in &batch.partitions {
+            metrics::gauge!("storekeeper_kafka_partition_position", "consumer" => consumer.name().to_owned(), "partition" => partition.to_string())
+                .set(*position as f64);
+        }
         let acked = tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             acked = source.ack() => acked,

@@ -114,6 +114,8 @@ async fn apply_batch(
     eventlog::progress::notify_progress(&mut tx, &target.checkpoint).await?;
     tx.commit().await?;
     metrics::gauge!("storekeeper_projection_position", "projection" => projection.name()).set(last.global_position as f64);
+    let behind = (chrono::Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::gauge!("storekeeper_projection_lag_seconds", "projection" => projection.name()).set(behind);
     metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);
     Ok(())
 }
@@ -134,6 +136,8 @@ impl Runner {
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         for projection in &self.projections {
+            // Exported from the start, so that "none parked" reads as 0.
+            metrics::counter!("storekeeper_projection_parked_total", "projection" => projection.name().to_owned()).increment(0);
             let (pool, sources, projection, shutdown) = (self.pool.clone(), self.sources.clone(), projection.clone(), shutdown.clone());
             tasks.spawn(async move { run_projection(pool, sources, projection, shutdown).await });
         }

@@ -54,6 +54,8 @@ pub struct Config {
 pub struct Listeners {
     pub command: Option<TcpListener>,
     pub query: Option<TcpListener>,
+    /// `/metrics`, `/healthz` and `/readyz` alone.
+    pub metrics: Option<TcpListener>,
 }
 
 /// The running parts.
@@ -79,6 +81,11 @@ impl App {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         let roles = config.roles;
+        if let Some(listener) = listeners.metrics {
+            edge::metrics::prometheus();
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+            tasks.spawn(serve_until(listener, edge::health::routes(pool.clone()), stop_rx.clone(), "metrics"));
+        }
 
         if roles.relay
             && let Some(kafka) = &config.kafka

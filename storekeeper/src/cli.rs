@@ -246,6 +246,10 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, env = "STOREKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Also serve `/metrics`, `/healthz` and `/readyz` here: how roles
+    /// without an API (`projections`, `relay`) are scraped and checked.
+    #[arg(long, env = "STOREKEEPER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -44,6 +44,7 @@ struct RoleArgs {
     webhook_secret: Option<String>,
     kafka: Option<KafkaArgs>,
     log_format: LogFormat,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl RoleArgs {
@@ -59,6 +60,7 @@ impl RoleArgs {
             webhook_secret: None,
             kafka: None,
             log_format: log.log_format,
+            metrics_addr: log.metrics_addr,
         }
     }
 }
@@ -138,6 +140,9 @@ async fn run(args: RoleArgs) -> Result<()> {
     }
     if let Some(addr) = args.query_addr {
         listeners.query = Some(bind(addr, "query API", "STOREKEEPER_QUERY_ADDR").await?);
+    }
+    if let Some(addr) = args.metrics_addr {
+        listeners.metrics = Some(bind(addr, "metrics", "STOREKEEPER_METRICS_ADDR").await?);
     }
     let (cluster, pool) = open(&args.db, args.embedded).await?;
     let config = Config {

@@ -73,6 +73,33 @@ fn ensure_postgres() -> Result<()> {
     Ok(())
 }
 
+/// Installs what the deployment files' tests run, from Debian's packages
+/// when missing: `promtool` (prometheus) and `docker-compose` (for
+/// `config`).
+fn ensure_deploy_tools() -> Result<()> {
+    let missing: Vec<&str> = [("promtool", "prometheus"), ("docker-compose", "docker-compose")]
+        .into_iter()
+        .filter(|(tool, _)| !Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian's {} for the deployment tests", missing.join(" and "));
+    let install = || {
+        let mut install = Command::new("apt-get");
+        install.args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        run(install)
+    };
+    if install().is_err() {
+        let mut update = Command::new("apt-get");
+        update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
+        run(update).context("apt-get update")?;
+        install().with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    }
+    Ok(())
+}
+
 /// A throwaway cluster for one test run, or `DATABASE_URL` when given.
 pub struct TestDatabase {
     pub url: String,
@@ -173,6 +200,7 @@ fn test(rest: &[&str]) -> Result<()> {
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     run(clippy)?;
 
+    ensure_deploy_tools()?;
     let db = TestDatabase::start(false, "test")?;
     let broker = TestBroker::start()?;
     let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());

@@ -2,6 +2,7 @@
 //! role as its own process against PostgreSQL and the test broker.
 
 mod cli;
+mod deploy;
 mod deployment;
 mod operations;
 mod relay;

@@ -74,14 +74,15 @@ fn ensure_postgres() -> Result<()> {
 }
 
 /// Installs what the deployment files' tests run, from Debian's packages
-/// when missing: `promtool` (prometheus) and `docker-compose` (for
-/// `config`).
+/// when missing: `promtool` (prometheus), `docker-compose` (for `config`)
+/// and nginx (the gateway, run in front of the roles).
 fn ensure_deploy_tools() -> Result<()> {
-    let missing: Vec<&str> = [("promtool", "prometheus"), ("docker-compose", "docker-compose")]
-        .into_iter()
-        .filter(|(tool, _)| !Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> =
+        [("promtool", "--version", "prometheus"), ("docker-compose", "--version", "docker-compose"), ("nginx", "-v", "nginx")]
+            .into_iter()
+            .filter(|(tool, flag, _)| !Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success()))
+            .map(|(_, _, package)| package)
+            .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -2,7 +2,7 @@
 //! the tools that read them and the binary whose metrics they use.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -145,4 +145,144 @@ async fn every_metric_the_dashboard_and_the_rules_use_is_exported_by_a_running_r
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     assert!(missing.is_empty(), "used by the dashboard or the rules but exported by no role: {missing:?}");
+}
+
+/// `curl` (the tests' HTTP client has no TLS): the status line's code, the
+/// headers and the body.
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = run(Command::new("curl").args(["-sk", "-D", "-", "--max-time", "20"]).args(args));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_lowercase(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_routes_limits_and_answers_problems_under_real_nginx() {
+    let dir = temp_dir("gateway");
+    let (port, query_port, http_port, https_port) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = storekeeper(&["serve"])
+        .env("STOREKEEPER_DATA_DIR", dir.join("data"))
+        .env("STOREKEEPER_COMMAND_ADDR", format!("127.0.0.1:{port}"))
+        .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{query_port}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while !http.get(format!("http://127.0.0.1:{query_port}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        || !http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(started.elapsed() < Duration::from_secs(90), "serve never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The deployment's own gateway file, pointed at this machine.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    succeeds(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(certs.join("dev.key"))
+            .arg("-out")
+            .arg(certs.join("dev.crt")),
+    );
+    let site = std::fs::read_to_string(root().join("deploy/nginx/storekeeper.conf"))
+        .unwrap()
+        .replace("command-api-1:8080", &format!("127.0.0.1:{port}"))
+        .replace("command-api-2:8080", &format!("127.0.0.1:{port}"))
+        .replace("query-api-1:8081", &format!("127.0.0.1:{query_port}"))
+        .replace("query-api-2:8081", &format!("127.0.0.1:{query_port}"))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
+        .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{https_port} ssl;"))
+        .replace("/etc/nginx/certs/", &format!("{}/", certs.display()));
+    std::fs::write(dir.join("site.conf"), site).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/site.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let nginx = if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" };
+    succeeds(Command::new(nginx).arg("-e").arg(dir.join("error.log")).arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).arg("-t"));
+    let mut gateway = Command::new(nginx)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{https_port}");
+    let started = Instant::now();
+    while curl(&[&format!("{base}/v1/products")]).0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nginx never answered: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Writes reach the command API, reads the query API, request ids pass.
+    let admin = String::from_utf8(run(&mut storekeeper(&["token", "--role", "admin", "--sub", "ops"])).stdout).unwrap().trim().to_owned();
+    let bearer = format!("Authorization: Bearer {admin}");
+    let product = uuid::Uuid::now_v7();
+    let body = json!({"id": product, "sku": "GATE-1", "name": "Gate", "description": "", "category": "c",
+                      "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 1})
+    .to_string();
+    let (code, head, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "X-Request-Id: gate-trace-1",
+        "-d",
+        &body,
+        &format!("{base}/v1/products"),
+    ]);
+    assert_eq!(code, 201, "{head}");
+    assert!(head.contains("x-request-id: gate-trace-1"), "{head}");
+    let token = head.lines().find_map(|l| l.strip_prefix("x-consistency-token: ")).unwrap().trim().to_owned();
+    let (code, _, read) = curl(&["-H", &bearer, "-H", &format!("X-Consistency-Token: {token}"), &format!("{base}/v1/products/{product}")]);
+    assert_eq!(code, 200, "{read}");
+    assert!(read.contains("GATE-1"), "{read}");
+    let (code, head, _) = curl(&[&format!("http://127.0.0.1:{http_port}/v1/products")]);
+    assert_eq!(code, 301, "{head}");
+    assert!(head.contains("location: https://"), "{head}");
+
+    // Bodies over 64 KiB, and the sixth sign-in in a minute: problem+json.
+    let big = format!("{{\"email\":\"{}\"}}", "x".repeat(70 * 1024));
+    let (code, head, problem) = curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", &big, &format!("{base}/v1/auth/token")]);
+    assert_eq!(code, 413, "{head}");
+    assert!(
+        head.contains("content-type: application/problem+json") && problem.contains("\"code\":\"payload_too_large\""),
+        "{head}{problem}"
+    );
+    let sign_in = json!({"email": "nobody@example.com", "password": "wrong-password"}).to_string();
+    let codes: Vec<u16> = (0..6)
+        .map(|_| curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", &sign_in, &format!("{base}/v1/auth/token")]).0)
+        .collect();
+    assert_eq!(codes[..4], [401, 401, 401, 401], "{codes:?}");
+    let (code, head, problem) =
+        curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", &sign_in, &format!("{base}/v1/auth/token")]);
+    assert_eq!(code, 429, "{codes:?} then {head}");
+    assert!(head.contains("content-type: application/problem+json") && problem.contains("\"code\":\"rate_limited\""), "{head}{problem}");
+
+    // SIGTERM: the master stops its workers too (SIGKILL would orphan them).
+    let _ = Command::new("kill").args(["-TERM", &gateway.id().to_string()]).status();
+    let _ = gateway.wait();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
 }

@@ -42,6 +42,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             Some(raw) => parse_if_match(raw)?,
         };
         let principal = parts.extensions.get::<Principal>().cloned();
+        // The caller's trace goes on; without one (or a malformed one, which
+        // W3C says to ignore), the correlation id names a new trace.
+        let traceparent = text("traceparent")
+            .and_then(|raw| eventlog::parse_traceparent(&raw))
+            .map(|t| eventlog::child_traceparent(t.split('-').nth(1).expect("checked")))
+            .unwrap_or_else(|| eventlog::child_traceparent(&correlation_id.simple().to_string()));
         let metadata = Metadata {
             actor: principal.as_ref().map_or_else(|| "system:payment-webhook".to_owned(), |p| p.sub.clone()),
             role: principal.as_ref().map(|p| p.role.as_str().to_owned()),
@@ -49,8 +55,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             causation_id: None,
             request_id: text("x-request-id"),
             idempotency_key: text(crate::idempotency::HEADER),
+            traceparent: Some(traceparent),
         };
         tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
+        tracing::Span::current().record("trace_id", tracing::field::display(metadata.trace_id()));
         Ok(Ctx { principal, metadata, if_match })
     }
 }

@@ -157,6 +157,7 @@ impl ProcessManager {
                 causation_id: Some(event.event_id),
                 request_id: None,
                 idempotency_key: Some(format!("{}/{i}", event.event_id)),
+                traceparent: Some(eventlog::child_traceparent(&event.metadata.trace_id())),
             };
             let result = match step {
                 Step::Product { product_id, command } => {

@@ -293,6 +293,7 @@ impl CommandService {
                         let version = primary.and_then(|s| s.version).or(decision.version);
                         let position = primary.and_then(|s| s.position).unwrap_or(decision.position);
                         (decision.settle)(self, version, position);
+                        tracing::debug!(trace_id = %metadata.trace_id(), stream_id = %decision.primary, position, "appended");
                         return Ok(Outcome { id, stream_id: decision.primary, version: version.unwrap_or(0), position, appended: true });
                     }
                     // The customer was forgotten after the decision read it:

@@ -18,6 +18,42 @@ pub struct Metadata {
     pub request_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// W3C trace context of the request (or event) that caused it, so its
+    /// trace goes on through the log, Kafka and every consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`),
+/// or `None` when `raw` is not one.
+pub fn parse_traceparent(raw: &str) -> Option<String> {
+    let parts: Vec<&str> = raw.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let valid = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2);
+    valid.then(|| parts.join("-"))
+}
+
+/// A new span under the trace `trace_id` (32 hex), as a `traceparent`.
+pub fn child_traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-{}-01", &Uuid::new_v4().simple().to_string()[..16])
+}
+
+impl Metadata {
+    /// The trace this event belongs to: its `traceparent`'s trace id, or
+    /// (written before traces were kept) its correlation id.
+    pub fn trace_id(&self) -> String {
+        self.traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
+            .map_or_else(|| self.correlation_id.simple().to_string(), str::to_owned)
+    }
 }
 
 impl Metadata {
@@ -30,6 +66,7 @@ impl Metadata {
             causation_id: None,
             request_id: None,
             idempotency_key: None,
+            traceparent: None,
         }
     }
 }

@@ -20,7 +20,10 @@ mod subscription;
 pub mod testing;
 pub mod vault;
 
-pub use envelope::{AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite};
+pub use envelope::{
+    AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, child_traceparent,
+    parse_traceparent,
+};
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};

@@ -72,9 +72,11 @@ impl Relay {
             let payload = serde_json::to_vec(event).expect("envelopes serialize");
             let position = event.global_position.to_string();
             let schema_version = event.schema_version.to_string();
-            // W3C trace context: the event id stands in for the trace, so a
-            // consumer's spans can be tied back to the write.
-            let traceparent = format!("00-{}-{}-01", event.metadata.correlation_id.simple(), &event.event_id.simple().to_string()[16..]);
+            // W3C trace context: the write's trace (for events from before
+            // traces were kept, the correlation id), one span per event.
+            let trace_id = event.metadata.trace_id();
+            let traceparent = format!("00-{trace_id}-{}-01", &event.event_id.simple().to_string()[16..]);
+            tracing::debug!(trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
             let record_headers = OwnedHeaders::new()
                 .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_str()) })
                 .insert(Header { key: headers::SCHEMA_VERSION, value: Some(schema_version.as_str()) })

@@ -66,7 +66,25 @@ impl Deployment {
 
     /// Starts one role as its own process.
     pub(crate) fn start(&mut self, name: &'static str, args: &[&str]) {
+        self.start_with(name, storekeeper(args));
+    }
+
+    /// Starts one role with its JSON log, filtered by `filter`, in
+    /// `<name>.log` of the deployment's directory; answers that path.
+    pub(crate) fn start_logging(&mut self, name: &'static str, args: &[&str], filter: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.log"));
         let mut cmd = storekeeper(args);
+        cmd.env("RUST_LOG", filter).env("STOREKEEPER_LOG_FORMAT", "json");
+        self.start_with(name, cmd);
+        let (_, child) = self.processes.last_mut().expect("just started");
+        let mut out = child.stdout.take().expect("piped");
+        let mut file = std::fs::File::create(&path).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut file));
+        path
+    }
+
+    fn start_with(&mut self, name: &'static str, mut cmd: std::process::Command) {
+        let logged = cmd.get_envs().any(|(k, _)| k == "STOREKEEPER_LOG_FORMAT");
         cmd.env("DATABASE_URL", &self.url)
             .env("STOREKEEPER_JWT_SECRET", JWT_SECRET)
             .env("STOREKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET)
@@ -74,7 +92,7 @@ impl Deployment {
             .env("STOREKEEPER_QUERY_ADDR", format!("127.0.0.1:{}", self.query_port))
             .env("STOREKEEPER_DATA_DIR", self.dir.join(format!("{name}-{}", self.processes.len())))
             .env("STOREKEEPER_DB_POOL_SIZE", "10")
-            .stdout(Stdio::null());
+            .stdout(if logged { Stdio::piped() } else { Stdio::null() });
         if let Some(topic) = &self.topic {
             cmd.env("KAFKA_BROKERS", brokers())
                 .env("STOREKEEPER_KAFKA_TOPIC", topic)
@@ -379,4 +397,56 @@ async fn read_models(pool: &PgPool) -> BTreeMap<String, String> {
     }
     assert!(dump.len() >= 6, "read model tables: {:?}", dump.keys());
     dump
+}
+
+/// A W3C trace from the request goes on through the event's metadata, the
+/// append, the relay's Kafka headers and each consumer: one trace id in
+/// every role's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projection() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let mut d = Deployment::new(url.clone(), Some(format!("storekeeper-trace-{}", Uuid::now_v7().simple())));
+    let filter = "warn,edge=info,commands=debug,kafka=debug,projections=debug";
+    let command_log = d.start_logging("command-api", &["command-api"], filter);
+    let relay_log = d.start_logging("relay", &["relay"], filter);
+    let projections_log = d.start_logging("projections", &["projections"], filter);
+    d.start("query-api", &["query-api"]);
+    d.wait_ready().await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let product = Uuid::now_v7();
+    let added = d
+        .http
+        .post(format!("{}/v1/products", d.command))
+        .bearer_auth(&d.admin)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({"id": product, "sku": "TRACE-1", "name": "Tracer", "description": "", "category": "c",
+                                  "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let pool = PgPool::connect(&url).await.unwrap();
+    let stored: String = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events WHERE stream_id = $1")
+        .bind(format!("product-{product}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        stored.starts_with(&format!("00-{trace}-")) && !stored.ends_with("00f067aa0ba902b7-01"),
+        "a span of its own under the trace: {stored}"
+    );
+    pool.close().await;
+
+    let seen = |path: &PathBuf, message: &str| {
+        std::fs::read_to_string(path).unwrap_or_default().lines().any(|l| l.contains(trace) && l.contains(message))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(seen(&relay_log, "relayed") && seen(&projections_log, "applied")) {
+        assert!(tokio::time::Instant::now() < deadline, "the trace did not reach the relay and the projections");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen(&command_log, "appended"), "{}", std::fs::read_to_string(&command_log).unwrap());
+    // The command's request span carries it too.
+    assert!(std::fs::read_to_string(&command_log).unwrap().lines().any(|l| l.contains(&format!("\"trace_id\":\"{trace}\""))));
 }

@@ -7,7 +7,10 @@ CREATE TABLE customer_keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     forgotten_at timestamptz,
     CHECK ((key IS NULL) = (forgotten_at IS NOT NULL)),
-    CHECK (key IS NULL OR length(key) = 32)
+    -- 32 bytes, or 72 when wrapped under STOREKEEPER_VAULT_KEY (a nonce,
+    -- the key sealed, its tag), so that the database's files never hold a
+    -- usable key once the key encryption key is kept elsewhere.
+    CHECK (key IS NULL OR length(key) IN (32, 72))
 );
 
 -- The secret that unique personal values (emails) are claimed under as

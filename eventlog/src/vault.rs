@@ -75,14 +75,73 @@ pub trait KeyStore: Send + Sync + 'static {
     }
 }
 
-/// Keys in the `customer_keys` table, beside the log.
+/// Keys in the `customer_keys` table, beside the log; wrapped under a key
+/// encryption key when one is given (`STOREKEEPER_VAULT_KEY`), so that a
+/// deleted key left in the table's files or a backup is of no use without
+/// it.
 pub struct PgKeyStore {
     pool: PgPool,
+    wrapping: Option<DataKey>,
 }
+
+/// The key encryption key from `STOREKEEPER_VAULT_KEY` (64 hex digits), if
+/// set. A value that is set but malformed is refused, never ignored.
+pub fn wrapping_key_from_env() -> Result<Option<DataKey>, String> {
+    match std::env::var("STOREKEEPER_VAULT_KEY") {
+        Err(_) => Ok(None),
+        Ok(raw) if raw.trim().is_empty() => Ok(None),
+        Ok(raw) => hex::decode(raw.trim())
+            .ok()
+            .and_then(|k| DataKey::try_from(k.as_slice()).ok())
+            .map(Some)
+            .ok_or_else(|| "STOREKEEPER_VAULT_KEY must be 64 hex digits (a 256-bit key)".to_owned()),
+    }
+}
+
+const WRAPPED_LEN: usize = 24 + 32 + 16;
 
 impl PgKeyStore {
     pub fn new(pool: PgPool) -> Self {
-        PgKeyStore { pool }
+        PgKeyStore { pool, wrapping: None }
+    }
+
+    pub fn wrapped(pool: PgPool, wrapping: Option<DataKey>) -> Self {
+        PgKeyStore { pool, wrapping }
+    }
+
+    fn wrap(&self, owner: Uuid, key: &DataKey) -> Vec<u8> {
+        stored_key(self.wrapping.as_ref(), owner, key)
+    }
+
+    fn unwrap_key(&self, owner: Uuid, stored: &[u8]) -> Result<DataKey, EventLogError> {
+        key_from_storage(self.wrapping.as_ref(), owner, stored)
+    }
+}
+
+/// A data key as `customer_keys` stores it: wrapped under `wrapping` when
+/// there is one (bound to its owner), as is otherwise.
+pub fn stored_key(wrapping: Option<&DataKey>, owner: Uuid, key: &DataKey) -> Vec<u8> {
+    let Some(kek) = wrapping else { return key.to_vec() };
+    let cipher = XChaCha20Poly1305::new(kek.into());
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let sealed = cipher.encrypt(&nonce, Payload { msg: key, aad: owner.as_bytes() }).expect("encryption of a buffer does not fail");
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// The data key `customer_keys` holds for `owner`.
+pub fn key_from_storage(wrapping: Option<&DataKey>, owner: Uuid, stored: &[u8]) -> Result<DataKey, EventLogError> {
+    let unusable = |why: &str| EventLogError::Backend(format!("the data key of customer {owner} {why}").into());
+    match (stored.len(), wrapping) {
+        (32, _) => Ok(DataKey::try_from(stored).expect("32 bytes")),
+        (WRAPPED_LEN, Some(kek)) => {
+            let (nonce, sealed) = stored.split_at(24);
+            let plain = XChaCha20Poly1305::new(kek.into())
+                .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: owner.as_bytes() })
+                .map_err(|_| unusable("does not open with STOREKEEPER_VAULT_KEY (another key encryption key?)"))?;
+            DataKey::try_from(plain.as_slice()).map_err(|_| unusable("is malformed"))
+        }
+        (WRAPPED_LEN, None) => Err(unusable("is wrapped, and STOREKEEPER_VAULT_KEY is not set")),
+        _ => Err(unusable("is malformed")),
     }
 }
 
@@ -93,20 +152,19 @@ impl KeyStore for PgKeyStore {
             .bind(owners)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|(owner, key)| {
-                let state = match key.and_then(|k| DataKey::try_from(k.as_slice()).ok()) {
-                    Some(key) => KeyState::Live(key),
+                let state = match key {
+                    Some(stored) => KeyState::Live(self.unwrap_key(owner, &stored)?),
                     None => KeyState::Forgotten,
                 };
-                (owner, state)
+                Ok((owner, state))
             })
-            .collect())
+            .collect()
     }
 
     async fn create_keys(&self, owners: &[Uuid], fresh: &[DataKey]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
-        let fresh: Vec<Vec<u8>> = fresh.iter().map(|k| k.to_vec()).collect();
+        let fresh: Vec<Vec<u8>> = owners.iter().zip(fresh).map(|(owner, k)| self.wrap(*owner, k)).collect();
         sqlx::query(
             "INSERT INTO customer_keys (customer_id, key) SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT (customer_id) DO NOTHING",
         )
@@ -136,6 +194,25 @@ impl KeyStore for PgKeyStore {
         let flag: Option<bool> =
             sqlx::query_scalar("SELECT value FROM vault_settings WHERE name = 'legacy_email_claims'").fetch_optional(&self.pool).await?;
         Ok(flag.unwrap_or(false))
+    }
+}
+
+/// A key store whose configuration is wrong: every use says why.
+struct Refusing(String);
+
+#[async_trait]
+impl KeyStore for Refusing {
+    async fn keys(&self, _: &[Uuid]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        Err(EventLogError::Backend(self.0.clone().into()))
+    }
+    async fn create_keys(&self, _: &[Uuid], _: &[DataKey]) -> Result<HashMap<Uuid, KeyState>, EventLogError> {
+        Err(EventLogError::Backend(self.0.clone().into()))
+    }
+    async fn forget(&self, _: Uuid) -> Result<(), EventLogError> {
+        Err(EventLogError::Backend(self.0.clone().into()))
+    }
+    async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError> {
+        Err(EventLogError::Backend(self.0.clone().into()))
     }
 }
 
@@ -192,8 +269,14 @@ impl Vault {
         Vault { store, secret: OnceCell::new(), legacy: OnceCell::new() }
     }
 
+    /// Keys in PostgreSQL, wrapped under `STOREKEEPER_VAULT_KEY` when it is
+    /// set (a malformed value is refused at every use of the vault).
     pub fn postgres(pool: PgPool) -> Arc<Vault> {
-        Arc::new(Vault::new(Arc::new(PgKeyStore::new(pool))))
+        let store: Arc<dyn KeyStore> = match wrapping_key_from_env() {
+            Ok(wrapping) => Arc::new(PgKeyStore::wrapped(pool, wrapping)),
+            Err(why) => Arc::new(Refusing(why)),
+        };
+        Arc::new(Vault::new(store))
     }
 
     pub fn in_memory() -> Arc<Vault> {

@@ -343,3 +343,23 @@ async fn appending_customer_forgotten_deletes_the_key_in_the_same_transaction() 
     assert_eq!(key, None);
     assert_eq!(vaulted.read_stream(&stream, 0, 1).await.unwrap()[0].data["name"], "[redacted]");
 }
+
+/// Under a key encryption key, the table holds only wrapped keys: bound to
+/// their owner, and of no use without that key.
+#[tokio::test]
+async fn data_keys_are_stored_wrapped_under_the_key_encryption_key() {
+    use eventlog::vault::{KeyState, KeyStore, PgKeyStore, new_key};
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let (kek, other) = (new_key(), new_key());
+    let store = PgKeyStore::wrapped(pool.clone(), Some(kek));
+    let (owner, key) = (Uuid::now_v7(), new_key());
+    let made = store.create_keys(&[owner], &[key]).await.unwrap();
+    assert_eq!(made.get(&owner), Some(&KeyState::Live(key)));
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = $1").bind(owner).fetch_one(&pool).await.unwrap();
+    assert_eq!(stored.len(), 72);
+    assert!(!stored.windows(32).any(|w| w == key), "the key itself is not in the row");
+    assert!(PgKeyStore::wrapped(pool.clone(), Some(other)).keys(&[owner]).await.is_err(), "another key encryption key");
+    assert!(PgKeyStore::new(pool.clone()).keys(&[owner]).await.is_err(), "none at all");
+    assert!(eventlog::vault::key_from_storage(Some(&kek), Uuid::now_v7(), &stored).is_err(), "bound to its owner");
+}

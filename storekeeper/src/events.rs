@@ -145,8 +145,8 @@ async fn import_vault_line(tx: &mut sqlx::PgConnection, number: usize, line: &st
         Some(hex_key) => Some(
             hex::decode(hex_key)
                 .ok()
-                .filter(|k| k.len() == 32)
-                .with_context(|| format!("line {number}: a customer key is not 32 bytes in hex"))?,
+                .filter(|k| k.len() == 32 || k.len() == 72)
+                .with_context(|| format!("line {number}: a customer key is not 32 bytes (or 72, wrapped) in hex"))?,
         ),
         None => None,
     };
@@ -384,13 +384,15 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
     // Keys the file brought (a log sealed in part) are kept.
     let known: Vec<(uuid::Uuid, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT customer_id, key FROM customer_keys").fetch_all(&mut *tx).await.context("read the customer keys")?;
+    let wrapping = eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let known: HashMap<uuid::Uuid, eventlog::vault::KeyState> = known
         .into_iter()
-        .map(|(id, key)| match key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()) {
-            Some(key) => (id, eventlog::vault::KeyState::Live(key)),
-            None => (id, eventlog::vault::KeyState::Forgotten),
+        .map(|(id, key)| match key {
+            Some(stored) => Ok((id, eventlog::vault::KeyState::Live(eventlog::vault::key_from_storage(wrapping.as_ref(), id, &stored)?))),
+            None => Ok((id, eventlog::vault::KeyState::Forgotten)),
         })
-        .collect();
+        .collect::<Result<_, eventlog::EventLogError>>()
+        .context("read the customer keys the file brought")?;
     let mut keys: HashMap<uuid::Uuid, eventlog::vault::DataKey> = HashMap::new();
     let mut rewritten: Vec<(i64, String, i32, serde_json::Value)> = Vec::with_capacity(rows.len());
     for (position, stream_id, event_type, version, mut data) in rows {
@@ -433,7 +435,7 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
         set_legacy_email_claims(&mut *tx, true).await?;
     }
     let owners: Vec<uuid::Uuid> = keys.keys().copied().collect();
-    let fresh: Vec<Vec<u8>> = owners.iter().map(|o| keys[o].to_vec()).collect();
+    let fresh: Vec<Vec<u8>> = owners.iter().map(|o| eventlog::vault::stored_key(wrapping.as_ref(), *o, &keys[o])).collect();
     sqlx::query("INSERT INTO customer_keys (customer_id, key) SELECT * FROM unnest($1::uuid[], $2::bytea[])")
         .bind(&owners)
         .bind(&fresh)

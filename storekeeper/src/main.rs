@@ -125,6 +125,7 @@ async fn open(db: &DatabaseArgs, embedded: bool) -> Result<(Option<pgcluster::Cl
 
 async fn run(args: RoleArgs) -> Result<()> {
     init_tracing(args.log_format);
+    eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let loopback = args.command_addr.is_none_or(|a| a.ip().is_loopback()) && args.query_addr.is_none_or(|a| a.ip().is_loopback());
     let dev = args.embedded && loopback;
     let roles = args.roles;

@@ -146,8 +146,10 @@ impl Deployment {
     }
 
     /// Reads `path` until `done` holds (for effects of the order process).
+    /// Generous: through Kafka, the first effect waits for both workers'
+    /// consumer groups to settle, which a loaded machine stretches.
     pub(crate) async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let value = self.read(path, &[]).await;
             if done(&value) {

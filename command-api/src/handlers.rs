@@ -217,16 +217,14 @@ pub async fn deactivate_customer(
 
 /// Forgets a customer (the customer itself, or an admin): its personal
 /// data becomes unreadable everywhere and its email is free again.
+/// The log deletes its key with the event (see `eventlog::vault`).
 pub async fn forget_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ctx: Ctx,
     JsonBody(_): JsonBody<dto::Empty>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    ctx.principal().require_customer(id)?;
-    let outcome = state.service.forget_customer(id, ctx.if_match, &ctx.metadata).await?;
-    Ok(respond(StatusCode::OK, outcome))
+    customer_command(&state, &ctx, &id, Ok(CustomerCommand::Forget)).await
 }
 
 // --- products ---

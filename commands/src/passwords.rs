@@ -3,12 +3,13 @@
 //! `CustomerForgotten`). Hashing runs on the blocking pool: each takes tens
 //! of milliseconds and 19 MiB by design.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum PasswordError {
 #[derive(Clone)]
 pub struct PasswordStore {
     pool: PgPool,
+    /// Hashes running at once, at most one per core: a flood of sign-ins
+    /// queues here instead of taking every core and 19 MiB apiece.
+    hashing: Arc<Semaphore>,
 }
 
 /// A hash of no one's password, checked when there is no hash to check,
@@ -40,18 +44,20 @@ fn matches(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| PasswordError::Hashing(e.to_string()))
-}
-
 impl PasswordStore {
     pub fn new(pool: PgPool) -> Self {
-        PasswordStore { pool }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PasswordStore { pool, hashing: Arc::new(Semaphore::new(cores)) }
+    }
+
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
+        let _turn = self.hashing.acquire().await.map_err(|e| PasswordError::Hashing(e.to_string()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| PasswordError::Hashing(e.to_string()))
     }
 
     /// Sets (or replaces) the customer's password.
     pub async fn set(&self, customer: Uuid, password: String) -> Result<(), PasswordError> {
-        let phc = blocking(move || hash(&password)).await??;
+        let phc = self.blocking(move || hash(&password)).await??;
         sqlx::query(
             "INSERT INTO customer_passwords (customer_id, phc) VALUES ($1, $2)
              ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
@@ -72,7 +78,7 @@ impl PasswordStore {
             }
             None => None,
         };
-        blocking(move || match stored {
+        self.blocking(move || match stored {
             Some(phc) => matches(&phc, &password),
             None => {
                 let _ = matches(decoy(), &password);

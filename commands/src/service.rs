@@ -373,7 +373,8 @@ impl CommandService {
     }
 
     /// Customer commands: registering and changing the email claim the new
-    /// address and release the old one in the same atomic append.
+    /// address and release the old one in the same atomic append;
+    /// forgetting releases it (the log deletes the key with the event).
     pub async fn customer(
         &self,
         id: Uuid,
@@ -388,6 +389,7 @@ impl CommandService {
             let events = CustomerAggregate::decide(&loaded.state, command.clone())?;
             let mut writes = vec![write(stream, &loaded, &events, metadata)];
             let current = loaded.state.as_ref().map(|c| &c.email);
+            let legacy = self.vault.legacy_email_claims().await?;
             for event in &events {
                 let (claim, release) = match event {
                     CustomerEvent::Registered(e) => (Some(&e.email), None),
@@ -399,7 +401,6 @@ impl CommandService {
                     CustomerEvent::Forgotten(_) => (None, current.filter(|e| !e.is_redacted())),
                     _ => (None, None),
                 };
-                let legacy = self.vault.legacy_email_claims().await?;
                 if let Some(email) = claim {
                     let value = self.vault.keyed_hash(&email.key()).await?;
                     let claim_stream = email_claim_stream(&value);
@@ -434,14 +435,6 @@ impl CommandService {
             Ok(Decision::new(stream, loaded, &events, writes))
         })
         .await
-    }
-
-    /// Forgets a customer: appends `CustomerForgotten`, releasing its email
-    /// in the same append; the log deletes the customer's key with it (in
-    /// the same transaction on PostgreSQL), so that its personal data reads
-    /// as redacted everywhere from then on. Asked again, it appends nothing.
-    pub async fn forget_customer(&self, id: Uuid, if_match: Option<u64>, metadata: &Metadata) -> Result<Outcome, ServiceError> {
-        self.customer(id, CustomerCommand::Forget, if_match, metadata).await
     }
 
     /// The active customer who holds `email`'s claim, if any: how a

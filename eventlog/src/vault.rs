@@ -73,6 +73,11 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
         Ok(false)
     }
+    /// Whether appending `CustomerForgotten` deletes the key by itself (in
+    /// the append's transaction), so that nobody need ask.
+    fn forgets_with_the_event(&self) -> bool {
+        false
+    }
 }
 
 /// Keys in the `customer_keys` table, beside the log; wrapped under a key
@@ -188,6 +193,11 @@ impl KeyStore for PgKeyStore {
 
     async fn hash_secret(&self) -> Result<Vec<u8>, EventLogError> {
         Ok(sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'").fetch_one(&self.pool).await?)
+    }
+
+    /// A trigger on `events` (migration 10009).
+    fn forgets_with_the_event(&self) -> bool {
+        true
     }
 
     async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
@@ -480,14 +490,15 @@ fn personal_stream(stream_id: &str) -> bool {
 impl EventLog for VaultedLog {
     async fn append_once(&self, mut writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         self.vault.seal(&mut writes).await?;
+        if self.vault.store.forgets_with_the_event() {
+            return self.inner.append_once(writes, receipt).await;
+        }
         let forgotten: Vec<Uuid> = writes
             .iter()
             .filter(|w| w.events.iter().any(|e| e.event_type == "CustomerForgotten"))
             .filter_map(|w| Uuid::parse_str(w.stream_id.split_once('-')?.1).ok())
             .collect();
         let result = self.inner.append_once(writes, receipt).await?;
-        // PostgreSQL deletes the key in the append's own transaction (a
-        // trigger, migration 10009); other stores learn it here.
         for owner in forgotten {
             self.vault.forget(owner).await?;
         }

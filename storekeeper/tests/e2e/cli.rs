@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{free_port, run, storekeeper, temp_dir};
+use crate::{admin_token, free_port, run, storekeeper, temp_dir, token};
 
 struct Serve {
     child: Child,
@@ -69,12 +69,6 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
-}
-
-fn admin_token() -> String {
-    let out = run(&mut storekeeper(&["token", "--role", "admin", "--sub", "alice"]));
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]
@@ -182,6 +176,13 @@ fn a_taken_port_fails_with_a_clear_message() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+}
+
+#[test]
+fn a_malformed_vault_key_stops_a_role_before_it_starts() {
+    let out = run(storekeeper(&["command-api"]).env("STOREKEEPER_VAULT_KEY", "not-hex").env("DATABASE_URL", "postgres://127.0.0.1:1/none"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STOREKEEPER_VAULT_KEY must be 64 hex digits"), "{out:?}");
 }
 
 #[test]
@@ -479,8 +480,7 @@ async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
     let metrics = http.get(format!("{}/metrics", serve.query)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "storekeeper_projection_verify_differing_rows{projection=\"products\"} 2"), "{metrics}");
     assert_eq!(answer("/v1/projections/products/verify", None).await.unwrap().status(), 401);
-    let customer = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &uuid::Uuid::now_v7().to_string()]));
-    let customer = String::from_utf8(customer.stdout).unwrap().trim().to_owned();
+    let customer = crate::token("customer", &uuid::Uuid::now_v7().to_string());
     assert_eq!(answer("/v1/projections/products/verify", Some(&customer)).await.unwrap().status(), 403);
     let missing = answer("/v1/projections/nope/verify", Some(&token)).await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -538,10 +538,7 @@ async fn a_forgotten_customer_leaves_no_personal_data_in_the_database_the_index_
     let http = reqwest::Client::new();
     let mut serve = Serve::start(&dir);
     serve.wait_ready().await;
-    let token_for = |id: uuid::Uuid| {
-        let out = run(&mut storekeeper(&["token", "--role", "customer", "--sub", &id.to_string()]));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let token_for = |id: uuid::Uuid| token("customer", &id.to_string());
     let post = |path: String, token: &str, body: serde_json::Value| {
         http.post(format!("{}{path}", serve.base)).bearer_auth(token).json(&body).send()
     };
@@ -748,7 +745,7 @@ async fn a_log_from_before_sealing_moves_forward_by_export_and_an_import_that_re
     );
 
     // And it can now be forgotten: its order included.
-    service.forget_customer(customer, None, &metadata).await.unwrap();
+    service.customer(customer, domain::customer::CustomerCommand::Forget, None, &metadata).await.unwrap();
     let order_read = log.read_stream(&format!("order-{order}"), 0, 10).await.unwrap();
     assert_eq!(order_read[0].data["shipping_address"]["line1"], "[redacted]");
     assert_eq!(order_read[0].data["total"]["amount_minor"], 700);

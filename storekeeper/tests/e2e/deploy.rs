@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{brokers, free_port, run, storekeeper, temp_dir};
+use crate::{admin_token, brokers, free_port, run, storekeeper, temp_dir};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -117,7 +117,7 @@ async fn every_metric_the_dashboard_and_the_rules_use_is_exported_by_a_running_r
         assert!(started.elapsed() < Duration::from_secs(90), "the metrics listener never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let admin = String::from_utf8(run(&mut storekeeper(&["token", "--role", "admin", "--sub", "ops"])).stdout).unwrap().trim().to_owned();
+    let admin = admin_token();
     let mut missing = wanted.clone();
     let started = Instant::now();
     while !missing.is_empty() && started.elapsed() < Duration::from_secs(60) {
@@ -233,7 +233,7 @@ async fn the_gateway_routes_limits_and_answers_problems_under_real_nginx() {
     }
 
     // Writes reach the command API, reads the query API, request ids pass.
-    let admin = String::from_utf8(run(&mut storekeeper(&["token", "--role", "admin", "--sub", "ops"])).stdout).unwrap().trim().to_owned();
+    let admin = admin_token();
     let bearer = format!("Authorization: Bearer {admin}");
     let product = uuid::Uuid::now_v7();
     let body = json!({"id": product, "sku": "GATE-1", "name": "Gate", "description": "", "category": "c",

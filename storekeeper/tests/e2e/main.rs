@@ -33,6 +33,17 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
+/// A development token from `storekeeper token`, as a user makes one.
+pub fn token(role: &str, sub: &str) -> String {
+    let out = run(&mut storekeeper(&["token", "--role", role, "--sub", sub]));
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn admin_token() -> String {
+    token("admin", "alice")
+}
+
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS is not set: run the tests with `cargo xtask test`")
 }

@@ -451,4 +451,38 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     assert!(seen(&command_log, "appended"), "{}", std::fs::read_to_string(&command_log).unwrap());
     // The command's request span carries it too.
     assert!(std::fs::read_to_string(&command_log).unwrap().lines().any(|l| l.contains(&format!("\"trace_id\":\"{trace}\""))));
+
+    // An order's trace goes on into what the order process does about it.
+    let order_trace = "0af7651916cd43dd8448eb211c80319c";
+    let customer = Uuid::now_v7();
+    d.write("/v1/customers", json!({"id": customer, "email": "tracer@example.com", "name": "Tracer"})).await;
+    let order = Uuid::now_v7();
+    let placed = d
+        .http
+        .post(format!("{}/v1/orders", d.command))
+        .bearer_auth(&d.admin)
+        .header("traceparent", format!("00-{order_trace}-b7ad6b7169203331-01"))
+        .json(&json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 1}],
+                      "shipping_address": {"line1": "1 Trace Way", "city": "Berlin", "postal_code": "10115", "country": "DE"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let pool = PgPool::connect(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let confirmed = loop {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events WHERE stream_id = $1 AND event_type = 'OrderConfirmed'")
+                .bind(format!("order-{order}"))
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the order was never confirmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(confirmed.starts_with(&format!("00-{order_trace}-")), "the process manager's command left the trace: {confirmed}");
+    pool.close().await;
 }

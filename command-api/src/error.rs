@@ -78,6 +78,15 @@ impl ApiError {
     }
 }
 
+impl From<commands::PasswordError> for ApiError {
+    fn from(e: commands::PasswordError) -> Self {
+        match e {
+            commands::PasswordError::Busy => ApiError::Edge(EdgeError::Unavailable),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {

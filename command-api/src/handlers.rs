@@ -131,7 +131,7 @@ pub async fn register_customer(
     let command = CustomerCommand::try_from(dto::WithId(id, body))?;
     let outcome = state.service.customer(id, command, ctx.if_match, &ctx.metadata).await?;
     if let Some(password) = password {
-        state.passwords.set(id, password).await.map_err(ApiError::internal)?;
+        state.passwords.set(id, password).await?;
     }
     Ok(respond(StatusCode::CREATED, outcome))
 }
@@ -153,7 +153,7 @@ pub async fn set_password(
         Some(c) if c.forgotten => return Err(domain::DomainError::state("the customer is forgotten").into()),
         Some(_) => {}
     }
-    state.passwords.set(id, body.password).await.map_err(ApiError::internal)?;
+    state.passwords.set(id, body.password).await?;
     Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
 }
 
@@ -165,7 +165,7 @@ pub async fn sign_in(State(state): State<AppState>, JsonBody(body): JsonBody<dto
         Ok(email) => state.service.active_customer_by_email(&email).await?,
         Err(_) => None,
     };
-    if !state.passwords.check(customer, body.password).await.map_err(ApiError::internal)? {
+    if !state.passwords.check(customer, body.password).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let id = customer.expect("a password matched, so the customer is known");

@@ -18,13 +18,20 @@ pub enum PasswordError {
     Database(#[from] sqlx::Error),
     #[error("password hashing: {0}")]
     Hashing(String),
+    /// Every hashing turn was taken for longer than a client should wait.
+    #[error("too many sign-ins at once")]
+    Busy,
 }
+
+/// How long a request waits for a hashing turn before it is turned away.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct PasswordStore {
     pool: PgPool,
     /// Hashes running at once, at most one per core: a flood of sign-ins
-    /// queues here instead of taking every core and 19 MiB apiece.
+    /// queues here (for `TURN_WAIT` at most, then 503) instead of taking
+    /// every core and 19 MiB apiece.
     hashing: Arc<Semaphore>,
 }
 
@@ -51,7 +58,10 @@ impl PasswordStore {
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
-        let _turn = self.hashing.acquire().await.map_err(|e| PasswordError::Hashing(e.to_string()))?;
+        let _turn = tokio::time::timeout(TURN_WAIT, self.hashing.acquire())
+            .await
+            .map_err(|_| PasswordError::Busy)?
+            .map_err(|e| PasswordError::Hashing(e.to_string()))?;
         tokio::task::spawn_blocking(work).await.map_err(|e| PasswordError::Hashing(e.to_string()))
     }
 

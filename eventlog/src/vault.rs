@@ -105,6 +105,42 @@ pub fn wrapping_key_from_env() -> Result<Option<DataKey>, String> {
 
 const WRAPPED_LEN: usize = 24 + 32 + 16;
 
+/// Refuses to run on a database whose data keys are wrapped under another
+/// key encryption key than `wrapping` (`STOREKEEPER_VAULT_KEY`), or under one when it is
+/// not set (and the reverse): either way, keys written from then on would
+/// be lost or stored in the clear. The first process run with a key
+/// records its fingerprint.
+pub async fn check_wrapping_key(pool: &PgPool, wrapping: Option<DataKey>) -> Result<(), String> {
+    let recorded: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'key_encryption_key'")
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| format!("read the vault's settings: {e}"))?;
+    let fingerprint = wrapping.map(|k| keyed_hash(&k, "storekeeper key encryption key").into_bytes());
+    match (recorded, fingerprint) {
+        (None, None) => Ok(()),
+        (Some(recorded), Some(fingerprint)) if recorded == fingerprint => Ok(()),
+        (Some(_), Some(_)) => Err("STOREKEEPER_VAULT_KEY is not the key this database's data keys are wrapped under".into()),
+        (Some(_), None) => {
+            Err("this database's data keys are wrapped: set STOREKEEPER_VAULT_KEY to the key they were wrapped under".into())
+        }
+        (None, Some(fingerprint)) => {
+            let unwrapped: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM customer_keys WHERE length(key) = 32)")
+                .fetch_one(pool)
+                .await
+                .map_err(|e| format!("read the customer keys: {e}"))?;
+            if unwrapped {
+                tracing::warn!("customer keys stored before STOREKEEPER_VAULT_KEY was set stay unwrapped; new ones are wrapped");
+            }
+            sqlx::query("INSERT INTO vault_secrets (name, secret) VALUES ('key_encryption_key', $1) ON CONFLICT (name) DO NOTHING")
+                .bind(fingerprint)
+                .execute(pool)
+                .await
+                .map_err(|e| format!("record the key encryption key's fingerprint: {e}"))?;
+            Box::pin(check_wrapping_key(pool, wrapping)).await
+        }
+    }
+}
+
 impl PgKeyStore {
     pub fn new(pool: PgPool) -> Self {
         PgKeyStore { pool, wrapping: None }

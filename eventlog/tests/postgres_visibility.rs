@@ -363,3 +363,18 @@ async fn data_keys_are_stored_wrapped_under_the_key_encryption_key() {
     assert!(PgKeyStore::new(pool.clone()).keys(&[owner]).await.is_err(), "none at all");
     assert!(eventlog::vault::key_from_storage(Some(&kek), Uuid::now_v7(), &stored).is_err(), "bound to its owner");
 }
+
+/// A process with another key encryption key, or none, on a database whose
+/// keys are wrapped is refused before it writes a key it would lose.
+#[tokio::test]
+async fn a_database_is_held_to_the_key_encryption_key_it_started_with() {
+    use eventlog::vault::{check_wrapping_key, new_key};
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let (kek, other) = (new_key(), new_key());
+    check_wrapping_key(&pool, Some(kek)).await.unwrap();
+    check_wrapping_key(&pool, Some(kek)).await.unwrap();
+    assert!(check_wrapping_key(&pool, Some(other)).await.unwrap_err().contains("not the key"));
+    assert!(check_wrapping_key(&pool, None).await.unwrap_err().contains("set STOREKEEPER_VAULT_KEY"));
+    let plain = eventlog::testing::fresh_event_log_database().await;
+    check_wrapping_key(&plain, None).await.unwrap();
+}

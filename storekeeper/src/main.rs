@@ -146,6 +146,8 @@ async fn run(args: RoleArgs) -> Result<()> {
         listeners.metrics = Some(bind(addr, "metrics", "STOREKEEPER_METRICS_ADDR").await?);
     }
     let (cluster, pool) = open(&args.db, args.embedded).await?;
+    let wrapping = eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
+    eventlog::vault::check_wrapping_key(&pool, wrapping).await.map_err(anyhow::Error::msg)?;
     let config = Config {
         roles,
         jwt_secret,

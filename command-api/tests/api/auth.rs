@@ -163,3 +163,18 @@ async fn customers_sign_in_with_a_password_kept_outside_the_log_and_gone_when_fo
     )
     .await;
 }
+
+/// A flood of sign-ins takes one hashing turn per core (argon2 takes
+/// 19 MiB apiece): the rest wait a little, then get 503, never a 500 and
+/// never unbounded memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_sign_ins_is_turned_away_with_503_rather_than_hashed_all_at_once() {
+    let app = spawn_app().await;
+    let body = json!({"email": "nobody@example.com", "password": "wrong-password-1"});
+    let answers =
+        futures::future::join_all((0..200).map(|_| app.http.post(format!("{}/v1/auth/token", app.base)).json(&body).send())).await;
+    let codes: Vec<u16> = answers.iter().map(|a| a.as_ref().unwrap().status().as_u16()).collect();
+    assert!(codes.iter().all(|c| *c == 401 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&503), "200 sign-ins at once all hashed: {codes:?}");
+    assert!(codes.contains(&401));
+}

@@ -42,12 +42,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             Some(raw) => parse_if_match(raw)?,
         };
         let principal = parts.extensions.get::<Principal>().cloned();
-        // The caller's trace goes on; without one (or a malformed one, which
-        // W3C says to ignore), the correlation id names a new trace.
-        let traceparent = text("traceparent")
-            .and_then(|raw| eventlog::parse_traceparent(&raw))
-            .map(|t| eventlog::child_traceparent(t.split('-').nth(1).expect("checked")))
-            .unwrap_or_else(|| eventlog::child_traceparent(&correlation_id.simple().to_string()));
+        // The caller's trace goes on. Exporting spans, the request's span
+        // (under the caller's, or the root of a new trace) is the parent;
+        // otherwise a span of its own under the caller's trace, or (without
+        // a valid one, which W3C says to ignore) the correlation id names a
+        // new trace.
+        let traceparent = telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| {
+            text("traceparent")
+                .and_then(|raw| eventlog::parse_traceparent(&raw))
+                .map_or_else(|| eventlog::child_traceparent(&correlation_id.simple().to_string(), true), |t| eventlog::child_of(&t))
+        });
         let metadata = Metadata {
             actor: principal.as_ref().map_or_else(|| "system:payment-webhook".to_owned(), |p| p.sub.clone()),
             role: principal.as_ref().map(|p| p.role.as_str().to_owned()),

@@ -19,6 +19,7 @@ use eventlog::source::BoxError;
 use eventlog::{Batch, Consumer, Metadata, Progress, RecordedEvent, Resume, SourceFactory};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::service::{CommandService, ServiceError};
@@ -137,7 +138,6 @@ impl ProcessManager {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id))]
     async fn handle(&self, event: &RecordedEvent) -> Result<Handled, ServiceError> {
         let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
             Ok(decoded) => decoded,
@@ -157,7 +157,7 @@ impl ProcessManager {
                 causation_id: Some(event.event_id),
                 request_id: None,
                 idempotency_key: Some(format!("{}/{i}", event.event_id)),
-                traceparent: Some(eventlog::child_traceparent(&event.metadata.trace_id())),
+                traceparent: Some(telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| event.metadata.child_span())),
             };
             let result = match step {
                 Step::Product { product_id, command } => {
@@ -197,7 +197,10 @@ impl Consumer for ProcessManager {
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         for event in &batch.events {
-            self.handle_with_retries(event).await?;
+            // Under the event's trace, when spans are exported.
+            let span = tracing::info_span!("order_process", stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id);
+            telemetry::follow(&span, event.metadata.traceparent.as_deref());
+            self.handle_with_retries(event).instrument(span).await?;
         }
         Ok(self.save_checkpoint(batch).await?)
     }

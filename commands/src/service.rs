@@ -24,6 +24,7 @@ use domain::order::{OrderAggregate, OrderCommand, PricedLine};
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Aggregate, DomainError, stream_id};
 use eventlog::{AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite, Vault};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// How often a decision is retried after losing a race without `If-Match`.
@@ -286,7 +287,12 @@ impl CommandService {
                 }
                 // Writes with no event stay: each checks that a stream the
                 // decision read is still at the version read.
-                match self.log.append_once(decision.writes, receipt(metadata)).await {
+                let span = tracing::info_span!("append", stream_id = %decision.primary, position = tracing::field::Empty);
+                let appended = self.log.append_once(decision.writes, receipt(metadata)).instrument(span.clone()).await;
+                if let Ok(result) = &appended {
+                    span.record("position", result.streams.iter().filter_map(|s| s.position).max());
+                }
+                match appended {
                     Ok(result) if result.replayed => return Ok(replayed(&result)),
                     Ok(result) => {
                         let primary = result.streams.iter().find(|s| s.stream_id == decision.primary);

@@ -41,7 +41,9 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id, correlation_id = tracing::field::Empty, trace_id = tracing::field::Empty)
+            let span = tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id, correlation_id = tracing::field::Empty, trace_id = tracing::field::Empty);
+            telemetry::follow(&span, request.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+            span
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(middleware::from_fn(drop_odd_request_id))

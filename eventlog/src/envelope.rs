@@ -41,11 +41,25 @@ pub fn parse_traceparent(raw: &str) -> Option<String> {
 }
 
 /// A new span under the trace `trace_id` (32 hex), as a `traceparent`.
-pub fn child_traceparent(trace_id: &str) -> String {
-    format!("00-{trace_id}-{}-01", &Uuid::new_v4().simple().to_string()[..16])
+pub fn child_traceparent(trace_id: &str, sampled: bool) -> String {
+    format!("00-{trace_id}-{}-{}", &Uuid::new_v4().simple().to_string()[..16], if sampled { "01" } else { "00" })
+}
+
+/// A new span under the (valid) `traceparent`'s span, keeping its trace
+/// and whether it is sampled.
+pub fn child_of(traceparent: &str) -> String {
+    let mut parts = traceparent.split('-').skip(1);
+    let trace_id = parts.next().unwrap_or_default();
+    let flags = u8::from_str_radix(parts.nth(1).unwrap_or("01"), 16).unwrap_or(1);
+    child_traceparent(trace_id, flags & 1 == 1)
 }
 
 impl Metadata {
+    /// A new span under this event's, as a `traceparent` for what it causes.
+    pub fn child_span(&self) -> String {
+        self.traceparent.as_deref().map_or_else(|| child_traceparent(&self.trace_id(), true), child_of)
+    }
+
     /// The trace this event belongs to: its `traceparent`'s trace id, or
     /// (written before traces were kept) its correlation id.
     pub fn trace_id(&self) -> String {

@@ -21,7 +21,7 @@ pub mod testing;
 pub mod vault;
 
 pub use envelope::{
-    AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, child_traceparent,
+    AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, child_of, child_traceparent,
     parse_traceparent,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};

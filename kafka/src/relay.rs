@@ -74,9 +74,12 @@ impl Relay {
             let schema_version = event.schema_version.to_string();
             // W3C trace context: the write's trace (for events from before
             // traces were kept, the correlation id), one span per event.
+            let span = tracing::debug_span!(target: telemetry::EVENT_SPANS, "relay", stream_id = %event.stream_id, position = event.global_position);
+            telemetry::follow(&span, event.metadata.traceparent.as_deref());
             let trace_id = event.metadata.trace_id();
-            let traceparent = format!("00-{trace_id}-{}-01", &event.event_id.simple().to_string()[16..]);
-            tracing::debug!(trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
+            let traceparent =
+                telemetry::traceparent(&span).unwrap_or_else(|| format!("00-{trace_id}-{}-01", &event.event_id.simple().to_string()[16..]));
+            tracing::debug!(parent: &span, trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
             let record_headers = OwnedHeaders::new()
                 .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_str()) })
                 .insert(Header { key: headers::SCHEMA_VERSION, value: Some(schema_version.as_str()) })

@@ -117,10 +117,13 @@ async fn apply_batch(
     let behind = (chrono::Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
     metrics::gauge!("storekeeper_projection_lag_seconds", "projection" => projection.name()).set(behind);
     metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        for event in batch {
-            tracing::debug!(projection = projection.name(), trace_id = %event.metadata.trace_id(), position = event.global_position, "applied");
-        }
+    for event in batch {
+        // Off (a no-op) unless spans are exported or debug logs are on.
+        let span =
+            tracing::debug_span!(target: telemetry::EVENT_SPANS, "apply", projection = projection.name(), position = event.global_position);
+        telemetry::follow(&span, event.metadata.traceparent.as_deref());
+        let _in = span.enter();
+        tracing::debug!(projection = projection.name(), trace_id = %event.metadata.trace_id(), position = event.global_position, "applied");
     }
     Ok(())
 }

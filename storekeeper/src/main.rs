@@ -124,7 +124,7 @@ async fn open(db: &DatabaseArgs, embedded: bool) -> Result<(Option<pgcluster::Cl
 }
 
 async fn run(args: RoleArgs) -> Result<()> {
-    init_tracing(args.log_format);
+    let _telemetry = init_tracing(args.log_format, args.roles)?;
     eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let loopback = args.command_addr.is_none_or(|a| a.ip().is_loopback()) && args.query_addr.is_none_or(|a| a.ip().is_loopback());
     let dev = args.embedded && loopback;
@@ -379,15 +379,19 @@ fn token(args: TokenArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs, and spans to the OTLP collector when one is configured, named
+/// after the roles this process runs.
+fn init_tracing(format: LogFormat, roles: Roles) -> Result<telemetry::Guard> {
+    let service = match roles {
+        Roles { command: true, query: true, .. } => "storekeeper",
+        Roles { command: true, .. } => "storekeeper-command-api",
+        Roles { query: true, .. } => "storekeeper-query-api",
+        Roles { relay: true, .. } => "storekeeper-relay",
+        _ => "storekeeper-projections",
+    };
     // tantivy logs every commit at INFO: quiet by default.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn,tantivy=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let guard = telemetry::init(matches!(format, LogFormat::Json), "info,sqlx=warn,tower_http=warn,tantivy=warn", service)?;
+    Ok(guard)
 }
 
 /// A secret from configuration, or the development default when allowed.

@@ -36,6 +36,8 @@ pub(crate) struct Deployment {
     processes: Vec<(&'static str, Child)>,
     pub(crate) http: reqwest::Client,
     pub(crate) admin: String,
+    /// Set on every role started from now on.
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Deployment {
@@ -61,7 +63,13 @@ impl Deployment {
             processes: Vec::new(),
             http: reqwest::Client::new(),
             admin: JwtKeys::new(JWT_SECRET.as_bytes()).mint("alice", Role::Admin, chrono::Duration::hours(1)),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets `name` for every role started from now on.
+    pub(crate) fn set_env(&mut self, name: &str, value: &str) {
+        self.env.push((name.to_owned(), value.to_owned()));
     }
 
     /// Starts one role as its own process.
@@ -93,6 +101,7 @@ impl Deployment {
             .env("STOREKEEPER_DATA_DIR", self.dir.join(format!("{name}-{}", self.processes.len())))
             .env("STOREKEEPER_DB_POOL_SIZE", "10")
             .stdout(if logged { Stdio::piped() } else { Stdio::null() });
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(topic) = &self.topic {
             cmd.env("KAFKA_BROKERS", brokers())
                 .env("STOREKEEPER_KAFKA_TOPIC", topic)
@@ -401,13 +410,69 @@ async fn read_models(pool: &PgPool) -> BTreeMap<String, String> {
     dump
 }
 
+/// What an OTLP/HTTP receiver was sent: one line per span.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+}
+
+/// Receives OTLP over HTTP (protobuf) on loopback, as the OpenTelemetry
+/// collector's receiver does, and keeps every span it is sent.
+async fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<ExportedSpan>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| async move {
+            let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            for resource_spans in request.resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        Any::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    kept.lock().unwrap().push(ExportedSpan {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex::encode(span.trace_id),
+                        span_id: hex::encode(span.span_id),
+                        parent_span_id: hex::encode(span.parent_span_id),
+                    });
+                }
+            }
+            axum::http::StatusCode::OK
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), spans)
+}
+
 /// A W3C trace from the request goes on through the event's metadata, the
 /// append, the relay's Kafka headers and each consumer: one trace id in
-/// every role's log.
+/// every role's log, and in the spans every role exports over OTLP, each
+/// under the span that caused it.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projection() {
     let url = eventlog::testing::fresh_database_url().await;
     let mut d = Deployment::new(url.clone(), Some(format!("storekeeper-trace-{}", Uuid::now_v7().simple())));
+    let (otlp, exported) = otlp_receiver().await;
+    d.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp);
+    d.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
     let filter = "warn,edge=info,commands=debug,kafka=debug,projections=debug";
     let command_log = d.start_logging("command-api", &["command-api"], filter);
     let relay_log = d.start_logging("relay", &["relay"], filter);
@@ -452,6 +517,23 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     // The command's request span carries it too.
     assert!(std::fs::read_to_string(&command_log).unwrap().lines().any(|l| l.contains(&format!("\"trace_id\":\"{trace}\""))));
 
+    // Exported: the request under the caller's span, and the append, the
+    // relay and every projection under the request's span, which the
+    // event's metadata names.
+    let request_span = stored.split('-').nth(2).unwrap().to_owned();
+    let spans = eventually_exported(&exported, |spans| {
+        let of = |service: &str, name: &str| {
+            spans.iter().filter(|s| s.service == service && s.name == name && s.trace_id == trace).collect::<Vec<_>>()
+        };
+        let request = of("storekeeper-command-api", "request");
+        request.iter().any(|s| s.span_id == request_span && s.parent_span_id == "00f067aa0ba902b7")
+            && of("storekeeper-command-api", "append").iter().any(|s| s.parent_span_id == request_span)
+            && of("storekeeper-relay", "relay").iter().any(|s| s.parent_span_id == request_span)
+            && of("storekeeper-projections", "apply").iter().filter(|s| s.parent_span_id == request_span).count() >= 2
+    })
+    .await;
+    assert!(spans.iter().all(|s| s.trace_id != trace || s.span_id != "00f067aa0ba902b7"), "the caller's span is the caller's to export");
+
     // An order's trace goes on into what the order process does about it.
     let order_trace = "0af7651916cd43dd8448eb211c80319c";
     let customer = Uuid::now_v7();
@@ -485,4 +567,29 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     };
     assert!(confirmed.starts_with(&format!("00-{order_trace}-")), "the process manager's command left the trace: {confirmed}");
     pool.close().await;
+    // The order process's step is a span under the order's request, and
+    // the confirmation it wrote names that step as its parent.
+    let step = confirmed.split('-').nth(2).unwrap().to_owned();
+    eventually_exported(&exported, |spans| {
+        spans
+            .iter()
+            .any(|s| s.service == "storekeeper-projections" && s.name == "order_process" && s.trace_id == order_trace && s.span_id == step)
+    })
+    .await;
+}
+
+/// Waits until the spans exported so far satisfy `done`; answers them.
+async fn eventually_exported(
+    exported: &Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+    done: impl Fn(&[ExportedSpan]) -> bool,
+) -> Vec<ExportedSpan> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans = exported.lock().unwrap().clone();
+        if done(&spans) {
+            return spans;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the spans exported never got there: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -202,7 +202,7 @@ pub struct Receipt<'a> {
 }
 
 /// Checks what every adapter refuses before touching storage.
-pub(crate) fn validate(writes: &[StreamWrite]) -> Result<(), crate::EventLogError> {
+pub fn validate(writes: &[StreamWrite]) -> Result<(), crate::EventLogError> {
     let total: usize = writes.iter().map(|w| w.events.len()).sum();
     if total > crate::MAX_EVENTS_PER_APPEND {
         return Err(crate::EventLogError::InvalidAppend(format!(

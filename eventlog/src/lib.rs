@@ -22,7 +22,7 @@ pub mod vault;
 
 pub use envelope::{
     AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, child_of, child_traceparent,
-    parse_traceparent,
+    parse_traceparent, validate as validate_append,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use memory::InMemoryEventLog;

@@ -87,6 +87,9 @@ pub trait KeyStore: Send + Sync + 'static {
 pub struct PgKeyStore {
     pool: PgPool,
     wrapping: Option<DataKey>,
+    /// The log is in this database's `events`, whose trigger deletes a
+    /// key with the event that forgets its owner.
+    log_beside: bool,
 }
 
 /// The key encryption key from `STOREKEEPER_VAULT_KEY` (64 hex digits), if
@@ -143,11 +146,11 @@ pub async fn check_wrapping_key(pool: &PgPool, wrapping: Option<DataKey>) -> Res
 
 impl PgKeyStore {
     pub fn new(pool: PgPool) -> Self {
-        PgKeyStore { pool, wrapping: None }
+        PgKeyStore { pool, wrapping: None, log_beside: true }
     }
 
     pub fn wrapped(pool: PgPool, wrapping: Option<DataKey>) -> Self {
-        PgKeyStore { pool, wrapping }
+        PgKeyStore { pool, wrapping, log_beside: true }
     }
 
     fn wrap(&self, owner: Uuid, key: &DataKey) -> Vec<u8> {
@@ -233,7 +236,7 @@ impl KeyStore for PgKeyStore {
 
     /// A trigger on `events` (migration 10009).
     fn forgets_with_the_event(&self) -> bool {
-        true
+        self.log_beside
     }
 
     async fn legacy_email_claims(&self) -> Result<bool, EventLogError> {
@@ -318,8 +321,17 @@ impl Vault {
     /// Keys in PostgreSQL, wrapped under `STOREKEEPER_VAULT_KEY` when it is
     /// set (a malformed value is refused at every use of the vault).
     pub fn postgres(pool: PgPool) -> Arc<Vault> {
+        Self::postgres_keys(pool, true)
+    }
+
+    /// Keys in PostgreSQL, for a log that is not in that database.
+    pub fn postgres_beside_another_log(pool: PgPool) -> Arc<Vault> {
+        Self::postgres_keys(pool, false)
+    }
+
+    fn postgres_keys(pool: PgPool, log_beside: bool) -> Arc<Vault> {
         let store: Arc<dyn KeyStore> = match wrapping_key_from_env() {
-            Ok(wrapping) => Arc::new(PgKeyStore::wrapped(pool, wrapping)),
+            Ok(wrapping) => Arc::new(PgKeyStore { log_beside, ..PgKeyStore::wrapped(pool, wrapping) }),
             Err(why) => Arc::new(Refusing(why)),
         };
         Arc::new(Vault::new(store))

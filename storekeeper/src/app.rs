@@ -47,6 +47,8 @@ pub struct Config {
     /// Where the query API keeps this node's product index.
     pub index_dir: PathBuf,
     pub kafka: Option<KafkaConfig>,
+    /// The event log on KurrentDB instead of PostgreSQL (`KURRENTDB_URL`).
+    pub kurrentdb_url: Option<String>,
 }
 
 /// Listeners bound before anything starts (a taken port fails first).
@@ -73,8 +75,7 @@ impl App {
         // One reader of the log for every part of this process that follows it.
         // What is stored (ciphertext) goes to the relay; everything else
         // reads and writes through the vault.
-        let stored: Arc<dyn EventLog> = Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone()))));
-        let vault = Vault::postgres(pool.clone());
+        let (stored, vault) = event_log(&pool, config.kurrentdb_url.as_deref()).await?;
         let log: Arc<dyn EventLog> = Arc::new(VaultedLog::new(stored.clone(), vault.clone()));
         let service = CommandService::new(log.clone(), vault.clone());
         let jwt = JwtKeys::new(config.jwt_secret.as_bytes());
@@ -110,11 +111,14 @@ impl App {
             };
             let stop = stop_rx.clone();
             tasks.spawn(async move { manager.run(stop).await.context("order process manager") });
-            let (sealer_pool, stop) = (pool.clone(), stop_rx.clone());
-            tasks.spawn(async move {
-                eventlog::seal::run_sealer(sealer_pool, stop).await;
-                Ok(())
-            });
+            // The hash chain covers a log in PostgreSQL only.
+            if config.kurrentdb_url.is_none() {
+                let (sealer_pool, stop) = (pool.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    eventlog::seal::run_sealer(sealer_pool, stop).await;
+                    Ok(())
+                });
+            }
             let runner = match &sources {
                 Some(sources) => projections::Runner::with_sources(pool.clone(), projections::all(), sources.clone()),
                 None => projections::Runner::new(pool.clone(), log.clone(), projections::all()),
@@ -207,4 +211,26 @@ async fn purge_idempotency_keys(store: IdempotencyStore, mut stop: watch::Receiv
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
+}
+
+/// The log as stored (ciphertext), behind one shared reader, and the vault
+/// (keys in PostgreSQL) that seals and opens it: in PostgreSQL, or on
+/// KurrentDB when `kurrentdb_url` is given.
+pub async fn event_log(pool: &PgPool, kurrentdb_url: Option<&str>) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
+    Ok(match kurrentdb_url {
+        None => (Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone())))), Vault::postgres(pool.clone())),
+        Some(url) => {
+            let log = kurrent::KurrentEventLog::connect(url, kurrent::LOG_STREAM)
+                .await
+                .context("open the event log on KurrentDB (KURRENTDB_URL)")?;
+            tracing::info!(stream = kurrent::LOG_STREAM, "the event log is on KurrentDB");
+            (Arc::new(eventlog::SharedTail::new(Arc::new(log))), Vault::postgres_beside_another_log(pool.clone()))
+        }
+    })
+}
+
+/// [`event_log`], read and written through the vault.
+pub async fn vaulted_log(pool: &PgPool, kurrentdb_url: Option<&str>) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
+    let (stored, vault) = event_log(pool, kurrentdb_url).await?;
+    Ok((Arc::new(VaultedLog::new(stored, vault.clone())), vault))
 }

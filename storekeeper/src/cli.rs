@@ -186,6 +186,19 @@ pub struct DatabaseArgs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "STOREKEEPER_DB_POOL_SIZE", default_value_t = 40)]
     pub db_pool_size: u32,
+    /// Keep the event log on KurrentDB (`kurrentdb://host:2113?tls=false`)
+    /// instead of PostgreSQL, which still holds the read models, keys and
+    /// checkpoints.
+    #[arg(long, env = "KURRENTDB_URL", hide_env_values = true)]
+    kurrentdb_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// KurrentDB's address, if set to anything (compose passes an empty
+    /// value to mean unset).
+    pub fn kurrentdb_url(&self) -> Option<&str> {
+        self.kurrentdb_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
 }
 
 #[derive(Args, Clone)]

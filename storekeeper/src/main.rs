@@ -109,7 +109,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Events { action } => events(action).await,
         Cmd::Seed { products, customers, orders, db } => {
             let (_cluster, pool) = open(&db, false).await?;
-            let (log, vault) = eventlog::vault::postgres_log(&pool);
+            let (log, vault) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
             let service = commands::CommandService::new(log, vault);
             let (p, c, o) = storekeeper::seed::seed(&service, storekeeper::seed::Sizes { products, customers, orders }).await?;
             println!("seeded {p} products, {c} customers and {o} orders");
@@ -154,6 +154,7 @@ async fn run(args: RoleArgs) -> Result<()> {
         webhook_secret,
         index_dir: database::index_dir(&args.db.data_dir),
         kafka: args.kafka.as_ref().and_then(KafkaArgs::config),
+        kurrentdb_url: args.db.kurrentdb_url().map(str::to_owned),
     };
     let result = match App::start(config, pool.clone(), listeners).await {
         Ok(app) => app.run_until(shutdown_signal()).await,
@@ -175,6 +176,12 @@ async fn run(args: RoleArgs) -> Result<()> {
 
 async fn events(action: EventsAction) -> Result<()> {
     let is_std = |path: &Option<std::path::PathBuf>| path.as_ref().is_none_or(|p| p.as_os_str() == "-");
+    let (EventsAction::Verify { db } | EventsAction::Export { db, .. } | EventsAction::Import { db, .. }) = &action;
+    if db.kurrentdb_url().is_some() {
+        bail!(
+            "`storekeeper events` works on a log in PostgreSQL: with KURRENTDB_URL set the log is on KurrentDB, which has its own backups (and no hash chain of ours)"
+        );
+    }
     match action {
         EventsAction::Verify { db } => {
             let (_cluster, pool) = open(&db, false).await?;
@@ -248,7 +255,7 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
             let (_cluster, pool) = open(&db, false).await?;
             let projection =
                 projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
-            let (log, _) = eventlog::vault::postgres_log(&pool);
+            let (log, _) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
             let retried = projections::retry_parked(&pool, &*log, &*projection).await.context("retry parked events")?;
             println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
             if retried.still_parked > 0 {
@@ -279,7 +286,7 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 }
                 bail!("no projection is called {name}");
             }
-            let (log, _) = eventlog::vault::postgres_log(&pool);
+            let (log, _) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
             let mut differ = Vec::new();
             for projection in chosen {
                 let found =

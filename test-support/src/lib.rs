@@ -61,6 +61,7 @@ pub async fn spawn(pool: PgPool, roles: Roles) -> Spawned {
         webhook_secret: WEBHOOK_SECRET.to_owned(),
         index_dir: std::env::temp_dir().join(format!("storekeeper-index-{}", Uuid::now_v7().simple())),
         kafka: None,
+        kurrentdb_url: None,
     };
     let app = App::start(config, pool, listeners).await.expect("start the app");
     Spawned { app, command, query }

@@ -211,6 +211,11 @@ fn test(rest: &[&str]) -> Result<()> {
     } else {
         tests.args(["test", "--workspace", "--no-fail-fast"]);
     }
+    // The KurrentDB contract tests are ignored unless a server is given.
+    if std::env::var("KURRENTDB_URL").is_ok_and(|u| !u.is_empty()) {
+        eprintln!("xtask: KURRENTDB_URL is set: the KurrentDB contract tests run too");
+        tests.args(if nextest { ["--run-ignored", "all"] } else { ["--", "--include-ignored"] });
+    }
     tests.args(rest.iter().skip_while(|a| **a == "--")).env("DATABASE_URL", &db.url).env("KAFKA_BROKERS", &broker.brokers);
     run(tests)
 }

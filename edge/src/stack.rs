@@ -49,6 +49,13 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
         .layer(middleware::from_fn(drop_odd_request_id))
 }
 
+/// `router` alone, with every error answered as problem+json (an unknown
+/// route, a wrong method): for listeners without the API's stack, such as
+/// the metrics one.
+pub fn problems_only(router: Router) -> Router {
+    router.fallback(|| async { EdgeError::NotFound("route") }).layer(middleware::from_fn(problemify))
+}
+
 /// Reads every request's body whole, before any handler, within one
 /// deadline and the size limit: a client trickling a body (one byte a
 /// second, fixed length or chunked) is answered 408 at the deadline, and

@@ -85,7 +85,7 @@ impl App {
         if let Some(listener) = listeners.metrics {
             edge::metrics::prometheus();
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tasks.spawn(serve_until(listener, edge::health::routes(pool.clone()), stop_rx.clone(), "metrics"));
+            tasks.spawn(serve_until(listener, edge::stack::problems_only(edge::health::routes(pool.clone())), stop_rx.clone(), "metrics"));
         }
 
         if roles.relay

@@ -142,6 +142,15 @@ async fn every_metric_the_dashboard_and_the_rules_use_is_exported_by_a_running_r
         missing.retain(|m| !exported.contains(m));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The metrics listener answers its errors as the APIs do.
+    for (response, code) in [
+        (http.get(format!("{metrics}/nothing")).send().await.unwrap(), "not_found"),
+        (http.post(format!("{metrics}/metrics")).send().await.unwrap(), "method_not_allowed"),
+    ] {
+        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!((kind.as_str(), body["code"].as_str()), ("application/problem+json", Some(code)), "{body}");
+    }
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     assert!(missing.is_empty(), "used by the dashboard or the rules but exported by no role: {missing:?}");

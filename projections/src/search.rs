@@ -86,6 +86,7 @@ pub struct SearchIndex {
     fields: Fields,
     generation: String,
     progress: watch::Sender<Progress>,
+    last: Mutex<Option<(u64, uuid::Uuid)>>,
     rate: Mutex<crate::status::Rate>,
 }
 
@@ -134,10 +135,14 @@ struct Payload {
     index: String,
     generation: String,
     progress: Progress,
+    /// The position and id of the last event applied: which log the index
+    /// was built from (none in indexes from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<(u64, uuid::Uuid)>,
 }
 
-fn payload(generation: &str, progress: &Progress) -> String {
-    serde_json::to_string(&Payload { index: INDEX_VERSION.into(), generation: generation.into(), progress: progress.clone() })
+fn payload(generation: &str, progress: &Progress, last: Option<(u64, uuid::Uuid)>) -> String {
+    serde_json::to_string(&Payload { index: INDEX_VERSION.into(), generation: generation.into(), progress: progress.clone(), last })
         .expect("a payload serializes")
 }
 
@@ -164,12 +169,12 @@ impl SearchIndex {
                 let index = Index::create_in_dir(dir, schema)?;
                 let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
                 let mut commit = writer.prepare_commit()?;
-                commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default()));
+                commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default(), None));
                 commit.commit()?;
                 index
             }
         };
-        let Payload { generation, progress, .. } =
+        let Payload { generation, progress, last, .. } =
             parse_payload(index.load_metas()?.payload.as_deref()).expect("the index was just checked or created with a payload");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
@@ -182,8 +187,44 @@ impl SearchIndex {
             fields,
             generation,
             progress: watch::Sender::new(progress),
+            last: Mutex::new(last),
             rate,
         }))
+    }
+
+    /// Opens the index in `dir` for `log`: an index built from another log
+    /// (a fresh or restored database beside an old directory) is dropped
+    /// and built again from the start, never served.
+    pub async fn open_for(dir: &Path, log: &dyn EventLog) -> Result<Arc<SearchIndex>, SearchError> {
+        let index = Self::open(dir)?;
+        if index.built_from(log).await? {
+            return Ok(index);
+        }
+        tracing::warn!(dir = %dir.display(), position = index.position(), "the product index was built from another log: building it again");
+        drop(index);
+        std::fs::remove_dir_all(dir)?;
+        Self::open(dir)
+    }
+
+    /// Whether the log holds the last event this index applied, where the
+    /// index says it was.
+    async fn built_from(&self, log: &dyn EventLog) -> Result<bool, EventLogError> {
+        let last = *self.last.lock().expect("last event poisoned");
+        let at = match last {
+            Some((position, _)) => position,
+            None => self.position(),
+        };
+        if at == 0 {
+            return Ok(true);
+        }
+        let found = log.read_all(at - 1, 1).await?;
+        Ok(match (found.first(), last) {
+            (Some(e), Some((position, id))) => e.global_position == position && e.event_id == id,
+            // Written before the last event was kept: the log reaches as
+            // far as the index at least.
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
     }
 
     /// The highest log position the index has applied and committed.
@@ -228,9 +269,14 @@ impl SearchIndex {
         }
         let mut progress = self.progress.borrow().clone();
         progress.advance(batch);
+        let mut last = self.last.lock().expect("last event poisoned");
+        if let Some(e) = batch.events.last() {
+            *last = Some((e.global_position, e.event_id));
+        }
         let started = std::time::Instant::now();
         let mut commit = writer.prepare_commit()?;
-        commit.set_payload(&payload(&self.generation, &progress));
+        commit.set_payload(&payload(&self.generation, &progress, *last));
+        drop(last);
         commit.commit()?;
         metrics::histogram!("storekeeper_search_commit_seconds").record(started.elapsed().as_secs_f64());
         drop(writer);

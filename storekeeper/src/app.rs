@@ -137,7 +137,8 @@ impl App {
         }
         if let Some(listener) = listeners.query {
             // Each query API node keeps its own product index, fed by its own indexer.
-            let search = projections::search::SearchIndex::open(&config.index_dir)
+            let search = projections::search::SearchIndex::open_for(&config.index_dir, &*log)
+                .await
                 .with_context(|| format!("open the product index in {}", config.index_dir.display()))?;
             let index_sources = sources.clone().unwrap_or_else(|| eventlog::in_process(log.clone(), 2000));
             let indexer = search.clone().run(log.clone(), index_sources, stop_rx.clone());

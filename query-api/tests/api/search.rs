@@ -126,5 +126,39 @@ async fn the_index_keeps_its_position_in_its_commits() {
         offset: 0,
     };
     assert_eq!(reopened.search(&request).unwrap().total, 1);
+    drop(reopened);
+    let same = projections::search::SearchIndex::open_for(&dir, &*log).await.unwrap();
+    assert_eq!((same.position(), same.search(&request).unwrap().total), (position, 1), "kept for the log it was built from");
+    drop(same);
+
+    // Beside another log (a fresh or restored database), the directory's
+    // index is dropped and built from that log.
+    let other = eventlog::testing::fresh_event_log_database().await;
+    let (other_log, other_vault) = eventlog::vault::postgres_log(&other);
+    let other_service = commands::CommandService::new(other_log.clone(), other_vault);
+    let teapot = uuid::Uuid::now_v7();
+    let add = domain::product::ProductCommand::Add {
+        product_id: teapot,
+        sku: domain::Sku::parse("TEA-1").unwrap(),
+        name: "Teapot".into(),
+        description: String::new(),
+        category: "kitchen".into(),
+        price: domain::Money::new(100, domain::Currency::usd()),
+        initial_stock: 1,
+    };
+    let written = other_service.product(teapot, add, None, &eventlog::Metadata::system("test")).await.unwrap();
+    let fresh = projections::search::SearchIndex::open_for(&dir, &*other_log).await.unwrap();
+    assert_eq!((fresh.position(), fresh.search(&request).unwrap().total), (0, 0), "the other log's index starts over");
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let indexer = tokio::spawn(fresh.clone().run(other_log.clone(), eventlog::in_process(other_log.clone(), 100), stop));
+    let mut positions = fresh.progress();
+    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= written.position))
+        .await
+        .unwrap()
+        .unwrap();
+    stop_tx.send(true).unwrap();
+    indexer.await.unwrap();
+    let teapots = fresh.search(&projections::search::SearchRequest { q: "teapot".into(), ..request }).unwrap();
+    assert_eq!(teapots.total, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -246,7 +246,7 @@ impl Cluster {
         let pid_file = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
         let lines: Vec<&str> = pid_file.lines().collect();
         let pid: u32 = lines.first()?.trim().parse().ok()?;
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let alive = postmaster_alive(pid);
         (alive && lines.get(7).map(|s| s.trim()) == Some("ready")).then(|| lines.get(3)?.trim().parse().ok()).flatten()
     }
 
@@ -318,5 +318,33 @@ fn run(mut cmd: Command, what: &str) -> Result<(), Error> {
             what: what.into(),
             output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         })
+    }
+}
+
+/// Whether `pid` is a live PostgreSQL server: not gone, not a zombie left
+/// unreaped by its parent, and not another program that took the number.
+fn postmaster_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) state ...`: comm may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    matches!(comm, "postgres" | "postmaster") && !matches!(state, "Z" | "X" | "x")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_zombie_or_another_program_is_no_server() {
+        // This test's own process is alive, but is not PostgreSQL.
+        assert!(!super::postmaster_alive(std::process::id()));
+        // A zombie: a child that exited and is not reaped yet.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(stat.contains(") Z"), "{stat}");
+        assert!(!super::postmaster_alive(pid));
+        drop(child);
     }
 }

@@ -221,14 +221,20 @@ pub async fn deactivate_customer(
 
 /// Forgets a customer (the customer itself, or an admin): its personal
 /// data becomes unreadable everywhere and its email is free again.
-/// The log deletes its key with the event (see `eventlog::vault`).
+/// A log in PostgreSQL deletes its key and password with the event
+/// (triggers); they are deleted here too, for a log kept elsewhere and for
+/// a forget repeated after a crash between the event and the deletion.
 pub async fn forget_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ctx: Ctx,
     JsonBody(_): JsonBody<dto::Empty>,
 ) -> Result<Response, ApiError> {
-    customer_command(&state, &ctx, &id, Ok(CustomerCommand::Forget)).await
+    let response = customer_command(&state, &ctx, &id, Ok(CustomerCommand::Forget)).await?;
+    let id = parse_id(&id)?;
+    state.service.vault().forget(id).await.map_err(commands::ServiceError::from)?;
+    state.passwords.forget(id).await?;
+    Ok(response)
 }
 
 // --- products ---

@@ -79,6 +79,12 @@ impl PasswordStore {
         Ok(())
     }
 
+    /// Deletes the customer's password, if it has one.
+    pub async fn forget(&self, customer: Uuid) -> Result<(), PasswordError> {
+        sqlx::query("DELETE FROM customer_passwords WHERE customer_id = $1").bind(customer).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Whether `password` is the customer's; `None` (no such customer)
     /// costs the same as a wrong password.
     pub async fn check(&self, customer: Option<Uuid>, password: String) -> Result<bool, PasswordError> {

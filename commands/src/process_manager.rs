@@ -198,7 +198,7 @@ impl Consumer for ProcessManager {
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         for event in &batch.events {
             // Under the event's trace, when spans are exported.
-            let span = tracing::info_span!("order_process", stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id);
+            let span = tracing::info_span!(target: telemetry::SPANS, "order_process", stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id);
             telemetry::follow(&span, event.metadata.traceparent.as_deref());
             self.handle_with_retries(event).instrument(span).await?;
         }

@@ -287,7 +287,7 @@ impl CommandService {
                 }
                 // Writes with no event stay: each checks that a stream the
                 // decision read is still at the version read.
-                let span = tracing::info_span!("append", stream_id = %decision.primary, position = tracing::field::Empty);
+                let span = tracing::info_span!(target: telemetry::SPANS, "append", stream_id = %decision.primary, position = tracing::field::Empty);
                 let appended = self.log.append_once(decision.writes, receipt(metadata)).instrument(span.clone()).await;
                 if let Ok(result) = &appended {
                     span.record("position", result.streams.iter().filter_map(|s| s.position).max());

@@ -41,7 +41,12 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let span = tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id, correlation_id = tracing::field::Empty, trace_id = tracing::field::Empty);
+            // Probes are not traced: a scrape every few seconds would be a
+            // trace every few seconds.
+            if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+                return tracing::Span::none();
+            }
+            let span = tracing::info_span!(target: telemetry::SPANS, "request", method = %request.method(), uri = %request.uri().path(), request_id, correlation_id = tracing::field::Empty, trace_id = tracing::field::Empty);
             telemetry::follow(&span, request.headers().get("traceparent").and_then(|v| v.to_str().ok()));
             span
         }))

@@ -219,7 +219,7 @@ fn replicate(error: &sqlx::Error) -> sqlx::Error {
 type Row = (i32, String, Option<i64>, Option<i64>, bool, bool);
 
 /// Writes a group in one statement; one answer per append, in order.
-#[tracing::instrument(skip_all, fields(appends = group.len()))]
+#[tracing::instrument(level = "debug", skip_all, fields(appends = group.len()))]
 async fn write_group(pool: &PgPool, group: &[Request]) -> Result<Vec<Result<AppendResult, EventLogError>>, sqlx::Error> {
     let events: usize = group.iter().map(Request::events).sum();
     let mut actors = Vec::with_capacity(group.len());

@@ -91,7 +91,7 @@ pub(crate) fn map_insert_error(e: sqlx::Error, writes: &[StreamWrite]) -> EventL
 
 #[async_trait]
 impl EventLog for PgEventLog {
-    #[tracing::instrument(skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(streams = writes.len(), events = writes.iter().map(|w| w.events.len()).sum::<usize>()))]
     async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
         validate(&writes)?;
         let appends = writes.iter().any(|w| !w.events.is_empty());

@@ -11,8 +11,11 @@
 //! A range is only kept as read, from just after `after` to its last
 //! event: everything up to that event is final (the adapter's `read_all`
 //! never passes an event that may still appear), so an answer from memory
-//! is the answer the log would give. Empty reads are never kept, so a
-//! consumer woken by an append always looks at the log itself.
+//! is the answer the log would give. An empty read is kept only briefly
+//! ([`EMPTY_FOR`], shorter than a subscription's poll) and only until this
+//! process appends again: consumers idle at the tail, each polling for
+//! other processes' appends, then ask the database once between them, and
+//! a consumer woken by an append always looks at the log itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,8 @@ use crate::{AppendResult, EventLog, EventLogError, Receipt, RecordedEvent, Snaps
 const READ_AHEAD: usize = 2000;
 /// Events held at most; the oldest ranges go first.
 const HELD_EVENTS: usize = 32_000;
+/// How long a read that found nothing new answers the same from memory.
+pub const EMPTY_FOR: std::time::Duration = std::time::Duration::from_millis(15);
 
 struct Range {
     after: u64,
@@ -41,11 +46,27 @@ pub struct SharedTail {
     /// same place waits for it, then looks in memory again. Reads from
     /// elsewhere (a consumer far behind) do not wait.
     reading: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// This process's appends, counted by the log.
+    appends: watch::Receiver<u64>,
+    /// The last read that found nothing: from where, when, and the count
+    /// of appends before it.
+    empty: Mutex<Option<(u64, std::time::Instant, u64)>>,
 }
 
 impl SharedTail {
     pub fn new(log: Arc<dyn EventLog>) -> Self {
-        SharedTail { log, ranges: Mutex::new(VecDeque::new()), reading: Mutex::new(HashMap::new()) }
+        let appends = log.appends();
+        SharedTail { log, ranges: Mutex::new(VecDeque::new()), reading: Mutex::new(HashMap::new()), appends, empty: Mutex::new(None) }
+    }
+
+    /// Whether a read from `after` found nothing a moment ago, with no
+    /// append of this process since.
+    fn found_empty(&self, after: u64) -> bool {
+        let appended = *self.appends.borrow();
+        self.empty
+            .lock()
+            .expect("shared tail poisoned")
+            .is_some_and(|(from, at, count)| from == after && count == appended && at.elapsed() < EMPTY_FOR)
     }
 
     /// What memory holds after `after`, up to `limit` events, and whether
@@ -66,14 +87,26 @@ impl SharedTail {
         if let Some(held) = self.held(after, limit) {
             return Ok(held);
         }
+        if self.found_empty(after) {
+            return Ok((Vec::new(), true));
+        }
         let turn = Turn::take(self, after);
         let _turn = turn.lock.lock().await;
         if let Some(held) = self.held(after, limit) {
             return Ok(held);
         }
+        if self.found_empty(after) {
+            return Ok((Vec::new(), true));
+        }
         metrics::counter!("storekeeper_shared_tail_reads_total", "from" => "log").increment(1);
+        // Counted before the read: an append during it is not missed.
+        let appended = *self.appends.borrow();
+        let started = std::time::Instant::now();
         // A read of a few events (a point lookup) is not read ahead.
         let events = self.log.read_all(after, if limit < 100 { limit } else { limit.max(READ_AHEAD) }).await?;
+        if events.is_empty() {
+            *self.empty.lock().expect("shared tail poisoned") = Some((after, started, appended));
+        }
         let answer = events.iter().take(limit).cloned().collect();
         self.keep(after, Arc::new(events));
         // The log answers everything up to its frontier at once.
@@ -154,5 +187,84 @@ impl EventLog for SharedTail {
 
     fn appends(&self) -> watch::Receiver<u64> {
         self.log.appends()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{ExpectedVersion, InMemoryEventLog, Metadata, NewEvent, Subscription};
+
+    /// The in-memory log, counting the reads that reach it.
+    struct Counted(InMemoryEventLog, AtomicUsize);
+
+    #[async_trait]
+    impl EventLog for Counted {
+        async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
+            self.0.append_once(writes, receipt).await
+        }
+        async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+            self.0.read_stream(stream_id, from_version, limit).await
+        }
+        async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.read_all(after, limit).await
+        }
+        async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
+            self.0.receipt(receipt).await
+        }
+        async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
+            self.0.snapshot(stream_id).await
+        }
+        async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+            self.0.save_snapshot(snapshot).await
+        }
+        fn appends(&self) -> watch::Receiver<u64> {
+            self.0.appends()
+        }
+    }
+
+    fn write() -> StreamWrite {
+        let event = NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "ThingHappened".into(),
+            schema_version: 1,
+            occurred_at: chrono::Utc::now(),
+            metadata: Metadata::system("test"),
+            data: serde_json::json!({}),
+        };
+        StreamWrite { stream_id: format!("thing-{}", uuid::Uuid::now_v7()), expected: ExpectedVersion::Any, events: vec![event] }
+    }
+
+    #[tokio::test]
+    async fn idle_consumers_at_the_tail_ask_the_log_once_between_them_and_wake_on_an_append() {
+        let counted = Arc::new(Counted(InMemoryEventLog::new(), AtomicUsize::new(0)));
+        let tail: Arc<dyn EventLog> = Arc::new(SharedTail::new(counted.clone()));
+        tail.append(vec![write()]).await.unwrap();
+        let mut subscriptions: Vec<Subscription> = (0..6).map(|_| Subscription::new(tail.clone(), 0)).collect();
+        for s in &mut subscriptions {
+            assert_eq!(s.next_batch().await.unwrap().len(), 1);
+        }
+        // Six consumers idle at the tail for half a second, each looking
+        // every 20 ms: one in three of their looks reaches the log or less.
+        counted.1.store(0, Ordering::Relaxed);
+        let idle = subscriptions.iter_mut().map(|s| tokio::time::timeout(std::time::Duration::from_millis(500), s.next_batch()));
+        for waited in futures::future::join_all(idle).await {
+            assert!(waited.is_err(), "nothing was appended");
+        }
+        let reads = counted.1.load(Ordering::Relaxed);
+        assert!(reads <= 6 * 25 / 3, "{reads} reads of the log for 6 idle consumers over 500 ms");
+        // An append wakes each of them at once, past the empty read kept.
+        let mut subscriptions: Vec<Subscription> = (0..6).map(|_| Subscription::new(tail.clone(), 1)).collect();
+        for s in &mut subscriptions {
+            assert!(tokio::time::timeout(std::time::Duration::from_millis(30), s.next_batch()).await.is_err());
+        }
+        tail.append(vec![write()]).await.unwrap();
+        for s in &mut subscriptions {
+            let batch = tokio::time::timeout(std::time::Duration::from_millis(15), s.next_batch()).await.expect("woken at once").unwrap();
+            assert_eq!(batch.len(), 1);
+        }
     }
 }

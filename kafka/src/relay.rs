@@ -77,8 +77,9 @@ impl Relay {
             let span = tracing::debug_span!(target: telemetry::EVENT_SPANS, "relay", stream_id = %event.stream_id, position = event.global_position);
             telemetry::follow(&span, event.metadata.traceparent.as_deref());
             let trace_id = event.metadata.trace_id();
-            let traceparent =
-                telemetry::traceparent(&span).unwrap_or_else(|| format!("00-{trace_id}-{}-01", &event.event_id.simple().to_string()[16..]));
+            let flags = event.metadata.traceparent.as_deref().and_then(|t| t.rsplit('-').next()).unwrap_or("01");
+            let traceparent = telemetry::traceparent(&span)
+                .unwrap_or_else(|| format!("00-{trace_id}-{}-{flags}", &event.event_id.simple().to_string()[16..]));
             tracing::debug!(parent: &span, trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
             let record_headers = OwnedHeaders::new()
                 .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_str()) })

@@ -36,6 +36,11 @@ use uuid::Uuid;
 /// The KurrentDB stream that holds the log.
 pub const LOG_STREAM: &str = "storekeeper-log";
 
+/// How long one request to KurrentDB may take: a server that stops
+/// answering fails the append (which holds the index) instead of stalling
+/// every writer of the process.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// An event as stored in the log stream; the KurrentDB event's id and type
 /// are the event's own.
 #[derive(Serialize, Deserialize)]
@@ -140,7 +145,10 @@ impl KurrentEventLog {
     /// Connects to `url` (`kurrentdb://host:2113?tls=false`, or `esdb://`)
     /// and reads the log stream `stream` into the index.
     pub async fn connect(url: &str, stream: &str) -> Result<Self, EventLogError> {
-        let settings: ClientSettings = url.parse().map_err(|e| message(format!("KURRENTDB_URL: {e}")))?;
+        // The parser's message quotes the whole URL, password included.
+        let settings: ClientSettings = url.parse().map_err(|_: kurrentdb::ClientSettingsParseError| {
+            message("KURRENTDB_URL is not a KurrentDB connection string (kurrentdb://host:2113?tls=false)".into())
+        })?;
         let client = Client::new(settings).map_err(|e| message(format!("KurrentDB client: {e}")))?;
         let appended = watch::Sender::new(0);
         let notifier = tokio::spawn(notify(client.clone(), stream.to_owned(), appended.clone()));
@@ -151,7 +159,7 @@ impl KurrentEventLog {
 
     /// Reads the log stream from `from`, at most `limit` events.
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Uuid, String, DateTime<Utc>, Stored)>, EventLogError> {
-        let options = ReadStreamOptions::default().forwards().position(StreamPosition::Position(from)).max_count(limit);
+        let options = ReadStreamOptions::default().forwards().position(StreamPosition::Position(from)).max_count(limit).deadline(DEADLINE);
         let mut read = match self.client.read_stream(self.stream.as_str(), &options).await {
             Ok(read) => read,
             Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
@@ -171,11 +179,20 @@ impl KurrentEventLog {
         }
     }
 
+    /// Indexes what the log stream holds past the index, a page (one
+    /// request, within its deadline) at a time.
     async fn catch_up(&self, index: &mut Index) -> Result<(), EventLogError> {
-        for (revision, event_id, _, _, stored) in self.read(index.next, usize::MAX).await? {
-            index.add(revision, event_id, &stored);
+        const PAGE: usize = 10_000;
+        loop {
+            let page = self.read(index.next, PAGE).await?;
+            let whole = page.len() == PAGE;
+            for (revision, event_id, _, _, stored) in page {
+                index.add(revision, event_id, &stored);
+            }
+            if !whole {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn snapshots(&self, stream_id: &str) -> String {
@@ -295,7 +312,7 @@ impl EventLog for KurrentEventLog {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
             let expected = index.next.checked_sub(1).map_or(StreamState::NoStream, StreamState::StreamRevision);
-            let options = AppendToStreamOptions::default().stream_state(expected);
+            let options = AppendToStreamOptions::default().stream_state(expected).deadline(DEADLINE);
             match self.client.append_to_stream(self.stream.as_str(), &options, events).await {
                 Ok(_) => {
                     let start = index.next;
@@ -345,7 +362,7 @@ impl EventLog for KurrentEventLog {
     }
 
     async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
-        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1);
+        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1).deadline(DEADLINE);
         let mut read = match self.client.read_stream(self.snapshots(stream_id), &options).await {
             Ok(read) => read,
             Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
@@ -381,7 +398,7 @@ impl EventLog for KurrentEventLog {
         };
         let event = EventData::json("Snapshot", &stored).map_err(backend)?;
         self.client
-            .append_to_stream(self.snapshots(&snapshot.stream_id), &AppendToStreamOptions::default(), event)
+            .append_to_stream(self.snapshots(&snapshot.stream_id), &AppendToStreamOptions::default().deadline(DEADLINE), event)
             .await
             .map_err(backend)?;
         Ok(())

@@ -7,9 +7,11 @@
 //! together across processes: the request's, the append's, the relay's and
 //! each consumer's.
 //!
-//! Per-event spans (`relay`, `apply`) are at debug level on the
-//! [`EVENT_SPANS`] target: the log filter leaves them out by default, so
-//! they cost nothing unless spans are exported.
+//! Spans are on targets of their own, so that `RUST_LOG` quieting a
+//! crate's log lines keeps them exported: [`SPANS`] (a request, an append,
+//! a step of the order process) at info, and [`EVENT_SPANS`] (`relay`,
+//! `apply`, one per event) at debug, which the log filter leaves out by
+//! default, so they cost nothing unless spans are exported.
 
 use std::collections::HashMap;
 
@@ -21,6 +23,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::prelude::*;
 
+/// The target of the spans of a request, an append, a process step.
+pub const SPANS: &str = "storekeeper::span";
 /// The target of the spans opened once per event.
 pub const EVENT_SPANS: &str = "storekeeper::event";
 
@@ -67,11 +71,13 @@ pub fn init(json: bool, default_filter: &str, service: &str) -> Result<Guard, Te
         tracing_subscriber::registry().with(filter).with(fmt).init();
         return Ok(Guard(None));
     }
-    if let Ok(protocol) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
-        && !protocol.is_empty()
-        && protocol != "http/protobuf"
-    {
-        return Err(TelemetryError::Protocol(protocol));
+    for variable in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+        if let Ok(protocol) = std::env::var(variable)
+            && !protocol.is_empty()
+            && protocol != "http/protobuf"
+        {
+            return Err(TelemetryError::Protocol(protocol));
+        }
     }
     // The blocking HTTP client must not be built on an async runtime's
     // thread: it runs one of its own.
@@ -83,12 +89,21 @@ pub fn init(json: bool, default_filter: &str, service: &str) -> Result<Guard, Te
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(service.to_owned());
     }
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
+    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build());
+    // Every request is recorded, whatever a caller's `traceparent` says
+    // (a caller must not keep its writes out of the traces); set
+    // OTEL_TRACES_SAMPLER to choose otherwise.
+    if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
+        provider = provider.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    }
+    let provider = provider.build();
     let tracer = provider.tracer("storekeeper");
-    // One filter for both: the log's, and the per-event spans. (The log
-    // prints spans only around its lines, so it shows no more.) Filters
-    // per layer lost the spans of requests.
-    let filter = filter.add_directive(format!("{EVENT_SPANS}=debug").parse().expect("a valid directive"));
+    // One filter for both: the log's, and our spans whatever it says of
+    // the crates they are in. (The log prints spans only around its lines,
+    // so it shows no more.) Filters per layer lost the spans of requests.
+    let filter = filter
+        .add_directive(format!("{SPANS}=info").parse().expect("a valid directive"))
+        .add_directive(format!("{EVENT_SPANS}=debug").parse().expect("a valid directive"));
     tracing_subscriber::registry().with(filter).with(fmt).with(tracing_opentelemetry::layer().with_tracer(tracer)).init();
     Ok(Guard(Some(provider)))
 }

@@ -473,7 +473,7 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     let (otlp, exported) = otlp_receiver().await;
     d.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp);
     d.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let filter = "warn,edge=info,commands=debug,kafka=debug,projections=debug";
+    let filter = "warn,storekeeper::span=info,commands=debug,kafka=debug,projections=debug";
     let command_log = d.start_logging("command-api", &["command-api"], filter);
     let relay_log = d.start_logging("relay", &["relay"], filter);
     let projections_log = d.start_logging("projections", &["projections"], filter);

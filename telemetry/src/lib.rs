@@ -112,7 +112,8 @@ pub fn init(json: bool, default_filter: &str, service: &str) -> Result<Guard, Te
 /// span it names. Call it before the span is first entered; without an
 /// exporter, or with a malformed `traceparent`, it does nothing.
 pub fn follow(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
+    // Per event on hot paths: nothing is parsed for a span that is off.
+    let Some(traceparent) = traceparent.filter(|_| !span.is_disabled()) else { return };
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     let parent = TraceContextPropagator::new().extract(&carrier);
     if parent.span().span_context().is_valid() {

@@ -57,6 +57,23 @@ struct Stored {
     append: Option<Answer>,
 }
 
+/// What the index needs of a stored event: catching up decodes no more.
+#[derive(Deserialize)]
+struct Indexed {
+    stream_id: String,
+    #[serde(default)]
+    append: Option<Answer>,
+}
+
+/// An event read from the log stream, its body decoded as `T`.
+struct Read<T> {
+    revision: u64,
+    event_id: Uuid,
+    event_type: String,
+    created: DateTime<Utc>,
+    body: T,
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Answer {
     receipt: Option<(String, String)>,
@@ -103,10 +120,10 @@ struct Index {
 }
 
 impl Index {
-    fn add(&mut self, revision: u64, event_id: Uuid, stored: &Stored) {
-        self.streams.entry(stored.stream_id.clone()).or_default().push(revision);
+    fn add(&mut self, revision: u64, event_id: Uuid, stream_id: &str, append: Option<&Answer>) {
+        self.streams.entry(stream_id.to_owned()).or_default().push(revision);
         self.event_ids.insert(event_id);
-        if let Some(answer) = &stored.append
+        if let Some(answer) = append
             && let Some(receipt) = &answer.receipt
         {
             self.receipts.insert(receipt.clone(), answer.clone());
@@ -158,7 +175,7 @@ impl KurrentEventLog {
     }
 
     /// Reads the log stream from `from`, at most `limit` events.
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Uuid, String, DateTime<Utc>, Stored)>, EventLogError> {
+    async fn read<T: serde::de::DeserializeOwned>(&self, from: u64, limit: usize) -> Result<Vec<Read<T>>, EventLogError> {
         let options = ReadStreamOptions::default().forwards().position(StreamPosition::Position(from)).max_count(limit).deadline(DEADLINE);
         let mut read = match self.client.read_stream(self.stream.as_str(), &options).await {
             Ok(read) => read,
@@ -170,8 +187,8 @@ impl KurrentEventLog {
             match read.next().await {
                 Ok(Some(resolved)) => {
                     let Some(e) = resolved.event else { continue };
-                    let stored: Stored = serde_json::from_slice(&e.data).map_err(backend)?;
-                    events.push((e.revision, e.id, e.event_type, e.created, stored));
+                    let body = serde_json::from_slice(&e.data).map_err(backend)?;
+                    events.push(Read { revision: e.revision, event_id: e.id, event_type: e.event_type, created: e.created, body });
                 }
                 Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok(events),
                 Err(e) => return Err(backend(e)),
@@ -184,10 +201,10 @@ impl KurrentEventLog {
     async fn catch_up(&self, index: &mut Index) -> Result<(), EventLogError> {
         const PAGE: usize = 10_000;
         loop {
-            let page = self.read(index.next, PAGE).await?;
+            let page = self.read::<Indexed>(index.next, PAGE).await?;
             let whole = page.len() == PAGE;
-            for (revision, event_id, _, _, stored) in page {
-                index.add(revision, event_id, &stored);
+            for e in page {
+                index.add(e.revision, e.event_id, &e.body.stream_id, e.body.append.as_ref());
             }
             if !whole {
                 return Ok(());
@@ -200,18 +217,18 @@ impl KurrentEventLog {
     }
 }
 
-fn recorded((revision, event_id, event_type, recorded_at, stored): (u64, Uuid, String, DateTime<Utc>, Stored)) -> RecordedEvent {
+fn recorded(e: Read<Stored>) -> RecordedEvent {
     RecordedEvent {
-        event_id,
-        stream_id: stored.stream_id,
-        stream_version: stored.stream_version,
-        global_position: revision + 1,
-        event_type,
-        schema_version: stored.schema_version,
-        occurred_at: stored.occurred_at,
-        recorded_at,
-        metadata: stored.metadata,
-        data: stored.data,
+        event_id: e.event_id,
+        stream_id: e.body.stream_id,
+        stream_version: e.body.stream_version,
+        global_position: e.revision + 1,
+        event_type: e.event_type,
+        schema_version: e.body.schema_version,
+        occurred_at: e.body.occurred_at,
+        recorded_at: e.created,
+        metadata: e.body.metadata,
+        data: e.body.data,
     }
 }
 
@@ -317,7 +334,7 @@ impl EventLog for KurrentEventLog {
                 Ok(_) => {
                     let start = index.next;
                     for (i, (id, _, s)) in stored.iter().enumerate() {
-                        index.add(start + i as u64, *id, s);
+                        index.add(start + i as u64, *id, &s.stream_id, s.append.as_ref());
                     }
                     drop(index);
                     self.appended.send_modify(|n| *n += 1);
@@ -341,8 +358,8 @@ impl EventLog for KurrentEventLog {
         let mut at = 0;
         while at < revisions.len() {
             let run = revisions[at..].iter().enumerate().take_while(|(i, r)| **r == revisions[at] + *i as u64).count();
-            for event in self.read(revisions[at], run).await? {
-                if event.4.stream_id == stream_id {
+            for event in self.read::<Stored>(revisions[at], run).await? {
+                if event.body.stream_id == stream_id {
                     events.push(recorded(event));
                 }
             }
@@ -352,7 +369,7 @@ impl EventLog for KurrentEventLog {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
-        Ok(self.read(after, limit).await?.into_iter().map(recorded).collect())
+        Ok(self.read::<Stored>(after, limit).await?.into_iter().map(recorded).collect())
     }
 
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
@@ -442,8 +459,8 @@ mod tests {
             Plan::Write(stored, answer) => {
                 let start = index.next;
                 for (i, (id, _, s)) in stored.iter().enumerate() {
-                    let read: Stored = serde_json::from_slice(&serde_json::to_vec(s).unwrap()).unwrap();
-                    index.add(start + i as u64, *id, &read);
+                    let read: Indexed = serde_json::from_slice(&serde_json::to_vec(s).unwrap()).unwrap();
+                    index.add(start + i as u64, *id, &read.stream_id, read.append.as_ref());
                 }
                 Ok(answer.result(false))
             }

@@ -14,6 +14,7 @@
 //! default, so they cost nothing unless spans are exported.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -35,6 +36,10 @@ pub enum TelemetryError {
     #[error("cannot set up the OTLP exporter: {0}")]
     Exporter(String),
 }
+
+/// Set once spans are exported: without it, `follow` and `traceparent`
+/// (called per request and per event) return at once.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Flushes the spans still queued when dropped (at the end of `main`),
 /// waiting at most [`FLUSH_WITHIN`] for the collector.
@@ -105,6 +110,7 @@ pub fn init(json: bool, default_filter: &str, service: &str) -> Result<Guard, Te
         .add_directive(format!("{SPANS}=info").parse().expect("a valid directive"))
         .add_directive(format!("{EVENT_SPANS}=debug").parse().expect("a valid directive"));
     tracing_subscriber::registry().with(filter).with(fmt).with(tracing_opentelemetry::layer().with_tracer(tracer)).init();
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Guard(Some(provider)))
 }
 
@@ -112,8 +118,8 @@ pub fn init(json: bool, default_filter: &str, service: &str) -> Result<Guard, Te
 /// span it names. Call it before the span is first entered; without an
 /// exporter, or with a malformed `traceparent`, it does nothing.
 pub fn follow(span: &tracing::Span, traceparent: Option<&str>) {
-    // Per event on hot paths: nothing is parsed for a span that is off.
-    let Some(traceparent) = traceparent.filter(|_| !span.is_disabled()) else { return };
+    // Per event on hot paths: nothing is parsed unless it can be exported.
+    let Some(traceparent) = traceparent.filter(|_| EXPORTING.load(Ordering::Relaxed) && !span.is_disabled()) else { return };
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     let parent = TraceContextPropagator::new().extract(&carrier);
     if parent.span().span_context().is_valid() {
@@ -124,6 +130,9 @@ pub fn follow(span: &tracing::Span, traceparent: Option<&str>) {
 /// `span` as a W3C `traceparent`, when spans are exported (so what it
 /// causes hangs under it in the collector); `None` otherwise.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return None;
+    }
     let context = span.context();
     let span = context.span();
     let span_context = span.span_context();

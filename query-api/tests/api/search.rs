@@ -82,41 +82,45 @@ async fn updates_replace_documents_and_discontinued_products_leave_the_results()
     assert_eq!(gone["total"], 0);
 }
 
-#[tokio::test]
-async fn the_index_keeps_its_position_in_its_commits() {
-    let dir = std::env::temp_dir().join(format!("storekeeper-index-reopen-{}", uuid::Uuid::now_v7().simple()));
-    let index = projections::search::SearchIndex::open(&dir).unwrap();
-    assert_eq!(index.position(), 0);
+/// A log in a fresh database, and the command service on it.
+async fn fresh_log() -> (std::sync::Arc<dyn eventlog::EventLog>, commands::CommandService) {
     let pool = eventlog::testing::fresh_event_log_database().await;
     let (log, vault) = eventlog::vault::postgres_log(&pool);
-    let service = commands::CommandService::new(log.clone(), vault);
+    (log.clone(), commands::CommandService::new(log, vault))
+}
+
+/// Adds a product through `service`; answers its position in the log.
+async fn add(service: &commands::CommandService, sku: &str, name: &str) -> u64 {
     let id = uuid::Uuid::now_v7();
     let add = domain::product::ProductCommand::Add {
         product_id: id,
-        sku: domain::Sku::parse("KET-1").unwrap(),
-        name: "Kettle".into(),
+        sku: domain::Sku::parse(sku).unwrap(),
+        name: name.into(),
         description: String::new(),
         category: "kitchen".into(),
         price: domain::Money::new(100, domain::Currency::usd()),
         initial_stock: 1,
     };
-    let written = service.product(id, add, None, &eventlog::Metadata::system("test")).await.unwrap();
+    service.product(id, add, None, &eventlog::Metadata::system("test")).await.unwrap().position
+}
+
+/// Runs the index's indexer on `log` until it has applied `position`.
+async fn index_until(
+    index: &std::sync::Arc<projections::search::SearchIndex>,
+    log: &std::sync::Arc<dyn eventlog::EventLog>,
+    position: u64,
+) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let indexer = tokio::spawn(index.clone().run(log.clone(), eventlog::in_process(log.clone(), 100), stop));
     let mut positions = index.progress();
-    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= written.position))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= position)).await.unwrap().unwrap();
     stop_tx.send(true).unwrap();
     indexer.await.unwrap();
-    drop(positions);
-    let position = index.position();
-    drop(index);
-    let reopened = projections::search::SearchIndex::open(&dir).unwrap();
-    assert_eq!(reopened.position(), position, "the position comes back from the commit payload");
-    let request = projections::search::SearchRequest {
-        q: "kettle".into(),
+}
+
+fn query(q: &str) -> projections::search::SearchRequest {
+    projections::search::SearchRequest {
+        q: q.into(),
         category: None,
         in_stock: None,
         min_price: None,
@@ -124,41 +128,34 @@ async fn the_index_keeps_its_position_in_its_commits() {
         sort: projections::search::Sort::Relevance,
         limit: 10,
         offset: 0,
-    };
-    assert_eq!(reopened.search(&request).unwrap().total, 1);
+    }
+}
+
+#[tokio::test]
+async fn the_index_keeps_its_position_in_its_commits() {
+    let dir = std::env::temp_dir().join(format!("storekeeper-index-reopen-{}", uuid::Uuid::now_v7().simple()));
+    let index = projections::search::SearchIndex::open(&dir).unwrap();
+    assert_eq!(index.position(), 0);
+    let (log, service) = fresh_log().await;
+    let written = add(&service, "KET-1", "Kettle").await;
+    index_until(&index, &log, written).await;
+    let position = index.position();
+    drop(index);
+    let reopened = projections::search::SearchIndex::open(&dir).unwrap();
+    assert_eq!(reopened.position(), position, "the position comes back from the commit payload");
+    assert_eq!(reopened.search(&query("kettle")).unwrap().total, 1);
     drop(reopened);
     let same = projections::search::SearchIndex::open_for(&dir, &*log).await.unwrap();
-    assert_eq!((same.position(), same.search(&request).unwrap().total), (position, 1), "kept for the log it was built from");
+    assert_eq!((same.position(), same.search(&query("kettle")).unwrap().total), (position, 1), "kept for the log it was built from");
     drop(same);
 
     // Beside another log (a fresh or restored database), the directory's
     // index is dropped and built from that log.
-    let other = eventlog::testing::fresh_event_log_database().await;
-    let (other_log, other_vault) = eventlog::vault::postgres_log(&other);
-    let other_service = commands::CommandService::new(other_log.clone(), other_vault);
-    let teapot = uuid::Uuid::now_v7();
-    let add = domain::product::ProductCommand::Add {
-        product_id: teapot,
-        sku: domain::Sku::parse("TEA-1").unwrap(),
-        name: "Teapot".into(),
-        description: String::new(),
-        category: "kitchen".into(),
-        price: domain::Money::new(100, domain::Currency::usd()),
-        initial_stock: 1,
-    };
-    let written = other_service.product(teapot, add, None, &eventlog::Metadata::system("test")).await.unwrap();
+    let (other_log, other_service) = fresh_log().await;
+    let written = add(&other_service, "TEA-1", "Teapot").await;
     let fresh = projections::search::SearchIndex::open_for(&dir, &*other_log).await.unwrap();
-    assert_eq!((fresh.position(), fresh.search(&request).unwrap().total), (0, 0), "the other log's index starts over");
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let indexer = tokio::spawn(fresh.clone().run(other_log.clone(), eventlog::in_process(other_log.clone(), 100), stop));
-    let mut positions = fresh.progress();
-    tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= written.position))
-        .await
-        .unwrap()
-        .unwrap();
-    stop_tx.send(true).unwrap();
-    indexer.await.unwrap();
-    let teapots = fresh.search(&projections::search::SearchRequest { q: "teapot".into(), ..request }).unwrap();
-    assert_eq!(teapots.total, 1);
+    assert_eq!((fresh.position(), fresh.search(&query("kettle")).unwrap().total), (0, 0), "the other log's index starts over");
+    index_until(&fresh, &other_log, written).await;
+    assert_eq!(fresh.search(&query("teapot")).unwrap().total, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -143,6 +143,12 @@ impl Deployment {
         (response.json().await.unwrap(), token)
     }
 
+    /// A command as the admin under the caller's `traceparent`: its status.
+    pub(crate) async fn traced(&self, path: &str, body: Value, traceparent: &str) -> u16 {
+        let request = self.http.post(format!("{}{path}", self.command)).bearer_auth(&self.admin).header("traceparent", traceparent);
+        request.json(&body).send().await.unwrap().status().as_u16()
+    }
+
     /// A read as the admin, waiting for `tokens`.
     pub(crate) async fn read(&self, path: &str, tokens: &[&str]) -> Value {
         let mut request = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.admin).header("x-consistency-timeout", "20000");
@@ -483,16 +489,14 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let product = Uuid::now_v7();
     let added = d
-        .http
-        .post(format!("{}/v1/products", d.command))
-        .bearer_auth(&d.admin)
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .json(&serde_json::json!({"id": product, "sku": "TRACE-1", "name": "Tracer", "description": "", "category": "c",
-                                  "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(added.status(), 201);
+        .traced(
+            "/v1/products",
+            json!({"id": product, "sku": "TRACE-1", "name": "Tracer", "description": "", "category": "c",
+                   "price": {"amount_minor": 100, "currency": "USD"}, "initial_stock": 1}),
+            &format!("00-{trace}-00f067aa0ba902b7-01"),
+        )
+        .await;
+    assert_eq!(added, 201);
     let pool = PgPool::connect(&url).await.unwrap();
     let stored: String = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events WHERE stream_id = $1")
         .bind(format!("product-{product}"))
@@ -540,16 +544,14 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
     d.write("/v1/customers", json!({"id": customer, "email": "tracer@example.com", "name": "Tracer"})).await;
     let order = Uuid::now_v7();
     let placed = d
-        .http
-        .post(format!("{}/v1/orders", d.command))
-        .bearer_auth(&d.admin)
-        .header("traceparent", format!("00-{order_trace}-b7ad6b7169203331-01"))
-        .json(&json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 1}],
-                      "shipping_address": {"line1": "1 Trace Way", "city": "Berlin", "postal_code": "10115", "country": "DE"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
+        .traced(
+            "/v1/orders",
+            json!({"id": order, "customer_id": customer, "lines": [{"product_id": product, "quantity": 1}],
+                   "shipping_address": {"line1": "1 Trace Way", "city": "Berlin", "postal_code": "10115", "country": "DE"}}),
+            &format!("00-{order_trace}-b7ad6b7169203331-01"),
+        )
+        .await;
+    assert_eq!(placed, 202);
     let pool = PgPool::connect(&url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let confirmed = loop {
@@ -576,6 +578,21 @@ async fn one_trace_id_is_seen_at_the_command_the_append_the_relay_and_the_projec
             .any(|s| s.service == "storekeeper-projections" && s.name == "order_process" && s.trace_id == order_trace && s.span_id == step)
     })
     .await;
+
+    // A caller's not-sampled flag does not keep its write out of the
+    // traces; probes make none.
+    let quiet = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let probe = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let restock = format!("/v1/products/{product}/restock");
+    assert_eq!(d.traced(&restock, json!({"quantity": 1}), &format!("00-{quiet}-00f067aa0ba902b7-00")).await, 200);
+    let probed = d.http.get(format!("{}/healthz", d.command)).header("traceparent", format!("00-{probe}-00f067aa0ba902b7-01"));
+    assert_eq!(probed.send().await.unwrap().status(), 200);
+    let spans = eventually_exported(&exported, |spans| {
+        let of = |name: &str| spans.iter().any(|s| s.trace_id == quiet && s.name == name);
+        of("append") && of("apply")
+    })
+    .await;
+    assert!(spans.iter().all(|s| s.trace_id != probe), "a probe was traced");
 }
 
 /// Waits until the spans exported so far satisfy `done`; answers them.

@@ -186,6 +186,36 @@ fn a_malformed_vault_key_stops_a_role_before_it_starts() {
 }
 
 #[test]
+fn an_otlp_protocol_other_than_http_protobuf_stops_a_role_before_it_starts() {
+    for variable in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+        let out = run(storekeeper(&["projections"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env(variable, "grpc")
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/none"));
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"), "{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn with_kurrentdb_url_set_the_events_commands_refuse_and_a_bad_url_is_not_echoed() {
+    let url = eventlog::testing::fresh_database_url().await;
+    let out =
+        run(storekeeper(&["events", "verify"]).env("DATABASE_URL", &url).env("KURRENTDB_URL", "kurrentdb://127.0.0.1:2113?tls=false"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("works on a log in PostgreSQL"), "{out:?}");
+    // An empty value is unset, as compose passes it.
+    let out = run(storekeeper(&["events", "verify"]).env("DATABASE_URL", &url).env("KURRENTDB_URL", " "));
+    assert!(out.status.success(), "{out:?}");
+    let out = run(storekeeper(&["projections", "verify"])
+        .env("DATABASE_URL", &url)
+        .env("KURRENTDB_URL", "kurrentdb//admin:s3cret-pw@host:99999"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not a KurrentDB connection string") && !stderr.contains("s3cret-pw"), "{stderr}");
+}
+
+#[test]
 fn roles_other_than_serve_need_explicit_secrets() {
     let out = run(storekeeper(&["command-api"]).env("DATABASE_URL", "postgres://x@127.0.0.1:1/x"));
     assert!(!out.status.success());

@@ -82,6 +82,7 @@ impl From<commands::PasswordError> for ApiError {
     fn from(e: commands::PasswordError) -> Self {
         match e {
             commands::PasswordError::Busy => ApiError::Edge(EdgeError::Unavailable),
+            commands::PasswordError::Forgotten => DomainError::state("the customer is forgotten").into(),
             other => ApiError::internal(other),
         }
     }

@@ -135,7 +135,11 @@ pub async fn register_customer(
     let command = CustomerCommand::try_from(dto::WithId(id, body))?;
     let outcome = state.service.customer(id, command, ctx.if_match, &ctx.metadata).await?;
     if let Some(password) = password {
-        state.passwords.set(id, password).await?;
+        match state.passwords.set(id, password).await {
+            // Registered, then forgotten at once: there is nothing to keep.
+            Err(commands::PasswordError::Forgotten) => {}
+            other => other?,
+        }
     }
     Ok(respond(StatusCode::CREATED, outcome))
 }

@@ -21,6 +21,9 @@ pub enum PasswordError {
     /// Every hashing turn was taken for longer than a client should wait.
     #[error("too many sign-ins at once")]
     Busy,
+    /// The customer was forgotten while its password was being hashed.
+    #[error("the customer is forgotten")]
+    Forgotten,
 }
 
 /// How long a request waits for a hashing turn before it is turned away.
@@ -68,14 +71,28 @@ impl PasswordStore {
     /// Sets (or replaces) the customer's password.
     pub async fn set(&self, customer: Uuid, password: String) -> Result<(), PasswordError> {
         let phc = self.blocking(move || hash(&password)).await??;
+        // A forget may have landed during the hashing. The customer's key
+        // row, locked here, is what a forget marks first: either it is
+        // marked already and nothing is stored, or the forget waits for
+        // this and then deletes what was stored.
+        let mut tx = self.pool.begin().await?;
+        let forgotten: Option<bool> =
+            sqlx::query_scalar("SELECT forgotten_at IS NOT NULL FROM customer_keys WHERE customer_id = $1 FOR SHARE")
+                .bind(customer)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if forgotten == Some(true) {
+            return Err(PasswordError::Forgotten);
+        }
         sqlx::query(
             "INSERT INTO customer_passwords (customer_id, phc) VALUES ($1, $2)
              ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
         )
         .bind(customer)
         .bind(phc)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

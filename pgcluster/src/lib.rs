@@ -246,7 +246,7 @@ impl Cluster {
         let pid_file = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
         let lines: Vec<&str> = pid_file.lines().collect();
         let pid: u32 = lines.first()?.trim().parse().ok()?;
-        let alive = postmaster_alive(pid);
+        let alive = postmaster_alive(pid, &self.pgdata);
         (alive && lines.get(7).map(|s| s.trim()) == Some("ready")).then(|| lines.get(3)?.trim().parse().ok()).flatten()
     }
 
@@ -321,30 +321,47 @@ fn run(mut cmd: Command, what: &str) -> Result<(), Error> {
     }
 }
 
-/// Whether `pid` is a live PostgreSQL server: not gone, not a zombie left
-/// unreaped by its parent, and not another program that took the number.
-fn postmaster_alive(pid: u32) -> bool {
+/// Whether `pid` is a live PostgreSQL server of the cluster in `pgdata`:
+/// not gone, not a zombie left unreaped by its parent, not another program
+/// that took the number, and not another cluster's server or backend (a
+/// stale pid file after a reboot can name one), which runs elsewhere: the
+/// server works in its data directory.
+fn postmaster_alive(pid: u32, pgdata: &Path) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // `pid (comm) state ...`: comm may hold spaces and parentheses.
     let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
     let comm = &stat[open + 1..close];
     let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
-    matches!(comm, "postgres" | "postmaster") && !matches!(state, "Z" | "X" | "x")
+    matches!(comm, "postgres" | "postmaster") && !matches!(state, "Z" | "X" | "x") && runs_in(pid, pgdata)
+}
+
+/// Whether process `pid` works in `dir`.
+fn runs_in(pid: u32, dir: &Path) -> bool {
+    match (fs::read_link(format!("/proc/{pid}/cwd")), fs::canonicalize(dir)) {
+        (Ok(cwd), Ok(dir)) => cwd == dir,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     #[test]
-    fn a_zombie_or_another_program_is_no_server() {
-        // This test's own process is alive, but is not PostgreSQL.
-        assert!(!super::postmaster_alive(std::process::id()));
+    fn a_zombie_another_program_or_another_clusters_server_is_no_server() {
+        let here = std::env::current_dir().unwrap();
+        // This test's own process is alive and works here, but is not
+        // PostgreSQL; and it does not work in another directory.
+        assert!(super::runs_in(std::process::id(), &here));
+        assert!(!super::runs_in(std::process::id(), Path::new("/")));
+        assert!(!super::postmaster_alive(std::process::id(), &here));
         // A zombie: a child that exited and is not reaped yet.
         let child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         std::thread::sleep(std::time::Duration::from_millis(200));
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         assert!(stat.contains(") Z"), "{stat}");
-        assert!(!super::postmaster_alive(pid));
+        assert!(!super::postmaster_alive(pid, &here));
         drop(child);
     }
 }

@@ -146,6 +146,23 @@ fn payload(generation: &str, progress: &Progress, last: Option<(u64, uuid::Uuid)
         .expect("a payload serializes")
 }
 
+/// Empties `dir` as one step: it is renamed aside, then deleted. A crash
+/// while deleting leaves an index whole or none, never a `meta.json`
+/// naming segments that are gone (which no start could open).
+fn wipe(dir: &Path) -> std::io::Result<()> {
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(".dropped");
+    let aside = std::path::PathBuf::from(aside);
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)?;
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &aside)?;
+        std::fs::remove_dir_all(&aside)?;
+    }
+    std::fs::create_dir_all(dir)
+}
+
 fn parse_payload(payload: Option<&str>) -> Option<Payload> {
     serde_json::from_str::<Payload>(payload?).ok().filter(|p| p.index == INDEX_VERSION)
 }
@@ -154,6 +171,20 @@ impl SearchIndex {
     /// Opens the index in `dir`, creating it, or recreating it when it was
     /// built by another index version.
     pub fn open(dir: &Path) -> Result<Arc<SearchIndex>, SearchError> {
+        Self::open_as_is(dir).or_else(|error| {
+            // Another process holds it: never wiped from under it.
+            if matches!(error, SearchError::Index(tantivy::TantivyError::LockFailure(..))) {
+                return Err(error);
+            }
+            // Derived data that cannot be read (files lost, a crash while
+            // wiping before `wipe` did it in one step) is built again.
+            tracing::warn!(dir = %dir.display(), %error, "the product index cannot be opened: building it again");
+            wipe(dir)?;
+            Self::open_as_is(dir)
+        })
+    }
+
+    fn open_as_is(dir: &Path) -> Result<Arc<SearchIndex>, SearchError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
         let existing = Index::open_in_dir(dir).ok().filter(|index| {
@@ -162,10 +193,7 @@ impl SearchIndex {
         let index = match existing {
             Some(index) => index,
             None => {
-                for entry in std::fs::read_dir(dir)? {
-                    let path = entry?.path();
-                    if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
-                }
+                wipe(dir)?;
                 let index = Index::create_in_dir(dir, schema)?;
                 let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
                 let mut commit = writer.prepare_commit()?;
@@ -202,7 +230,7 @@ impl SearchIndex {
         }
         tracing::warn!(dir = %dir.display(), position = index.position(), "the product index was built from another log: building it again");
         drop(index);
-        std::fs::remove_dir_all(dir)?;
+        wipe(dir)?;
         Self::open(dir)
     }
 

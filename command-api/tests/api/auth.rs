@@ -162,6 +162,12 @@ async fn customers_sign_in_with_a_password_kept_outside_the_log_and_gone_when_fo
         "invalid_state",
     )
     .await;
+    // A password set that checked before the forget and stores after it
+    // (its hashing spans the forget) stores nothing.
+    let late = commands::PasswordStore::new(app.pool.clone()).set(customer, "Granite-Moon-2024".into()).await;
+    assert!(matches!(late, Err(commands::PasswordError::Forgotten)), "{late:?}");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM customer_passwords").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(kept, 0);
 }
 
 /// A flood of sign-ins takes one hashing turn per core (argon2 takes

@@ -157,5 +157,19 @@ async fn the_index_keeps_its_position_in_its_commits() {
     assert_eq!((fresh.position(), fresh.search(&query("kettle")).unwrap().total), (0, 0), "the other log's index starts over");
     index_until(&fresh, &other_log, written).await;
     assert_eq!(fresh.search(&query("teapot")).unwrap().total, 1);
+    drop(fresh);
+
+    // An index whose segment files are lost (its meta.json left) is built
+    // again rather than stopping the node.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n != "meta.json" && n != ".managed.json") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let rebuilt = projections::search::SearchIndex::open_for(&dir, &*other_log).await.unwrap();
+    assert_eq!(rebuilt.position(), 0);
+    index_until(&rebuilt, &other_log, written).await;
+    assert_eq!(rebuilt.search(&query("teapot")).unwrap().total, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

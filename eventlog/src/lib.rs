@@ -6,6 +6,8 @@
 //! per-stream versions, and a global order in which a tailing reader never
 //! skips an event.
 
+#[cfg(test)]
+mod counted;
 mod envelope;
 mod fold;
 mod group_commit;

@@ -192,55 +192,15 @@ impl EventLog for SharedTail {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::{ExpectedVersion, InMemoryEventLog, Metadata, NewEvent, Subscription};
-
-    /// The in-memory log, counting the reads that reach it.
-    struct Counted(InMemoryEventLog, AtomicUsize);
-
-    #[async_trait]
-    impl EventLog for Counted {
-        async fn append_once(&self, writes: Vec<StreamWrite>, receipt: Option<Receipt<'_>>) -> Result<AppendResult, EventLogError> {
-            self.0.append_once(writes, receipt).await
-        }
-        async fn read_stream(&self, stream_id: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
-            self.0.read_stream(stream_id, from_version, limit).await
-        }
-        async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
-            self.1.fetch_add(1, Ordering::Relaxed);
-            self.0.read_all(after, limit).await
-        }
-        async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
-            self.0.receipt(receipt).await
-        }
-        async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
-            self.0.snapshot(stream_id).await
-        }
-        async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
-            self.0.save_snapshot(snapshot).await
-        }
-        fn appends(&self) -> watch::Receiver<u64> {
-            self.0.appends()
-        }
-    }
-
-    fn write() -> StreamWrite {
-        let event = NewEvent {
-            event_id: uuid::Uuid::now_v7(),
-            event_type: "ThingHappened".into(),
-            schema_version: 1,
-            occurred_at: chrono::Utc::now(),
-            metadata: Metadata::system("test"),
-            data: serde_json::json!({}),
-        };
-        StreamWrite { stream_id: format!("thing-{}", uuid::Uuid::now_v7()), expected: ExpectedVersion::Any, events: vec![event] }
-    }
+    use crate::Subscription;
+    use crate::counted::{Counted, write};
 
     #[tokio::test]
     async fn idle_consumers_at_the_tail_ask_the_log_once_between_them_and_wake_on_an_append() {
-        let counted = Arc::new(Counted(InMemoryEventLog::new(), AtomicUsize::new(0)));
+        let counted = Arc::new(Counted::default());
         let tail: Arc<dyn EventLog> = Arc::new(SharedTail::new(counted.clone()));
         tail.append(vec![write()]).await.unwrap();
         let mut subscriptions: Vec<Subscription> = (0..6).map(|_| Subscription::new(tail.clone(), 0)).collect();

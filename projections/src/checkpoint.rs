@@ -31,7 +31,14 @@ impl Target {
     pub(crate) async fn begin<'a>(&self, pool: &'a PgPool) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, sqlx::Error> {
         let mut tx = pool.begin().await?;
         if let Some(schema) = &self.schema {
-            sqlx::query(&format!("SET LOCAL search_path TO {schema}, public")).execute(&mut *tx).await?;
+            // A rebuild's copies grow from empty without statistics, and the
+            // planner, taking them for small, scanned them whole for every
+            // key of a batch (`id = ANY(...)`): each batch cost more than the
+            // last. Every statement here looks rows up by key.
+            sqlx::query("SELECT set_config('search_path', $1, true), set_config('enable_seqscan', 'off', true)")
+                .bind(format!("{schema}, public"))
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(tx)
     }

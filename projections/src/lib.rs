@@ -52,6 +52,13 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Bumped when the projection's shape or logic changes.
     fn version(&self) -> i32;
+    /// Whether events of this type concern it. The runner neither decodes
+    /// nor applies the others (nor parks them, nor holds them back): most
+    /// read models care for a fifth of the log, and decoding the rest for
+    /// each of them was a fair share of a catch-up's work.
+    fn handles(&self, _event_type: &str) -> bool {
+        true
+    }
     /// Applies one event inside the runner's transaction.
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError>;
     /// Applies a whole batch inside the runner's transaction. Projections

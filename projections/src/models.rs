@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use domain::customer::CustomerEvent;
-use domain::events::DomainEvent;
+use domain::events::{DomainEvent, EventCodec};
 use domain::order::OrderEvent;
 use domain::product::{ProductAdded, ProductEvent};
 use eventlog::RecordedEvent;
@@ -25,6 +25,11 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(SalesProjection),
         Arc::new(AuditProjection),
     ]
+}
+
+/// Whether `event_type` is one of `E`'s.
+fn of<E: EventCodec>(event_type: &str) -> bool {
+    E::TYPES.iter().any(|(ty, _)| *ty == event_type)
 }
 
 /// The batch's events of one kind, with their entity id, stream version and
@@ -64,6 +69,9 @@ impl Projection for ProductsProjection {
     }
     fn version(&self) -> i32 {
         1
+    }
+    fn handles(&self, event_type: &str) -> bool {
+        of::<ProductEvent>(event_type)
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
@@ -274,6 +282,9 @@ impl Projection for CustomersProjection {
     fn version(&self) -> i32 {
         1
     }
+    fn handles(&self, event_type: &str) -> bool {
+        of::<CustomerEvent>(event_type)
+    }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
         let DomainEvent::Customer(e) = decoded else { return Ok(()) };
@@ -418,6 +429,9 @@ impl Projection for OrdersProjection {
     }
     fn version(&self) -> i32 {
         1
+    }
+    fn handles(&self, event_type: &str) -> bool {
+        of::<OrderEvent>(event_type) || event_type == "CustomerForgotten"
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
@@ -607,6 +621,9 @@ impl Projection for SalesProjection {
     }
     fn version(&self) -> i32 {
         1
+    }
+    fn handles(&self, event_type: &str) -> bool {
+        of::<OrderEvent>(event_type)
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {

@@ -61,6 +61,7 @@ async fn apply_batch(
         tx.commit().await?;
         return Ok(());
     };
+    let mine: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.handles(&e.event_type)).collect();
     let mut tx = target.begin(pool).await?;
     let mut held = held_back(&mut tx, &target.checkpoint, false).await?;
     // Fast path: the whole batch without savepoints, when no stream of it is
@@ -68,9 +69,9 @@ async fn apply_batch(
     // dropped and the batch is applied event by event; a transient failure
     // fails the batch, to be tried again.
     let mut clean = false;
-    if !batch.iter().any(|e| held.contains_key(&e.stream_id)) {
+    if !mine.iter().any(|e| held.contains_key(&e.stream_id)) {
         let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
-            batch.iter().map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
+            mine.iter().map(|&e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
         if let Some(decoded) = decoded {
             match projection.apply_all(&mut tx, &decoded).await {
                 Ok(()) => clean = true,
@@ -85,7 +86,7 @@ async fn apply_batch(
         }
     }
     let mut parked = None;
-    for event in batch.iter().filter(|_| !clean) {
+    for event in mine.iter().filter(|_| !clean) {
         if let Some(error) = apply_or_park(&mut tx, projection, &target.checkpoint, &mut held, event).await? {
             parked = Some(error);
         }

@@ -10,7 +10,7 @@ use domain::events::DomainEvent;
 use domain::product::{ProductAggregate, ProductCommand};
 use domain::{Currency, Money, Sku};
 use eventlog::{EventLog, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamWrite};
-use projections::names::PRODUCTS;
+use projections::names::{CUSTOMERS, PRODUCTS};
 use projections::{ApplyError, Projection, Runner};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -187,9 +187,11 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     .unwrap();
 
     let flaky: Arc<dyn Projection> = Arc::new(Flaky);
-    let running = start(&pool, &log, vec![flaky.clone(), Arc::new(projections::ProductsProjection)], 100);
+    let running =
+        start(&pool, &log, vec![flaky.clone(), Arc::new(projections::ProductsProjection), Arc::new(projections::CustomersProjection)], 100);
     caught_up(&pool, &log, "flaky").await;
     caught_up(&pool, &log, PRODUCTS).await;
+    caught_up(&pool, &log, CUSTOMERS).await;
     stop(running).await;
 
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM flaky_seen").fetch_one(&pool).await.unwrap();
@@ -204,6 +206,12 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     assert!(flaky_status.last_error.is_some());
     let products_status = status.iter().find(|s| s.name == PRODUCTS).unwrap();
     assert_eq!(products_status.parked, 1, "the undecodable event is parked");
+    let customers_status = status.iter().find(|s| s.name == CUSTOMERS).unwrap();
+    assert_eq!(
+        (customers_status.state.as_str(), customers_status.parked),
+        ("running", 0),
+        "a read model that has no use for product events neither reads nor parks them"
+    );
     assert_eq!(products_table(&pool).await[0].3, "discontinued");
 
     sqlx::query("UPDATE flaky_switch SET failing = false").execute(&pool).await.unwrap();

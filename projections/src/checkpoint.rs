@@ -34,7 +34,8 @@ impl Target {
             // A rebuild's copies grow from empty without statistics, and the
             // planner, taking them for small, scanned them whole for every
             // key of a batch (`id = ANY(...)`): each batch cost more than the
-            // last. Every statement here looks rows up by key.
+            // last. The statements here look rows up by key; a lookup
+            // that has no index on the copy (built at take-over) still scans.
             sqlx::query("SELECT set_config('search_path', $1, true), set_config('enable_seqscan', 'off', true)")
                 .bind(format!("{schema}, public"))
                 .execute(&mut *tx)

@@ -130,6 +130,12 @@ pub(crate) async fn apply_or_park(
     held: &mut HashMap<String, u64>,
     event: &RecordedEvent,
 ) -> Result<Option<String>, sqlx::Error> {
+    if !projection.handles(&event.event_type) {
+        // Nothing of this read model's: done by doing nothing (and a dead
+        // letter of such an event, parked before `handles`, is cleared by
+        // a retry).
+        return Ok(None);
+    }
     let (error, attempts) = match held.get(&event.stream_id) {
         Some(first) => (format!("held back behind the parked event at position {first} of this stream"), 0),
         None => match apply_one(conn, projection, event).await? {

@@ -193,7 +193,7 @@ impl Fold<'_> {
             let Some(last) = events.last() else { break };
             self.folded = last.global_position.min(up_to);
             let mut decoded = Vec::with_capacity(events.len());
-            for event in events.iter().filter(|e| applied(e)) {
+            for event in events.iter().filter(|e| applied(e) && projection.handles(&e.event_type)) {
                 match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
                     Ok(d) => decoded.push((event, d)),
                     Err(e) => self.unapplied.push(Unapplied {

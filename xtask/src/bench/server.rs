@@ -10,13 +10,23 @@ use uuid::Uuid;
 
 use crate::workspace_root;
 
+/// Benchmarks `STOREKEEPER_BENCH_BINARY` instead when it is set (another
+/// build, for an A/B run on the same machine and hour).
 pub(super) fn build_storekeeper() -> Result<()> {
+    if other_binary().is_some() {
+        return Ok(());
+    }
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     build.current_dir(workspace_root()).args(["build", "--release", "--quiet", "--package", "storekeeper"]);
     if !build.status().context("build storekeeper")?.success() {
         bail!("building storekeeper failed");
     }
     Ok(())
+}
+
+/// `STOREKEEPER_BENCH_BINARY`, unless unset or empty.
+fn other_binary() -> Option<std::path::PathBuf> {
+    std::env::var_os("STOREKEEPER_BENCH_BINARY").filter(|v| !v.is_empty()).map(Into::into)
 }
 
 struct Server(Child);
@@ -69,7 +79,7 @@ pub(super) async fn start(role: &str, url: &str, client: &reqwest::Client, kafka
     let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let (command, query) = (free()?, free()?);
     let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
-    let binary = workspace_root().join("target/release/storekeeper");
+    let binary = other_binary().unwrap_or_else(|| workspace_root().join("target/release/storekeeper"));
     let mut command_line = Command::new(&binary);
     match kafka {
         Some((brokers, topic)) => command_line.env("KAFKA_BROKERS", brokers).env("STOREKEEPER_KAFKA_TOPIC", topic),

@@ -214,7 +214,7 @@ mod tests {
         for waited in futures::future::join_all(idle).await {
             assert!(waited.is_err(), "nothing was appended");
         }
-        let reads = counted.1.load(Ordering::Relaxed);
+        let reads = counted.reads();
         assert!(reads <= 6 * 25 / 3, "{reads} reads of the log for 6 idle consumers over 500 ms");
         // An append wakes each of them at once, past the empty read kept.
         let mut subscriptions: Vec<Subscription> = (0..6).map(|_| Subscription::new(tail.clone(), 1)).collect();

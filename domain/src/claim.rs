@@ -41,7 +41,7 @@ const CLAIM_NAMESPACE: Uuid = Uuid::from_u128(0x5f0d_7c1e_8a43_4b7e_9d2c_6e1f_3a
 /// The claim stream of a normalised value.
 pub fn claim_stream(kind: ClaimKind, normalised: &str) -> String {
     let id = Uuid::new_v5(&CLAIM_NAMESPACE, format!("{}:{}", kind.name(), normalised).as_bytes());
-    format!("{}-{}", ClaimAggregate::CATEGORY, id)
+    crate::StreamId::of::<ClaimAggregate>(id).to_string()
 }
 
 /// The claim stream of an email, given its keyed hash (never the email
@@ -99,7 +99,7 @@ pub enum ClaimCommand {
 pub struct ClaimAggregate;
 
 impl Aggregate for ClaimAggregate {
-    const CATEGORY: &'static str = "claim";
+    const CATEGORY: crate::Category = crate::Category::Claim;
     const SNAPSHOT_VERSION: u32 = 1;
     type State = ClaimState;
     type Command = ClaimCommand;

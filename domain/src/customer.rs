@@ -79,7 +79,7 @@ pub type CustomerState = Option<Customer>;
 pub struct CustomerAggregate;
 
 impl Aggregate for CustomerAggregate {
-    const CATEGORY: &'static str = "customer";
+    const CATEGORY: crate::Category = crate::Category::Customer;
     const SNAPSHOT_VERSION: u32 = 2;
     type State = CustomerState;
     type Command = CustomerCommand;

@@ -16,17 +16,19 @@ pub mod order;
 pub mod personal;
 pub mod process;
 pub mod product;
+pub mod stream;
 pub mod values;
 
 pub use error::DomainError;
 pub use money::{Currency, Money};
+pub use stream::{Category, StreamId, StreamIdError};
 pub use values::{Address, Email, Sku};
 
 /// The decide/evolve pair of one aggregate, so that infrastructure can load,
 /// decide and append for any aggregate with one piece of code.
 pub trait Aggregate {
-    /// The stream category (`<category>-<uuid>`).
-    const CATEGORY: &'static str;
+    /// The category of this aggregate's streams (`<category>-<uuid>`).
+    const CATEGORY: Category;
     /// The shape of `State` as stored in a snapshot, and of what `evolve`
     /// makes of the events: bump it whenever either changes, and every
     /// stored snapshot of the old version is ignored and taken again.
@@ -52,7 +54,7 @@ pub trait Aggregate {
     }
 }
 
-/// The stream id of an entity: `<category>-<uuid>`.
+/// The stream id of an entity as the log stores it: `<category>-<uuid>`.
 pub fn stream_id<A: Aggregate>(id: uuid::Uuid) -> String {
-    format!("{}-{}", A::CATEGORY, id)
+    StreamId::of::<A>(id).to_string()
 }

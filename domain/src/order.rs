@@ -181,7 +181,7 @@ pub struct OrderAggregate;
 const MAX_LINES: usize = 100;
 
 impl Aggregate for OrderAggregate {
-    const CATEGORY: &'static str = "order";
+    const CATEGORY: crate::Category = crate::Category::Order;
     const SNAPSHOT_VERSION: u32 = 1;
     type State = OrderState;
     type Command = OrderCommand;

@@ -10,10 +10,25 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::Address;
+use crate::{Address, Category, StreamId};
 
 /// What a forgotten text field reads as.
 pub const REDACTED: &str = "[redacted]";
+
+/// The stored type of the event that forgets a customer: its key goes in
+/// the same transaction, and readers scrub what they hold of it.
+pub const FORGOTTEN: &str = "CustomerForgotten";
+
+/// Whether events of the stream `stream_id` may hold personal fields.
+pub fn holds_personal_data(stream_id: &str) -> bool {
+    StreamId::parse(stream_id).is_ok_and(|s| s.category.holds_personal_data())
+}
+
+/// The customer that an event of `event_type` on `stream_id` forgets, if
+/// it is a forget.
+pub fn forgotten_customer(stream_id: &str, event_type: &str) -> Option<Uuid> {
+    (event_type == FORGOTTEN).then(|| StreamId::id_in(stream_id, Category::Customer)).flatten()
+}
 
 /// The shape of a personal field, for its redacted stand-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +77,7 @@ impl PersonalFields {
     /// The customer whose key seals this event's personal fields.
     pub fn owner_of(&self, stream_id: &str, data: &Value) -> Option<Uuid> {
         let raw = match self.owner {
-            Owner::Stream => stream_id.split_once('-').map(|(_, id)| id)?,
+            Owner::Stream => return StreamId::id_in(stream_id, Category::Customer),
             Owner::Field(field) => data.get(field)?.as_str()?,
         };
         Uuid::parse_str(raw).ok()
@@ -84,5 +99,23 @@ impl Shape {
             Shape::Text => Value::String(REDACTED.to_owned()),
             Shape::Address => serde_json::to_value(Address::redacted()).expect("an address serializes"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::customer::{CustomerEvent, CustomerForgotten};
+    use crate::events::EventCodec;
+
+    #[test]
+    fn the_forget_event_is_named_as_the_codec_stores_it() {
+        assert_eq!(CustomerEvent::Forgotten(CustomerForgotten {}).event_type(), FORGOTTEN);
+        let customer = Uuid::from_u128(7);
+        let stream = StreamId::new(Category::Customer, customer).to_string();
+        assert_eq!(forgotten_customer(&stream, FORGOTTEN), Some(customer));
+        assert_eq!(forgotten_customer(&stream, "CustomerDeactivated"), None);
+        assert!(holds_personal_data(&stream));
+        assert!(!holds_personal_data(&StreamId::new(Category::Product, customer).to_string()));
     }
 }

@@ -180,7 +180,7 @@ fn details(name: &str, description: &str, category: &str) -> Result<(), DomainEr
 }
 
 impl Aggregate for ProductAggregate {
-    const CATEGORY: &'static str = "product";
+    const CATEGORY: crate::Category = crate::Category::Product;
     const SNAPSHOT_VERSION: u32 = 1;
     type State = ProductState;
     type Command = ProductCommand;

@@ -49,8 +49,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         // new trace.
         let traceparent = telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| {
             text("traceparent")
-                .and_then(|raw| eventlog::parse_traceparent(&raw))
-                .map_or_else(|| eventlog::child_traceparent(&correlation_id.simple().to_string(), true), |t| eventlog::child_of(&t))
+                .and_then(|raw| telemetry::w3c::parse(&raw))
+                .map_or_else(|| telemetry::w3c::child(&correlation_id.simple().to_string(), true), |t| telemetry::w3c::child_of(&t))
         });
         let metadata = Metadata {
             actor: principal.as_ref().map_or_else(|| "system:payment-webhook".to_owned(), |p| p.sub.clone()),

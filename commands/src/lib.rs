@@ -21,7 +21,5 @@ pub use service::{CommandService, Outcome, ServiceError};
 
 /// Applies the command core's own migrations (idempotency keys).
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    eventlog::migrations::apply(sqlx::migrate!("./migrations"), pool).await
 }

@@ -59,10 +59,6 @@ impl Money {
         Ok(Money { amount_minor, currency })
     }
 
-    pub fn zero(currency: Currency) -> Self {
-        Money { amount_minor: 0, currency }
-    }
-
     /// `self * quantity`, refusing overflow rather than wrapping.
     pub fn times(&self, quantity: u32) -> Result<Money, DomainError> {
         self.amount_minor

@@ -79,13 +79,8 @@ impl StreamId {
     }
 
     pub fn parse(text: &str) -> Result<StreamId, StreamIdError> {
-        let (category, id) = text.split_once('-').ok_or(StreamIdError::Shape)?;
+        let (category, id) = split(text)?;
         let category = Category::parse(category).ok_or_else(|| StreamIdError::UnknownCategory(category.to_owned()))?;
-        // Only the hyphenated form: one entity has one stream id.
-        if id.len() != 36 {
-            return Err(StreamIdError::Id);
-        }
-        let id = Uuid::parse_str(id).map_err(|_| StreamIdError::Id)?;
         Ok(StreamId { category, id })
     }
 
@@ -93,6 +88,20 @@ impl StreamId {
     pub fn id_in(text: &str, category: Category) -> Option<Uuid> {
         StreamId::parse(text).ok().filter(|s| s.category == category).map(|s| s.id)
     }
+}
+
+/// The category and id of any well-formed stream id, of this domain's
+/// categories or not: the log itself stores streams of any category.
+pub fn split(text: &str) -> Result<(&str, Uuid), StreamIdError> {
+    let (category, id) = text.split_once('-').ok_or(StreamIdError::Shape)?;
+    if category.is_empty() {
+        return Err(StreamIdError::Shape);
+    }
+    // Only the hyphenated form: one entity has one stream id.
+    if id.len() != 36 {
+        return Err(StreamIdError::Id);
+    }
+    Ok((category, Uuid::parse_str(id).map_err(|_| StreamIdError::Id)?))
 }
 
 impl fmt::Display for StreamId {
@@ -136,5 +145,7 @@ mod tests {
         assert_eq!(StreamId::parse("product-1"), Err(StreamIdError::Id));
         assert_eq!(StreamId::parse("product-0190f3c400007000800000000000a001"), Err(StreamIdError::Id));
         assert_eq!(StreamId::id_in("order-0190f3c4-0000-7000-8000-00000000a001", Category::Product), None);
+        assert_eq!(StreamId::parse("-0190f3c4-0000-7000-8000-00000000a001"), Err(StreamIdError::Shape));
+        assert!(split("thing-0190f3c4-0000-7000-8000-00000000a001").is_ok());
     }
 }

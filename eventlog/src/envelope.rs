@@ -24,40 +24,10 @@ pub struct Metadata {
     pub traceparent: Option<String>,
 }
 
-/// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`),
-/// or `None` when `raw` is not one.
-pub fn parse_traceparent(raw: &str) -> Option<String> {
-    let parts: Vec<&str> = raw.trim().split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let valid = parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2);
-    valid.then(|| parts.join("-"))
-}
-
-/// A new span under the trace `trace_id` (32 hex), as a `traceparent`.
-pub fn child_traceparent(trace_id: &str, sampled: bool) -> String {
-    format!("00-{trace_id}-{}-{}", &Uuid::new_v4().simple().to_string()[..16], if sampled { "01" } else { "00" })
-}
-
-/// A new span under the (valid) `traceparent`'s span, keeping its trace
-/// and whether it is sampled.
-pub fn child_of(traceparent: &str) -> String {
-    let mut parts = traceparent.split('-').skip(1);
-    let trace_id = parts.next().unwrap_or_default();
-    let flags = u8::from_str_radix(parts.nth(1).unwrap_or("01"), 16).unwrap_or(1);
-    child_traceparent(trace_id, flags & 1 == 1)
-}
-
 impl Metadata {
     /// A new span under this event's, as a `traceparent` for what it causes.
     pub fn child_span(&self) -> String {
-        self.traceparent.as_deref().map_or_else(|| child_traceparent(&self.trace_id(), true), child_of)
+        self.traceparent.as_deref().map_or_else(|| telemetry::w3c::child(&self.trace_id(), true), telemetry::w3c::child_of)
     }
 
     /// The trace this event belongs to: its `traceparent`'s trace id, or
@@ -65,7 +35,7 @@ impl Metadata {
     pub fn trace_id(&self) -> String {
         self.traceparent
             .as_deref()
-            .and_then(|t| t.split('-').nth(1))
+            .and_then(telemetry::w3c::trace_id)
             .map_or_else(|| self.correlation_id.simple().to_string(), str::to_owned)
     }
 }
@@ -211,11 +181,7 @@ pub fn validate(writes: &[StreamWrite]) -> Result<(), crate::EventLogError> {
         )));
     }
     for (i, w) in writes.iter().enumerate() {
-        let valid_id = w
-            .stream_id
-            .split_once('-')
-            .is_some_and(|(category, id)| !category.is_empty() && !category.contains('-') && Uuid::parse_str(id).is_ok());
-        if !valid_id {
+        if domain::stream::split(&w.stream_id).is_err() {
             return Err(crate::EventLogError::InvalidAppend(format!("stream id {:?} is not <category>-<uuid>", w.stream_id)));
         }
         if writes[..i].iter().any(|o| o.stream_id == w.stream_id) {

@@ -12,6 +12,7 @@ mod envelope;
 mod fold;
 mod group_commit;
 mod memory;
+pub mod migrations;
 mod postgres;
 pub mod progress;
 pub mod seal;
@@ -23,8 +24,7 @@ pub mod testing;
 pub mod vault;
 
 pub use envelope::{
-    AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, child_of, child_traceparent,
-    parse_traceparent, validate as validate_append,
+    AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, validate as validate_append,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use memory::InMemoryEventLog;

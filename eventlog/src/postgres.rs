@@ -22,9 +22,7 @@ use crate::{
 
 /// Applies the event log's migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    crate::migrations::apply(sqlx::migrate!("./migrations"), pool).await
 }
 
 /// Forgets receipts older than 24 hours (they no longer replay).

@@ -131,9 +131,6 @@ pub trait EventSource: Send {
     async fn ack(&mut self) -> Result<(), EventLogError> {
         Ok(())
     }
-
-    /// Whether batches carry partitions.
-    fn is_partitioned(&self) -> bool;
 }
 
 /// Opens a consumer's source where it left off.
@@ -186,10 +183,6 @@ impl EventSource for InProcessSource {
             }
         }
         Ok(batch)
-    }
-
-    fn is_partitioned(&self) -> bool {
-        self.applied.is_some()
     }
 }
 

@@ -15,14 +15,15 @@ use tokio::sync::watch;
 
 use crate::{EventLog, EventLogError, RecordedEvent};
 
+/// How long to wait for a wake-up before looking again anyway, for appends
+/// made by other processes.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 pub struct Subscription {
     log: Arc<dyn EventLog>,
     appends: watch::Receiver<u64>,
     position: u64,
     batch_size: usize,
-    /// How long to wait for a wake-up before looking again anyway, for
-    /// appends made by other processes.
-    poll_interval: Duration,
     /// The read of the next batch, started when the last one was full.
     ahead: Option<Ahead>,
 }
@@ -41,23 +42,11 @@ impl Drop for Ahead {
 impl Subscription {
     /// Follows the log from just after `after` (0: from the start).
     pub fn new(log: Arc<dyn EventLog>, after: u64) -> Self {
-        Subscription {
-            appends: log.appends(),
-            log,
-            position: after,
-            batch_size: 1000,
-            poll_interval: Duration::from_millis(20),
-            ahead: None,
-        }
+        Subscription { appends: log.appends(), log, position: after, batch_size: 1000, ahead: None }
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
-        self
-    }
-
-    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
         self
     }
 
@@ -88,7 +77,7 @@ impl Subscription {
                 }
                 return Ok(batch);
             }
-            let _ = tokio::time::timeout(self.poll_interval, self.appends.changed()).await;
+            let _ = tokio::time::timeout(POLL_INTERVAL, self.appends.changed()).await;
         }
     }
 }

@@ -613,10 +613,6 @@ impl EventSource for Opened {
     async fn ack(&mut self) -> Result<(), EventLogError> {
         self.inner.ack().await
     }
-
-    fn is_partitioned(&self) -> bool {
-        self.inner.is_partitioned()
-    }
 }
 
 #[cfg(test)]

@@ -26,16 +26,6 @@ pub fn sources(brokers: &str, topic: &str, log: std::sync::Arc<dyn eventlog::Eve
     })
 }
 
-/// Event sources that read only the topic, each consumer in its own group.
-pub fn topic_sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    std::sync::Arc::new(move |resume: &eventlog::Resume| {
-        KafkaSource::new(&brokers, &topic, resume)
-            .map(|source| Box::new(source) as Box<dyn eventlog::EventSource>)
-            .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
-    })
-}
-
 use rdkafka::ClientConfig;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,14 +1,19 @@
 //! The relay: log → Kafka, at least once, in commit order.
 //!
+//! It is a consumer of the log like any other, run by `eventlog::follow`.
 //! Its checkpoint (the last global position acknowledged by the broker) is
 //! stored in PostgreSQL after each batch. After a crash it resumes from the
 //! checkpoint: events published since then are published again, which the
-//! consumers absorb.
+//! consumers absorb. It reads the stored log (no vault), so the topic
+//! carries ciphertext.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use eventlog::{EventLog, RecordedEvent, Subscription};
+use async_trait::async_trait;
+use eventlog::source::{Batch, BoxError, Consumer, Progress, Resume};
+use eventlog::{EventLog, RecordedEvent};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -39,6 +44,8 @@ pub struct Relay {
     producer: FutureProducer,
     topic: String,
     batch_size: usize,
+    /// The topic's partition count, read whenever the relay resumes.
+    partitions: AtomicI32,
 }
 
 impl Relay {
@@ -49,7 +56,7 @@ impl Relay {
             .set("linger.ms", "2")
             .set("message.timeout.ms", "30000")
             .create()?;
-        Ok(Relay { log, pool, producer, topic: topic.to_owned(), batch_size: 1000 })
+        Ok(Relay { log, pool, producer, topic: topic.to_owned(), batch_size: 1000, partitions: AtomicI32::new(1) })
     }
 
     fn checkpoint_name(&self) -> String {
@@ -77,9 +84,10 @@ impl Relay {
             let span = tracing::debug_span!(target: telemetry::EVENT_SPANS, "relay", stream_id = %event.stream_id, position = event.global_position);
             telemetry::follow(&span, event.metadata.traceparent.as_deref());
             let trace_id = event.metadata.trace_id();
-            let flags = event.metadata.traceparent.as_deref().and_then(|t| t.rsplit('-').next()).unwrap_or("01");
+            let flags =
+                event.metadata.traceparent.as_deref().and_then(|t| t.rsplit('-').next()).and_then(|f| u8::from_str_radix(f, 16).ok());
             let traceparent = telemetry::traceparent(&span)
-                .unwrap_or_else(|| format!("00-{trace_id}-{}-{flags}", &event.event_id.simple().to_string()[16..]));
+                .unwrap_or_else(|| telemetry::w3c::format(&trace_id, &event.event_id.simple().to_string()[16..], flags.unwrap_or(1)));
             tracing::debug!(parent: &span, trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
             let record_headers = OwnedHeaders::new()
                 .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_str()) })
@@ -113,58 +121,48 @@ impl Relay {
         Ok(())
     }
 
-    /// Runs until `shutdown`; a batch in hand is published and checkpointed
-    /// first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
-        'resume: loop {
-            let start = self.checkpoint().await?;
-            let (producer, topic) = (self.producer.clone(), self.topic.clone());
-            let partitions = match tokio::task::spawn_blocking(move || {
-                use rdkafka::producer::Producer;
-                crate::partition_count(producer.client(), &topic)
-            })
-            .await
-            .expect("reading metadata panicked")
-            {
-                Ok(partitions) => partitions,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %self.topic, "relay cannot read the topic's partitions; retrying");
-                    tokio::select! {
-                        _ = shutdown.changed() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    continue 'resume;
-                }
-            };
-            tracing::info!(topic = %self.topic, position = start, partitions, "relay running");
-            let mut subscription = Subscription::new(self.log.clone(), start).with_batch_size(self.batch_size);
-            loop {
-                let batch = tokio::select! {
-                    _ = shutdown.changed() => return Ok(()),
-                    batch = subscription.next_batch() => batch,
-                };
-                let result = match batch {
-                    Ok(batch) => match self.publish(&batch, partitions).await {
-                        Ok(()) => match batch.last() {
-                            Some(last) => self.save(last.global_position).await.map_err(KafkaError::from).map(|()| batch.len()),
-                            None => Ok(0),
-                        },
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e.into()),
-                };
-                match result {
-                    Ok(published) => metrics::counter!("storekeeper_relay_published_total").increment(published as u64),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "relay batch failed; resuming from the checkpoint");
-                        tokio::select! {
-                            _ = shutdown.changed() => return Ok(()),
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                        continue 'resume;
-                    }
-                }
-            }
-        }
+    /// Runs until `shutdown` in `eventlog::follow`, like every consumer of
+    /// the log: a batch in hand is given its grace to be published and
+    /// checkpointed, and any failure resumes from the checkpoint.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
+        let sources = eventlog::source::in_process(self.log.clone(), self.batch_size);
+        eventlog::source::follow(&self, &sources, shutdown).await;
+        Ok(())
+    }
+
+    /// The topic's partition count, read from the broker on a blocking
+    /// thread (librdkafka's metadata call blocks).
+    async fn read_partitions(&self) -> Result<i32, KafkaError> {
+        let (producer, topic) = (self.producer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            crate::partition_count(producer.client(), &topic)
+        })
+        .await
+        .expect("reading metadata panicked")
+    }
+}
+
+#[async_trait]
+impl Consumer for Relay {
+    fn name(&self) -> &str {
+        "relay"
+    }
+
+    /// From the checkpoint, with the topic's partitions read afresh.
+    async fn resume(&self) -> Result<Resume, BoxError> {
+        let position = self.checkpoint().await?;
+        let partitions = self.read_partitions().await?;
+        self.partitions.store(partitions, Ordering::Relaxed);
+        tracing::info!(topic = %self.topic, position, partitions, "relay running");
+        Ok(Resume { consumer: self.checkpoint_name(), generation: String::new(), progress: Progress { position, ..Progress::default() } })
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        let Some(last) = batch.events.last() else { return Ok(()) };
+        self.publish(&batch.events, self.partitions.load(Ordering::Relaxed)).await?;
+        self.save(last.global_position).await?;
+        metrics::counter!("storekeeper_relay_published_total").increment(batch.events.len() as u64);
+        Ok(())
     }
 }

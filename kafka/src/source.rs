@@ -135,10 +135,6 @@ impl EventSource for KafkaSource {
         Ok(batch)
     }
 
-    fn is_partitioned(&self) -> bool {
-        true
-    }
-
     async fn ack(&mut self) -> Result<(), EventLogError> {
         if !self.pending.is_empty() {
             let mut offsets = TopicPartitionList::new();
@@ -210,9 +206,5 @@ impl EventSource for CatchUpSource {
             Some(kafka) => kafka.ack().await,
             None => Ok(()),
         }
-    }
-
-    fn is_partitioned(&self) -> bool {
-        true
     }
 }

@@ -268,7 +268,7 @@ mod source_contract {
         let topic = topic();
         ensure_topic(&brokers(), &topic, 3).await.unwrap();
         let relay = start_relay(&log, &pool, &topic);
-        let sources = if catch_up { kafka::sources(&brokers(), &topic, log.clone()) } else { kafka::topic_sources(&brokers(), &topic) };
+        let sources = if catch_up { kafka::sources(&brokers(), &topic, log.clone()) } else { topic_sources(&brokers(), &topic) };
         Fixture { pool, log, service, sources, topic, _relay: Some(relay) }
     }
 
@@ -473,4 +473,14 @@ source_contract!(in_process, through_kafka, catching_up_from_the_log);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_feeds_never_skips_in_either_direction() {
     source_contract::switching_feeds_never_skips_in_either_direction().await
+}
+
+/// Event sources that read only the topic, each consumer in its own group.
+fn topic_sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::sync::Arc::new(move |resume: &eventlog::Resume| {
+        kafka::KafkaSource::new(&brokers, &topic, resume)
+            .map(|source| Box::new(source) as Box<dyn eventlog::EventSource>)
+            .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
+    })
 }

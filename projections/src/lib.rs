@@ -33,9 +33,7 @@ use sqlx::PgConnection;
 
 /// Applies the read side's migrations.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    eventlog::migrations::apply(sqlx::migrate!("./migrations"), pool).await
 }
 
 #[derive(Debug, thiserror::Error)]

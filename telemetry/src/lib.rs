@@ -13,6 +13,8 @@
 //! `apply`, one per event) at debug, which the log filter leaves out by
 //! default, so they cost nothing unless spans are exported.
 
+pub mod w3c;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -136,7 +138,5 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let span = context.span();
     let span_context = span.span_context();
-    span_context
-        .is_valid()
-        .then(|| format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8()))
+    span_context.is_valid().then(|| w3c::format(span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8()))
 }

@@ -434,77 +434,42 @@ async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::Recor
     }
 }
 
+/// One test per contract function, each under the test attribute it
+/// needs, plus the adapter's own attributes (an `ignore` without a server).
+macro_rules! contract_tests {
+    ($make:expr, [$($attr:meta),*];) => {};
+    ($make:expr, [$($attr:meta),*]; $test:meta => $name:ident $(, $($rest:tt)*)?) => {
+        #[$test]
+        $(#[$attr])*
+        async fn $name() {
+            super::$name($make).await;
+        }
+        contract_tests!($make, [$($attr),*]; $($($rest)*)?);
+    };
+}
+
 macro_rules! contract {
     ($adapter:ident, $make:expr $(, #[$attr:meta])?) => {
         mod $adapter {
             use super::*;
 
-            #[tokio::test]
-
-            $(#[$attr])?
-            async fn appends_get_gapless_versions_and_increasing_positions() {
-                super::appends_get_gapless_versions_and_increasing_positions($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
-                super::a_stale_expected_version_is_a_conflict_and_appends_nothing($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn a_multi_stream_append_is_all_or_nothing() {
-                super::a_multi_stream_append_is_all_or_nothing($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn bad_appends_are_refused() {
-                super::bad_appends_are_refused($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn read_stream_pages_by_version() {
-                super::read_stream_pages_by_version($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn read_all_follows_the_global_order_from_a_position() {
-                super::read_all_follows_the_global_order_from_a_position($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn a_subscription_catches_up_then_goes_live() {
-                super::a_subscription_catches_up_then_goes_live($make).await
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn an_append_under_a_receipt_happens_once() {
-                super::an_append_under_a_receipt_happens_once($make).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            $(#[$attr])?
-            async fn racing_appends_under_one_receipt_append_once() {
-                super::racing_appends_under_one_receipt_append_once($make).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            $(#[$attr])?
-            async fn appends_in_flight_together_each_get_their_own_answer() {
-                super::appends_in_flight_together_each_get_their_own_answer($make).await;
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn snapshots_keep_the_newest_of_the_current_shape() {
-                super::snapshots_keep_the_newest_of_the_current_shape($make).await;
-            }
-            #[tokio::test]
-            $(#[$attr])?
-            async fn loading_through_snapshots_equals_folding_from_the_start() {
-                super::loading_through_snapshots_equals_folding_from_the_start($make).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            $(#[$attr])?
-            async fn concurrent_writers_and_a_tailing_subscriber() {
-                super::concurrent_writers_and_a_tailing_subscriber($make).await
-            }
+            contract_tests!(
+                $make,
+                [$($attr),*];
+                tokio::test => appends_get_gapless_versions_and_increasing_positions,
+                tokio::test => a_stale_expected_version_is_a_conflict_and_appends_nothing,
+                tokio::test => a_multi_stream_append_is_all_or_nothing,
+                tokio::test => bad_appends_are_refused,
+                tokio::test => read_stream_pages_by_version,
+                tokio::test => read_all_follows_the_global_order_from_a_position,
+                tokio::test => a_subscription_catches_up_then_goes_live,
+                tokio::test => an_append_under_a_receipt_happens_once,
+                tokio::test(flavor = "multi_thread", worker_threads = 4) => racing_appends_under_one_receipt_append_once,
+                tokio::test(flavor = "multi_thread", worker_threads = 4) => appends_in_flight_together_each_get_their_own_answer,
+                tokio::test => snapshots_keep_the_newest_of_the_current_shape,
+                tokio::test => loading_through_snapshots_equals_folding_from_the_start,
+                tokio::test(flavor = "multi_thread", worker_threads = 4) => concurrent_writers_and_a_tailing_subscriber
+            );
         }
     };
 }

@@ -309,6 +309,12 @@ mod source_contract {
         batches.iter().flat_map(|b| b.events.iter().cloned()).collect()
     }
 
+    fn assert_covers(progress: &Progress, log: &[RecordedEvent]) {
+        for event in log {
+            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
+        }
+    }
+
     fn assert_once_in_stream_order(applied: &[RecordedEvent], log: &[RecordedEvent]) {
         let ids: Vec<Uuid> = applied.iter().map(|e| e.event_id).collect();
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "no event twice");
@@ -329,9 +335,7 @@ mod source_contract {
         assert_once_in_stream_order(&events(&batches), &log);
         let mut progress = Progress::default();
         batches.iter().for_each(|b| progress.advance(b));
-        for event in &log {
-            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
-        }
+        assert_covers(&progress, &log);
     }
 
     pub async fn resumes_from_the_consumers_progress(f: Fixture) {
@@ -415,9 +419,7 @@ mod source_contract {
         newer.iter().for_each(|b| progress.advance(b));
         applied.extend(events(&newer));
         assert_once_in_stream_order(&applied, &all);
-        for event in &all {
-            assert!(progress.covers(event.global_position, std::slice::from_ref(&event.stream_id)), "progress covers every event");
-        }
+        assert_covers(&progress, &all);
     }
 
     pub async fn a_crash_before_the_progress_is_stored_redelivers_without_gaps(f: Fixture) {

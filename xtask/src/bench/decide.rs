@@ -121,7 +121,7 @@ async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> 
                 shipping_address: Some(address()),
             });
             StreamWrite {
-                stream_id: format!("customer-{customer}"),
+                stream_id: domain::stream_id::<domain::customer::CustomerAggregate>(customer),
                 expected: ExpectedVersion::NoStream,
                 events: NewEvent::encode_all(&[registered], &metadata),
             }

@@ -59,7 +59,11 @@ pub(super) async fn generate(log: &Arc<dyn EventLog>, products: usize, per_produ
                             });
                         }
                         let events = NewEvent::encode_all(&events, &metadata);
-                        writes.push(StreamWrite { stream_id: format!("product-{id}"), expected: ExpectedVersion::NoStream, events });
+                        writes.push(StreamWrite {
+                            stream_id: domain::stream_id::<domain::product::ProductAggregate>(id),
+                            expected: ExpectedVersion::NoStream,
+                            events,
+                        });
                         if i.is_multiple_of(2) {
                             writes.extend(customer_with_order(i, id, &metadata));
                         }
@@ -115,12 +119,12 @@ fn customer_with_order(i: usize, product: Uuid, metadata: &Metadata) -> [StreamW
     ];
     [
         StreamWrite {
-            stream_id: format!("customer-{customer}"),
+            stream_id: domain::stream_id::<domain::customer::CustomerAggregate>(customer),
             expected: ExpectedVersion::NoStream,
             events: NewEvent::encode_all(&customer_events, metadata),
         },
         StreamWrite {
-            stream_id: format!("order-{order}"),
+            stream_id: domain::stream_id::<domain::order::OrderAggregate>(order),
             expected: ExpectedVersion::NoStream,
             events: NewEvent::encode_all(&order_events, metadata),
         },

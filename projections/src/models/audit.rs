@@ -5,26 +5,23 @@ use domain::events::DomainEvent;
 use eventlog::RecordedEvent;
 use sqlx::PgConnection;
 
-use super::{column, one_by_one};
-use crate::{ApplyError, Projection, names};
+use super::{ReadModel, column};
+use crate::{ApplyError, names};
 
 pub struct AuditProjection;
 
 #[async_trait]
-impl Projection for AuditProjection {
-    fn name(&self) -> &'static str {
-        names::AUDIT
-    }
-    fn version(&self) -> i32 {
-        1
-    }
+impl ReadModel for AuditProjection {
+    const NAME: &'static str = names::AUDIT;
+    const VERSION: i32 = 1;
+    const TABLES: &'static [&'static str] = &["rm_audit"];
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        one_by_one(self, tx, event, decoded).await
+    fn handles(_event_type: &str) -> bool {
+        true
     }
 
     /// One statement for the whole batch.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
         sqlx::query(
             "INSERT INTO rm_audit (global_position, event_id, stream_id, stream_version, event_type, actor, role, correlation_id, causation_id, occurred_at, recorded_at)
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::timestamptz[])
@@ -44,9 +41,5 @@ impl Projection for AuditProjection {
         .execute(tx)
         .await?;
         Ok(())
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_audit"]
     }
 }

@@ -8,8 +8,8 @@ use eventlog::RecordedEvent;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Seen, column, net, of, one_by_one, split, unseen};
-use crate::{ApplyError, Projection, names};
+use super::{ReadModel, Seen, column, net, of, split, unseen};
+use crate::{ApplyError, names};
 
 pub struct CustomersProjection;
 
@@ -54,26 +54,20 @@ async fn forget<E>(tx: &mut PgConnection, forgotten: &[Seen<'_, E>]) -> Result<(
 }
 
 #[async_trait]
-impl Projection for CustomersProjection {
-    fn name(&self) -> &'static str {
-        names::CUSTOMERS
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn handles(&self, event_type: &str) -> bool {
-        of::<CustomerEvent>(event_type)
-    }
+impl ReadModel for CustomersProjection {
+    const NAME: &'static str = names::CUSTOMERS;
+    const VERSION: i32 = 1;
+    const TABLES: &'static [&'static str] = &["rm_customers"];
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        one_by_one(self, tx, event, decoded).await
+    fn handles(event_type: &str) -> bool {
+        of::<CustomerEvent>(event_type)
     }
 
     /// One insert for the batch's new customers and one update carrying
     /// each other customer's net change, as for products; forgotten
     /// customers (a forget is the last event of its stream) are scrubbed
     /// after that.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_customers", events, |d| if let DomainEvent::Customer(e) = d { Some(e) } else { None }).await?;
         let (added, others) = split(mine, |e| if let CustomerEvent::Registered(r) = e { Some(r) } else { None });
         let (forgotten, changed) = split(others, |e| if let CustomerEvent::Forgotten(f) = e { Some(f) } else { None });
@@ -114,9 +108,5 @@ impl Projection for CustomersProjection {
             .await?;
         }
         forget(tx, &forgotten).await
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_customers"]
     }
 }

@@ -3,7 +3,7 @@
 //! nothing even without the runner's checkpoint.
 //!
 //! A read model has one way of applying events, a batch at a time: one
-//! event is a batch of one (`one_by_one`), so event by event and in batches
+//! event is a batch of one (`ReadModel`), so event by event and in batches
 //! cannot disagree.
 
 mod audit;
@@ -15,6 +15,7 @@ mod sales;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::events::{DomainEvent, EventCodec};
 use eventlog::RecordedEvent;
@@ -45,14 +46,39 @@ fn of<E: EventCodec>(event_type: &str) -> bool {
     E::TYPES.iter().any(|(ty, _)| *ty == event_type)
 }
 
-/// Applies one event as a batch of one.
-async fn one_by_one<P: Projection>(
-    projection: &P,
-    tx: &mut PgConnection,
-    event: &RecordedEvent,
-    decoded: &DomainEvent,
-) -> Result<(), ApplyError> {
-    projection.apply_all(tx, &[(event, decoded.clone())]).await
+/// A read model of this crate: what makes it a `Projection`, declared once
+/// each, and the one way it applies events, a batch at a time.
+#[async_trait]
+pub trait ReadModel: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// Bumped when the read model's shape or logic changes.
+    const VERSION: i32;
+    const TABLES: &'static [&'static str];
+    fn handles(event_type: &str) -> bool;
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError>;
+}
+
+#[async_trait]
+impl<M: ReadModel> Projection for M {
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+    fn version(&self) -> i32 {
+        M::VERSION
+    }
+    fn handles(&self, event_type: &str) -> bool {
+        M::handles(event_type)
+    }
+    /// One event is a batch of one.
+    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
+        self.apply_batch(tx, &[(event, decoded.clone())]).await
+    }
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+        self.apply_batch(tx, events).await
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        M::TABLES
+    }
 }
 
 /// One event of a batch for a read model keyed by entity: the entity, the

@@ -10,8 +10,8 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{column, net, of, one_by_one, split, unseen};
-use crate::{ApplyError, Projection, entity_id, names};
+use super::{ReadModel, column, net, of, split, unseen};
+use crate::{ApplyError, entity_id, names};
 
 pub struct OrdersProjection;
 
@@ -39,24 +39,18 @@ async fn forget_orders_of(tx: &mut PgConnection, customers: &[Uuid]) -> Result<(
 }
 
 #[async_trait]
-impl Projection for OrdersProjection {
-    fn name(&self) -> &'static str {
-        names::ORDERS
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn handles(&self, event_type: &str) -> bool {
-        of::<OrderEvent>(event_type) || event_type == domain::personal::FORGOTTEN
-    }
+impl ReadModel for OrdersProjection {
+    const NAME: &'static str = names::ORDERS;
+    const VERSION: i32 = 1;
+    const TABLES: &'static [&'static str] = &["rm_orders"];
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        one_by_one(self, tx, event, decoded).await
+    fn handles(event_type: &str) -> bool {
+        of::<OrderEvent>(event_type) || event_type == domain::personal::FORGOTTEN
     }
 
     /// One insert for the batch's new orders and one update carrying each
     /// other order's last status.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_orders", events, |d| if let DomainEvent::Order(e) = d { Some(e) } else { None }).await?;
         let (placed, changed) = split(mine, |e| if let OrderEvent::Placed(p) = e { Some(p) } else { None });
         if !placed.is_empty() {
@@ -99,9 +93,5 @@ impl Projection for OrdersProjection {
             .map(|(e, _)| entity_id(&e.stream_id))
             .collect::<Result<_, _>>()?;
         forget_orders_of(tx, &forgotten).await
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_orders"]
     }
 }

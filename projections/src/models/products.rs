@@ -7,8 +7,8 @@ use domain::product::ProductEvent;
 use eventlog::RecordedEvent;
 use sqlx::PgConnection;
 
-use super::{column, net, of, one_by_one, split, unseen};
-use crate::{ApplyError, Projection, names};
+use super::{ReadModel, column, net, of, split, unseen};
+use crate::{ApplyError, names};
 
 pub struct ProductsProjection;
 
@@ -41,25 +41,19 @@ fn fold(n: &mut Change, event: &ProductEvent) {
 }
 
 #[async_trait]
-impl Projection for ProductsProjection {
-    fn name(&self) -> &'static str {
-        names::PRODUCTS
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn handles(&self, event_type: &str) -> bool {
-        of::<ProductEvent>(event_type)
-    }
+impl ReadModel for ProductsProjection {
+    const NAME: &'static str = names::PRODUCTS;
+    const VERSION: i32 = 1;
+    const TABLES: &'static [&'static str] = &["rm_products"];
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        one_by_one(self, tx, event, decoded).await
+    fn handles(event_type: &str) -> bool {
+        of::<ProductEvent>(event_type)
     }
 
     /// One insert for the batch's new products and one update carrying each
     /// other product's net change. Events the row already has (by version)
     /// are left out, so a redelivered batch changes nothing.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_products", events, |d| if let DomainEvent::Product(e) = d { Some(e) } else { None }).await?;
         let (added, changed) = split(mine, |e| if let ProductEvent::Added(a) = e { Some(a) } else { None });
         if !added.is_empty() {
@@ -109,9 +103,5 @@ impl Projection for ProductsProjection {
             .await?;
         }
         Ok(())
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_products"]
     }
 }

@@ -12,8 +12,8 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{column, of, one_by_one};
-use crate::{ApplyError, Projection, entity_id, names};
+use super::{ReadModel, column, of};
+use crate::{ApplyError, entity_id, names};
 
 /// Revenue counts when an order is paid and is taken back when a paid
 /// order is cancelled.
@@ -29,25 +29,19 @@ struct Remembered {
 }
 
 #[async_trait]
-impl Projection for SalesProjection {
-    fn name(&self) -> &'static str {
-        names::SALES
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn handles(&self, event_type: &str) -> bool {
-        of::<OrderEvent>(event_type)
-    }
+impl ReadModel for SalesProjection {
+    const NAME: &'static str = names::SALES;
+    const VERSION: i32 = 1;
+    const TABLES: &'static [&'static str] = &["rm_sales_daily", "rm_sales_by_product", "rm_sales_orders"];
 
-    async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        one_by_one(self, tx, event, decoded).await
+    fn handles(event_type: &str) -> bool {
+        of::<OrderEvent>(event_type)
     }
 
     /// One read of the batch's orders, the bookings summed in memory, then
     /// one upsert per table. Keys whose sums come to zero are still written,
     /// as booking and taking back event by event would leave them.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
         let mut mine = Vec::new();
         for (event, decoded) in events {
             if let DomainEvent::Order(e @ (OrderEvent::Placed(_) | OrderEvent::Paid(_) | OrderEvent::Cancelled(_))) = decoded {
@@ -153,9 +147,5 @@ impl Projection for SalesProjection {
             .await?;
         }
         Ok(())
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_sales_daily", "rm_sales_by_product", "rm_sales_orders"]
     }
 }

@@ -161,6 +161,23 @@ impl OrderStatus {
     }
 }
 
+impl OrderEvent {
+    /// The status this event leaves its order in, for the events that set
+    /// one: what `evolve` folds and what the read model shows.
+    pub fn status_after(&self) -> Option<OrderStatus> {
+        match self {
+            OrderEvent::Placed(_) => Some(OrderStatus::Placed),
+            OrderEvent::LineReserved(_) | OrderEvent::ReservationDiscarded(_) => None,
+            OrderEvent::Confirmed(_) => Some(OrderStatus::Confirmed),
+            OrderEvent::Rejected(_) => Some(OrderStatus::Rejected),
+            OrderEvent::Paid(_) => Some(OrderStatus::Paid),
+            OrderEvent::Shipped(_) => Some(OrderStatus::Shipped),
+            OrderEvent::Delivered(_) => Some(OrderStatus::Delivered),
+            OrderEvent::Cancelled(_) => Some(OrderStatus::Cancelled),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     pub id: Uuid,
@@ -297,26 +314,16 @@ impl Aggregate for OrderAggregate {
             (None, _) => return None,
             (Some(o), _) => o,
         };
+        if let Some(status) = event.status_after() {
+            o.status = status;
+        }
         match event {
-            E::Placed(_) | E::ReservationDiscarded(_) => {}
             E::LineReserved(e) => {
                 o.reserved.insert(e.product_id);
             }
-            E::Confirmed(_) => o.status = OrderStatus::Confirmed,
-            E::Rejected(_) => {
-                o.status = OrderStatus::Rejected;
-                o.reserved.clear();
-            }
-            E::Paid(e) => {
-                o.status = OrderStatus::Paid;
-                o.payment = Some(e.clone());
-            }
-            E::Shipped(_) => o.status = OrderStatus::Shipped,
-            E::Delivered(_) => o.status = OrderStatus::Delivered,
-            E::Cancelled(_) => {
-                o.status = OrderStatus::Cancelled;
-                o.reserved.clear();
-            }
+            E::Rejected(_) | E::Cancelled(_) => o.reserved.clear(),
+            E::Paid(e) => o.payment = Some(e.clone()),
+            E::Placed(_) | E::ReservationDiscarded(_) | E::Confirmed(_) | E::Shipped(_) | E::Delivered(_) => {}
         }
         Some(o)
     }

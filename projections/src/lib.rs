@@ -9,7 +9,6 @@
 //! goes on with the others; transient failures are never parked (see
 //! `dead_letters`).
 
-mod checkpoint;
 mod dead_letters;
 mod models;
 pub mod names;
@@ -17,13 +16,15 @@ mod rebuild;
 mod runner;
 pub mod search;
 mod status;
+mod table_copy;
+mod target;
 mod verify;
 
 pub use dead_letters::{Retried, RetryError, retry_parked};
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
 pub use rebuild::request_rebuild;
 pub use runner::Runner;
-pub use status::{LAG_COUNTED_UP_TO, ProjectionStatus, eta, lag, progress, status};
+pub use status::{LAG_COUNTED_UP_TO, ProjectionStatus, ProjectionVersion, eta, lag, progress, status};
 pub use verify::{Difference, Unapplied, Verification, VerifyError, verify};
 
 use async_trait::async_trait;
@@ -79,8 +80,7 @@ pub trait Projection: Send + Sync + 'static {
 
 /// The entity id of a `<category>-<uuid>` stream.
 pub fn entity_id(stream_id: &str) -> Result<uuid::Uuid, ApplyError> {
-    stream_id
-        .split_once('-')
-        .and_then(|(_, id)| uuid::Uuid::parse_str(id).ok())
-        .ok_or_else(|| ApplyError::Invalid(format!("stream id {stream_id} is not <category>-<uuid>")))
+    domain::StreamId::parse(stream_id)
+        .map(|s| s.id)
+        .map_err(|e| ApplyError::Invalid(format!("stream id {stream_id} is not <category>-<uuid>: {e}")))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::Projection;
-use crate::checkpoint::Target;
+use crate::target::Target;
 
 /// Swaps a caught-up rebuild in for the live tables, in one transaction:
 /// readers see the old tables or the new ones, never a mix.
@@ -26,7 +26,7 @@ pub(crate) async fn take_over(pool: &PgPool, projection: &dyn Projection) -> Res
     }
     // Loaded without its secondary indexes: built now, before readers see it.
     for table in projection.tables() {
-        crate::checkpoint::build_other_indexes(&mut tx, schema, table).await?;
+        crate::table_copy::build_other_indexes(&mut tx, schema, table).await?;
     }
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}")).execute(&mut *tx).await?;

@@ -14,10 +14,10 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::checkpoint::{RunError, Target, prepare};
 use crate::dead_letters::{apply_or_park, held_back, is_transient};
 use crate::rebuild::{rebuild_requested, take_over};
 use crate::status::{Rate, progress};
+use crate::target::{RunError, Target, prepare};
 use crate::{ApplyError, Projection};
 
 /// Events per batch read in process: large enough to amortise a

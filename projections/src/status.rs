@@ -3,6 +3,7 @@
 //! shown by `projections list` and the query API. Read-only.
 
 use eventlog::Progress;
+use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -66,21 +67,41 @@ impl Rate {
 }
 
 /// One projection's state, for `projections list` and the query API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "Projection")]
 pub struct ProjectionStatus {
     pub name: String,
-    pub version: i32,
+    pub version: ProjectionVersion,
     pub position: u64,
     pub lag_events: u64,
     pub lag_seconds: f64,
+    /// `running`, `rebuilding` or `failed`.
     pub state: String,
     pub parked: u64,
     pub last_error: Option<String>,
     /// Events applied per second lately (a moving average over batches).
     pub events_per_second: f64,
-    /// Time left to catch up with the log at that rate: 0 when caught up,
-    /// none while nothing has been applied to measure by.
+    /// Seconds left to catch up at that rate: 0 when caught up, null while
+    /// there is no rate to go by.
     pub eta_seconds: Option<f64>,
+}
+
+/// A read model's version number, or the search index's version name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ProjectionVersion {
+    Number(i32),
+    Name(String),
+}
+
+impl std::fmt::Display for ProjectionVersion {
+    /// As the number or the name would show, widths and all.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProjectionVersion::Number(n) => std::fmt::Display::fmt(n, f),
+            ProjectionVersion::Name(name) => f.pad(name),
+        }
+    }
 }
 
 /// How long `lag_events` take at `per_second`.
@@ -137,7 +158,7 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         let (lag_events, lag_seconds) = lag(pool, r.position as u64).await?;
         statuses.push(ProjectionStatus {
             name: r.projection,
-            version: r.version,
+            version: ProjectionVersion::Number(r.version),
             position: r.position as u64,
             lag_events,
             lag_seconds,

@@ -116,7 +116,7 @@ async fn compare(
     for table in projection.tables() {
         // Unlogged and with only the unique indexes (what the projection's
         // upserts need): scratch that is dropped at the end.
-        crate::checkpoint::copy_table(&mut *conn, schema, table, true).await?;
+        crate::table_copy::copy_table(&mut *conn, schema, table, true).await?;
     }
     let started = Instant::now();
     let mut fold = Fold { schema, folded: 0, events: 0, unapplied: Vec::new() };

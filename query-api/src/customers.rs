@@ -5,28 +5,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use domain::customer::CustomerAggregate;
-use domain::stream_id;
 use edge::{Authenticated, Query};
 use projections::names::CUSTOMERS;
-use serde_json::{Value, json};
-use sqlx::FromRow;
-use uuid::Uuid;
 
 use crate::orders::{OrderFilter, orders_page};
 use crate::params::parse_id;
 use crate::responses::{Customer, Order, Page};
-use crate::time_travel::{AtQuery, fold_until};
+use crate::time_travel::{AtQuery, entity_at};
 use crate::{ApiError, AppState, wait_for_tokens};
-
-#[derive(FromRow)]
-struct CustomerRow {
-    id: Uuid,
-    email: String,
-    name: String,
-    shipping_address: Option<Value>,
-    status: String,
-    version: i64,
-}
 
 pub async fn get_customer(
     State(state): State<AppState>,
@@ -37,20 +23,12 @@ pub async fn get_customer(
     let id = parse_id(&id)?;
     caller.require_customer(id)?;
     wait_for_tokens(&state, &headers, &[CUSTOMERS]).await?;
-    let row: Option<CustomerRow> =
+    let customer: Option<Customer> =
         sqlx::query_as("SELECT id, email, name, shipping_address, status, version FROM rm_customers WHERE id = $1")
             .bind(id)
             .fetch_optional(&state.pool)
             .await?;
-    let c = row.ok_or(ApiError::NotFound("customer"))?;
-    Ok(Json(Customer {
-        id: c.id,
-        email: c.email,
-        name: c.name,
-        shipping_address: c.shipping_address,
-        status: c.status,
-        version: c.version,
-    }))
+    customer.map(Json).ok_or(ApiError::NotFound("customer"))
 }
 
 pub async fn customer_orders(
@@ -74,21 +52,6 @@ pub async fn customer_at(
 ) -> Result<Json<Customer>, ApiError> {
     let id = parse_id(&id)?;
     caller.require_customer(id)?;
-    let (customer, version) = fold_until::<CustomerAggregate>(&state, &stream_id::<CustomerAggregate>(id), &at).await?;
-    let c = customer.ok_or(ApiError::NotFound("customer"))?;
-    Ok(Json(Customer {
-        id: c.id,
-        email: c.email.as_str().to_owned(),
-        name: c.name,
-        shipping_address: c.shipping_address.map(|a| json!(a)),
-        status: if c.forgotten {
-            "forgotten"
-        } else if c.active {
-            "active"
-        } else {
-            "deactivated"
-        }
-        .to_owned(),
-        version: version as i64,
-    }))
+    let (customer, version) = entity_at::<CustomerAggregate, _>(&state, id, &at, "customer").await?;
+    Ok(Json(Customer::folded(customer, version)))
 }

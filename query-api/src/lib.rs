@@ -4,15 +4,18 @@
 //! (`consistency`). It depends on the shared `edge`, never on the command
 //! side.
 
+mod audit;
 pub mod consistency;
 mod customers;
 pub mod error;
+mod history;
 pub mod openapi;
 mod orders;
 mod params;
 pub mod products;
-mod reports;
+mod read_models;
 pub mod responses;
+mod sales;
 mod time_travel;
 
 use std::sync::Arc;
@@ -59,11 +62,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders", get(orders::list_orders))
         .route("/v1/orders/{id}", get(orders::get_order))
         .route("/v1/orders/{id}/at", get(orders::order_at))
-        .route("/v1/reports/sales", get(reports::sales_report))
-        .route("/v1/streams/{stream_id}/events", get(reports::stream_events))
-        .route("/v1/audit", get(reports::audit))
-        .route("/v1/projections", get(reports::list_projections))
-        .route("/v1/projections/{name}/verify", get(reports::verify_projection))
+        .route("/v1/reports/sales", get(sales::sales_report))
+        .route("/v1/streams/{stream_id}/events", get(history::stream_events))
+        .route("/v1/audit", get(audit::audit))
+        .route("/v1/projections", get(read_models::list_projections))
+        .route("/v1/projections/{name}/verify", get(read_models::verify_projection))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone())
         .merge(edge::health::routes(state.pool.clone()));

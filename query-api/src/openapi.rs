@@ -6,9 +6,9 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-use crate::reports::{AuditQuery, HistoryQuery, SalesQuery};
 use crate::responses::{AuditEntry, Customer, History, Order, Page, Product, Projection, SalesItem, SearchResults, Verified};
 use crate::time_travel::AtQuery;
+use crate::{audit::AuditQuery, history::HistoryQuery, sales::SalesQuery};
 use crate::{orders::OrderFilter, products::ProductFilter, products::SearchQuery};
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;

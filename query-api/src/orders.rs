@@ -6,18 +6,17 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use domain::order::OrderAggregate;
-use domain::stream_id;
 use edge::{Authenticated, EdgeError, Query, Role};
 use projections::names::ORDERS;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::params::{cursor_id, limit, parse_id};
-use crate::responses::{Money, Order, OrderLine, Page};
-use crate::time_travel::{AtQuery, fold_until};
+use crate::responses::{Money, Order, Page};
+use crate::time_travel::{AtQuery, entity_at};
 use crate::{ApiError, AppState, wait_for_tokens};
 
 #[derive(FromRow)]
@@ -117,27 +116,7 @@ pub async fn order_at(
     Path(id): Path<String>,
     Query(at): Query<AtQuery>,
 ) -> Result<Json<Order>, ApiError> {
-    let id = parse_id(&id)?;
-    let (order, version) = fold_until::<OrderAggregate>(&state, &stream_id::<OrderAggregate>(id), &at).await?;
-    let o = order.ok_or(ApiError::NotFound("order"))?;
-    caller.require_customer(o.customer_id)?;
-    Ok(Json(Order {
-        id: o.id,
-        customer_id: o.customer_id,
-        status: o.status.as_str().to_owned(),
-        lines: o
-            .lines
-            .iter()
-            .map(|l| OrderLine {
-                product_id: l.product_id,
-                quantity: l.quantity,
-                unit_price: (&l.unit_price).into(),
-                line_total: (&l.line_total).into(),
-            })
-            .collect(),
-        total: (&o.total).into(),
-        shipping_address: json!(o.shipping_address),
-        placed_at: None,
-        version: version as i64,
-    }))
+    let (order, version) = entity_at::<OrderAggregate, _>(&state, parse_id(&id)?, &at, "order").await?;
+    caller.require_customer(order.customer_id)?;
+    Ok(Json(Order::folded(order, version)))
 }

@@ -5,7 +5,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use domain::product::ProductAggregate;
-use domain::stream_id;
 use edge::Query;
 use projections::names::PRODUCTS;
 use schemars::JsonSchema;
@@ -15,7 +14,7 @@ use uuid::Uuid;
 
 use crate::params::{cursor_id, limit, parse_id};
 use crate::responses::{Money, Page, Product, SearchResults};
-use crate::time_travel::{AtQuery, fold_until};
+use crate::time_travel::{AtQuery, entity_at};
 use crate::{ApiError, AppState, wait_for_index, wait_for_tokens};
 
 #[derive(FromRow)]
@@ -180,18 +179,6 @@ pub async fn product_at(
     Path(id): Path<String>,
     Query(at): Query<AtQuery>,
 ) -> Result<Json<Product>, ApiError> {
-    let id = parse_id(&id)?;
-    let (product, version) = fold_until::<ProductAggregate>(&state, &stream_id::<ProductAggregate>(id), &at).await?;
-    let p = product.ok_or(ApiError::NotFound("product"))?;
-    Ok(Json(Product {
-        id: p.id,
-        sku: p.sku.as_str().to_owned(),
-        name: p.name,
-        description: p.description,
-        category: p.category,
-        price: (&p.price).into(),
-        stock: p.stock as i64,
-        status: if p.discontinued { "discontinued" } else { "active" }.to_owned(),
-        version: version as i64,
-    }))
+    let (product, version) = entity_at::<ProductAggregate, _>(&state, parse_id(&id)?, &at, "product").await?;
+    Ok(Json(Product::folded(product, version)))
 }

@@ -33,7 +33,7 @@ pub struct Product {
     pub version: i64,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct Customer {
     pub id: Uuid,
     pub email: String,
@@ -50,6 +50,12 @@ pub struct OrderLine {
     pub quantity: u32,
     pub unit_price: Money,
     pub line_total: Money,
+}
+
+impl From<&domain::order::OrderLine> for OrderLine {
+    fn from(l: &domain::order::OrderLine) -> Self {
+        OrderLine { product_id: l.product_id, quantity: l.quantity, unit_price: (&l.unit_price).into(), line_total: (&l.line_total).into() }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -125,48 +131,8 @@ pub struct AuditEntry {
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct Projection {
-    pub name: String,
-    pub version: ProjectionVersion,
-    pub position: u64,
-    pub lag_events: u64,
-    pub lag_seconds: f64,
-    /// `running`, `rebuilding` or `failed`.
-    pub state: String,
-    pub parked: u64,
-    pub last_error: Option<String>,
-    /// Events applied per second lately (a moving average over batches).
-    pub events_per_second: f64,
-    /// Seconds left to catch up at that rate: 0 when caught up, null while
-    /// there is no rate to go by.
-    pub eta_seconds: Option<f64>,
-}
-
-impl From<projections::ProjectionStatus> for Projection {
-    fn from(s: projections::ProjectionStatus) -> Self {
-        Projection {
-            name: s.name,
-            version: ProjectionVersion::Number(s.version),
-            position: s.position,
-            lag_events: s.lag_events,
-            lag_seconds: s.lag_seconds,
-            state: s.state,
-            parked: s.parked,
-            last_error: s.last_error,
-            events_per_second: s.events_per_second,
-            eta_seconds: s.eta_seconds,
-        }
-    }
-}
-
-/// A read model's version number, or the search index's version name.
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum ProjectionVersion {
-    Number(i32),
-    Name(String),
-}
+/// A projection's state: read models and this node's search index alike.
+pub use projections::{ProjectionStatus as Projection, ProjectionVersion};
 
 /// A projection's live view compared with a fresh fold of the log.
 #[derive(Serialize, JsonSchema)]

@@ -1,11 +1,15 @@
 //! `/{products|customers|orders}/{id}/at`: an entity folded from its
-//! events up to a version or a time, straight from the log.
+//! events up to a version or a time, straight from the log, and answered
+//! in the form the read models' answers take.
 
 use chrono::{DateTime, Utc};
-use domain::Aggregate;
+use domain::{Aggregate, StreamId};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
 
+use crate::responses::{Customer, Order, Product};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize, JsonSchema)]
@@ -17,16 +21,74 @@ pub struct AtQuery {
     pub time: Option<DateTime<Utc>>,
 }
 
-/// Folds a stream up to a version or a time: the state and its version.
-pub async fn fold_until<A: Aggregate>(state: &AppState, stream: &str, at: &AtQuery) -> Result<(A::State, u64), ApiError> {
+/// The entity `id` of `A` (a `what`) folded up to a version or a time, and
+/// the stream version it was at.
+pub async fn entity_at<A, T>(state: &AppState, id: Uuid, at: &AtQuery, what: &'static str) -> Result<(T, u64), ApiError>
+where
+    A: Aggregate<State = Option<T>>,
+{
     if at.version.is_some() == at.time.is_some() {
         return Err(ApiError::malformed("version", "give exactly one of version or time"));
     }
-    let folded = eventlog::fold_stream::<A>(&*state.log, stream, |recorded| {
+    let folded = eventlog::fold_stream::<A>(&*state.log, &StreamId::of::<A>(id).to_string(), |recorded| {
         let past = at.version.is_some_and(|v| recorded.stream_version > v) || at.time.is_some_and(|t| recorded.recorded_at > t);
         !past
     })
     .await
     .map_err(ApiError::internal)?;
-    folded.version.map(|v| (folded.state, v)).ok_or(ApiError::NotFound("entity at that point"))
+    let version = folded.version.ok_or(ApiError::NotFound("entity at that point"))?;
+    Ok((folded.state.ok_or(ApiError::NotFound(what))?, version))
+}
+
+impl Product {
+    /// A product as folded from its events, at `version`.
+    pub(crate) fn folded(p: domain::product::Product, version: u64) -> Product {
+        Product {
+            id: p.id,
+            sku: p.sku.as_str().to_owned(),
+            name: p.name,
+            description: p.description,
+            category: p.category,
+            price: (&p.price).into(),
+            stock: p.stock as i64,
+            status: if p.discontinued { "discontinued" } else { "active" }.to_owned(),
+            version: version as i64,
+        }
+    }
+}
+
+impl Customer {
+    /// A customer as folded from its events, at `version`.
+    pub(crate) fn folded(c: domain::customer::Customer, version: u64) -> Customer {
+        let status = match (c.forgotten, c.active) {
+            (true, _) => "forgotten",
+            (false, true) => "active",
+            (false, false) => "deactivated",
+        };
+        Customer {
+            id: c.id,
+            email: c.email.as_str().to_owned(),
+            name: c.name,
+            shipping_address: c.shipping_address.map(|a| json!(a)),
+            status: status.to_owned(),
+            version: version as i64,
+        }
+    }
+}
+
+impl Order {
+    /// An order as folded from its events, at `version`. The fold does not
+    /// keep when it was placed.
+    pub(crate) fn folded(o: domain::order::Order, version: u64) -> Order {
+        Order {
+            id: o.id,
+            customer_id: o.customer_id,
+            status: o.status.as_str().to_owned(),
+            lines: o.lines.iter().map(Into::into).collect(),
+            total: (&o.total).into(),
+            shipping_address: json!(o.shipping_address),
+            placed_at: None,
+            version: version as i64,
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! per-stream versions, and a global order in which a tailing reader never
 //! skips an event.
 
+pub mod backup;
 #[cfg(test)]
 mod counted;
 mod envelope;

@@ -7,17 +7,64 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use tokio::sync::watch;
 
 /// Events hashed per sealer transaction.
 const SEAL_BATCH: i32 = 10_000;
 
+/// Hashes and seals up to `max` final events not sealed yet (all of them:
+/// `None`); answers how many. Another process sealing at the same moment: 0.
+/// This is the one computation of stream hashes and seals (`seal_log`):
+/// the sealer, export and import all go through it.
+async fn seal_log(conn: impl PgExecutor<'_>, max: Option<i32>) -> Result<u64, sqlx::Error> {
+    let sealed: i64 = sqlx::query_scalar("SELECT seal_log($1)").bind(max).fetch_one(conn).await?;
+    Ok(sealed as u64)
+}
+
 /// Hashes and seals up to `max` final events not sealed yet; answers how
 /// many. Another process sealing at the same moment: 0.
 pub async fn seal(pool: &PgPool, max: i32) -> Result<u64, sqlx::Error> {
-    let sealed: i64 = sqlx::query_scalar("SELECT seal_log($1)").bind(max).fetch_one(pool).await?;
-    Ok(sealed as u64)
+    seal_log(pool, Some(max)).await
+}
+
+/// Seals the log up to its frontier, waiting a little (10 s) for a sealer
+/// of another process that is at it already; answers whether it got there
+/// (if not, the newest events stay unsealed for now).
+pub async fn seal_to_frontier(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    for _ in 0..100 {
+        seal_log(pool, Some(i32::MAX)).await?;
+        let done: bool =
+            sqlx::query_scalar("SELECT coalesce((SELECT max(up_to) FROM log_seals), 0) >= events_frontier()").fetch_one(pool).await?;
+        if done {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
+/// Seals, inside the caller's transaction, until `events` more events are
+/// hashed, trying `tries` times 50 ms apart while another process's sealer
+/// holds the lock; answers whether it got them all.
+pub(crate) async fn seal_within(conn: &mut PgConnection, events: u64, tries: u32) -> Result<bool, sqlx::Error> {
+    let mut sealed = 0;
+    for _ in 0..tries {
+        sealed += seal_log(&mut *conn, None).await?;
+        if sealed >= events {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
+/// The latest seal: the position it covers and its value (none before the
+/// first event is sealed).
+pub async fn latest_seal(conn: impl PgExecutor<'_>) -> Result<Option<(u64, Vec<u8>)>, sqlx::Error> {
+    let seal: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT up_to, seal FROM log_seals ORDER BY up_to DESC LIMIT 1").fetch_optional(conn).await?;
+    Ok(seal.map(|(up_to, seal)| (up_to as u64, seal)))
 }
 
 /// Seals what has become final, about once a second, until `shutdown`.
@@ -82,14 +129,13 @@ pub async fn verify(pool: &PgPool) -> Result<LogVerification, sqlx::Error> {
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     let (problem_at, problem, checked, unsealed): (Option<i64>, Option<String>, i64, i64) =
         sqlx::query_as("SELECT problem_at, problem, checked, unsealed FROM verify_log()").fetch_one(&mut *tx).await?;
-    let seal: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT up_to, seal FROM log_seals ORDER BY up_to DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let seal = latest_seal(&mut *tx).await?;
     tx.rollback().await?;
     Ok(LogVerification {
         problem: problem_at.map(|at| (at as u64, problem.unwrap_or_default())),
         checked: checked as u64,
         unsealed: unsealed as u64,
-        seal: seal.map(|(at, seal)| (at as u64, hex::encode(seal))),
+        seal: seal.map(|(at, seal)| (at, hex::encode(seal))),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -22,7 +22,7 @@ mod verify;
 
 pub use dead_letters::{Retried, RetryError, retry_parked};
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
-pub use rebuild::request_rebuild;
+pub use rebuild::{RebuildProgress, rebuild_progress, request_rebuild};
 pub use runner::Runner;
 pub use status::{LAG_COUNTED_UP_TO, ProjectionStatus, ProjectionVersion, eta, lag, progress, status};
 pub use verify::{Difference, Unapplied, Verification, VerifyError, verify};

@@ -72,3 +72,27 @@ pub async fn request_rebuild(pool: &PgPool, name: &str) -> Result<bool, sqlx::Er
         sqlx::query("UPDATE projection_checkpoints SET rebuild_requested = true WHERE projection = $1").bind(name).execute(pool).await?;
     Ok(updated.rows_affected() > 0)
 }
+
+/// How far a requested rebuild has got, for whoever watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Still asked for: the rebuild has not taken over yet.
+    pub requested: bool,
+    /// Where the rebuild has got; none until a worker has started it.
+    pub position: Option<u64>,
+    /// The last position in the log.
+    pub head: u64,
+}
+
+/// Where the rebuild of `name` stands.
+pub async fn rebuild_progress(pool: &PgPool, name: &str) -> Result<RebuildProgress, sqlx::Error> {
+    let (requested, position, head): (bool, Option<i64>, i64) = sqlx::query_as(
+        "SELECT (SELECT rebuild_requested FROM projection_checkpoints WHERE projection = $1),
+                (SELECT position FROM projection_checkpoints WHERE projection = $1 || ':rebuild'),
+                (SELECT coalesce(max(global_position), 0) FROM events)",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
+    Ok(RebuildProgress { requested, position: position.map(|p| p as u64), head: head as u64 })
+}

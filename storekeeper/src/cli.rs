@@ -194,6 +194,12 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// The pool on this database (and the private cluster when it was
+    /// started here: `embedded`, by `serve`), migrated.
+    pub async fn open(&self, embedded: bool) -> anyhow::Result<(Option<pgcluster::Cluster>, sqlx::PgPool)> {
+        crate::database::open(self.database_url.as_deref(), &self.data_dir, self.db_pool_size, embedded).await
+    }
+
     /// KurrentDB's address, if set to anything (compose passes an empty
     /// value to mean unset).
     pub fn kurrentdb_url(&self) -> Option<&str> {
@@ -245,8 +251,8 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    pub fn config(&self) -> Option<storekeeper::KafkaConfig> {
-        self.kafka_brokers.as_ref().map(|brokers| storekeeper::KafkaConfig {
+    pub fn config(&self) -> Option<crate::KafkaConfig> {
+        self.kafka_brokers.as_ref().map(|brokers| crate::KafkaConfig {
             brokers: brokers.clone(),
             topic: self.kafka_topic.clone(),
             partitions: self.kafka_partitions,

@@ -137,3 +137,14 @@ pub async fn seed(service: &CommandService, sizes: Sizes) -> Result<(usize, usiz
     progress.finish();
     Ok((product_ids.len(), customer_ids.len(), placed))
 }
+
+/// `storekeeper seed`: seeds the database `db` names through its command
+/// service and says how much.
+pub async fn run(db: &crate::cli::DatabaseArgs, sizes: Sizes) -> Result<()> {
+    let (_cluster, pool) = db.open(false).await?;
+    let (log, vault) = crate::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
+    let service = CommandService::new(log, vault);
+    let (p, c, o) = seed(&service, sizes).await?;
+    println!("seeded {p} products, {c} customers and {o} orders");
+    Ok(())
+}

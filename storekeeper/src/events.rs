@@ -255,9 +255,11 @@ async fn seal_what_is_final(pool: &PgPool) -> Result<()> {
 pub enum Plaintext {
     /// Keep every event as exported, byte for byte.
     Keep,
-    /// Seal it under fresh keys per customer and claim emails by keyed hash
-    /// (see `reencrypt`): the supported way to bring such a log forward.
-    Reencrypt,
+    /// Encrypt it under fresh keys per customer (stored wrapped under the
+    /// key encryption key when one is given) and claim emails by keyed
+    /// hash (see `reencrypt`): the supported way to bring such a log
+    /// forward.
+    Reencrypt(Option<eventlog::vault::WrappingKey>),
 }
 
 /// Restores the events of `input` into an empty log.
@@ -338,8 +340,8 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
     if plain_claims {
         set_legacy_email_claims(&mut tx, true).await?;
     }
-    if plaintext == Plaintext::Reencrypt {
-        imported.reencrypted = Some(reencrypt(&mut tx).await?);
+    if let Plaintext::Reencrypt(wrapping) = plaintext {
+        imported.reencrypted = Some(reencrypt(&mut tx, wrapping).await?);
         imported.seal = sqlx::query_scalar("SELECT encode(seal, 'hex') FROM log_seals ORDER BY up_to DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await
@@ -362,9 +364,9 @@ async fn import_all(pool: &PgPool, input: impl BufRead, plaintext: Plaintext) ->
 /// hashes and seals the log afresh, since its bytes changed. Answers how
 /// many events it rewrote. The log's no-update rule is lifted for this
 /// transaction only (the change is undone with it if anything fails).
-async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
+async fn reencrypt(tx: &mut sqlx::PgConnection, wrapping: Option<eventlog::vault::WrappingKey>) -> Result<u64> {
     use domain::personal::personal_fields;
-    use eventlog::vault::{keyed_hash, new_key, seal_fields};
+    use eventlog::vault::{encrypt_fields, keyed_hash, new_key};
 
     let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM vault_secrets WHERE name = 'unique_values'")
         .fetch_one(&mut *tx)
@@ -384,7 +386,6 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
     // Keys the file brought (a log sealed in part) are kept.
     let known: Vec<(uuid::Uuid, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT customer_id, key FROM customer_keys").fetch_all(&mut *tx).await.context("read the customer keys")?;
-    let wrapping = eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let known: HashMap<uuid::Uuid, eventlog::vault::KeyState> = known
         .into_iter()
         .map(|(id, key)| match key {
@@ -401,9 +402,11 @@ async fn reencrypt(tx: &mut sqlx::PgConnection) -> Result<u64> {
                 bail!("the event at position {position} names no customer: its personal data cannot be sealed");
             };
             match known.get(&owner) {
-                Some(eventlog::vault::KeyState::Forgotten) => eventlog::vault::open_fields(personal, owner, known.get(&owner), &mut data),
-                Some(eventlog::vault::KeyState::Live(key)) => seal_fields(personal, owner, key, &mut data),
-                None => seal_fields(personal, owner, keys.entry(owner).or_insert_with(new_key), &mut data),
+                Some(eventlog::vault::KeyState::Forgotten) => {
+                    eventlog::vault::decrypt_fields(personal, owner, known.get(&owner), &mut data)
+                }
+                Some(eventlog::vault::KeyState::Live(key)) => encrypt_fields(personal, owner, key, &mut data),
+                None => encrypt_fields(personal, owner, keys.entry(owner).or_insert_with(new_key), &mut data),
             }
             rewritten.push((position, stream_id, 2, data));
         } else {

@@ -9,4 +9,4 @@ pub mod database;
 pub mod events;
 pub mod seed;
 
-pub use app::{App, Config, KafkaConfig, Listeners, Roles};
+pub use app::{App, Config, EventLogConfig, KafkaConfig, Listeners, Roles};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{Cli, Cmd, DatabaseArgs, EventsAction, KafkaArgs, LogFormat, ProjectionsAction, TokenArgs, TokenRole};
+use cli::{AppendArgs, Cli, Cmd, DatabaseArgs, EventsAction, KafkaArgs, LogFormat, ProjectionsAction, TokenArgs, TokenRole, VaultArgs};
 use edge::{JwtKeys, Role};
 use eventlog::PgEventLog;
 use storekeeper::{App, Config, Listeners, Roles, database};
@@ -45,6 +45,7 @@ struct RoleArgs {
     roles: Roles,
     embedded: bool,
     db: DatabaseArgs,
+    event_log: storekeeper::EventLogConfig,
     command_addr: Option<SocketAddr>,
     query_addr: Option<SocketAddr>,
     jwt_secret: Option<String>,
@@ -56,10 +57,11 @@ struct RoleArgs {
 
 impl RoleArgs {
     /// `roles` on `db`, with nothing else configured.
-    fn new(roles: Roles, db: DatabaseArgs, log: cli::LogArgs) -> Self {
+    fn new(roles: Roles, db: DatabaseArgs, log: cli::LogArgs, vault: VaultArgs, append: Option<AppendArgs>) -> Self {
         RoleArgs {
             roles,
             embedded: false,
+            event_log: cli::event_log(&db, &vault, append.as_ref()),
             db,
             command_addr: None,
             query_addr: None,
@@ -75,7 +77,7 @@ impl RoleArgs {
 async fn dispatch(command: Cmd) -> Result<()> {
     let none = Roles::NONE;
     match command {
-        Cmd::Serve { db, command, query, jwt, webhook, kafka, log } => {
+        Cmd::Serve { db, vault, append, command, query, jwt, webhook, kafka, log } => {
             run(RoleArgs {
                 embedded: true,
                 command_addr: Some(command.command_addr),
@@ -83,40 +85,41 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
                 kafka: Some(kafka),
-                ..RoleArgs::new(Roles::ALL, db, log)
+                ..RoleArgs::new(Roles::ALL, db, log, vault, Some(append))
             })
             .await
         }
-        Cmd::CommandApi { db, command, jwt, webhook, log } => {
+        Cmd::CommandApi { db, vault, append, command, jwt, webhook, log } => {
             run(RoleArgs {
                 command_addr: Some(command.command_addr),
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
-                ..RoleArgs::new(Roles { command: true, ..none }, db, log)
+                ..RoleArgs::new(Roles { command: true, ..none }, db, log, vault, Some(append))
             })
             .await
         }
-        Cmd::QueryApi { db, query, jwt, kafka, log } => {
+        Cmd::QueryApi { db, vault, query, jwt, kafka, log } => {
             run(RoleArgs {
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
                 kafka: Some(kafka),
-                ..RoleArgs::new(Roles { query: true, ..none }, db, log)
+                ..RoleArgs::new(Roles { query: true, ..none }, db, log, vault, None)
             })
             .await
         }
         Cmd::Relay { kafka, .. } if kafka.kafka_brokers.is_none() => bail!("KAFKA_BROKERS must be set for `storekeeper relay`"),
-        Cmd::Relay { db, kafka, log } => {
-            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { relay: true, ..none }, db, log) }).await
+        Cmd::Relay { db, vault, kafka, log } => {
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { relay: true, ..none }, db, log, vault, None) }).await
         }
-        Cmd::Projections { action: None, db, kafka, log } => {
-            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { workers: true, ..none }, db, log) }).await
+        Cmd::Projections { action: None, db, vault, append, kafka, log } => {
+            let roles = Roles { workers: true, ..none };
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(roles, db, log, vault, Some(append)) }).await
         }
         Cmd::Projections { action: Some(action), .. } => projections_admin(action).await,
         Cmd::Events { action } => events(action).await,
-        Cmd::Seed { products, customers, orders, db } => {
+        Cmd::Seed { products, customers, orders, db, vault, append } => {
             let (_cluster, pool) = open(&db, false).await?;
-            let (log, vault) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
+            let (log, vault) = storekeeper::app::vaulted_log(&pool, &cli::event_log(&db, &vault, Some(&append))).await?;
             let service = commands::CommandService::new(log, vault);
             let (p, c, o) = storekeeper::seed::seed(&service, storekeeper::seed::Sizes { products, customers, orders }).await?;
             println!("seeded {p} products, {c} customers and {o} orders");
@@ -132,7 +135,6 @@ async fn open(db: &DatabaseArgs, embedded: bool) -> Result<(Option<pgcluster::Cl
 
 async fn run(args: RoleArgs) -> Result<()> {
     let _telemetry = init_tracing(args.log_format, args.roles)?;
-    eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let loopback = args.command_addr.is_none_or(|a| a.ip().is_loopback()) && args.query_addr.is_none_or(|a| a.ip().is_loopback());
     let dev = args.embedded && loopback;
     let roles = args.roles;
@@ -153,15 +155,13 @@ async fn run(args: RoleArgs) -> Result<()> {
         listeners.metrics = Some(bind(addr, "metrics", "STOREKEEPER_METRICS_ADDR").await?);
     }
     let (cluster, pool) = open(&args.db, args.embedded).await?;
-    let wrapping = eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
-    eventlog::vault::check_wrapping_key(&pool, wrapping).await.map_err(anyhow::Error::msg)?;
     let config = Config {
         roles,
         jwt_secret,
         webhook_secret,
         index_dir: database::index_dir(&args.db.data_dir),
         kafka: args.kafka.as_ref().and_then(KafkaArgs::config),
-        kurrentdb_url: args.db.kurrentdb_url().map(str::to_owned),
+        event_log: args.event_log,
     };
     let result = match App::start(config, pool.clone(), listeners).await {
         Ok(app) => app.run_until(shutdown_signal()).await,
@@ -218,7 +218,7 @@ async fn events(action: EventsAction) -> Result<()> {
             let written = storekeeper::events::export(&log, &pool, &mut out).await?;
             eprintln!("storekeeper: exported {written} events");
         }
-        EventsAction::Import { input, reencrypt, db } => {
+        EventsAction::Import { input, reencrypt, db, vault } => {
             let (_cluster, pool) = open(&db, false).await?;
             let read: Box<dyn std::io::BufRead> = if is_std(&input) {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -226,7 +226,10 @@ async fn events(action: EventsAction) -> Result<()> {
                 let path = input.expect("checked above");
                 Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?))
             };
-            let plaintext = if reencrypt { storekeeper::events::Plaintext::Reencrypt } else { storekeeper::events::Plaintext::Keep };
+            let plaintext = match reencrypt {
+                true => storekeeper::events::Plaintext::Reencrypt(vault.wrapping_key()),
+                false => storekeeper::events::Plaintext::Keep,
+            };
             let imported = storekeeper::events::import(&pool, read, plaintext).await?;
             eprintln!("storekeeper: imported {} events, each checked against its hash; seal {}", imported.events, imported.seal);
             if let Some(n) = imported.reencrypted {
@@ -258,11 +261,11 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 }
             }
         }
-        ProjectionsAction::Retry { name, db } => {
+        ProjectionsAction::Retry { name, db, vault } => {
             let (_cluster, pool) = open(&db, false).await?;
             let projection =
                 projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
-            let (log, _) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
+            let (log, _) = storekeeper::app::vaulted_log(&pool, &cli::event_log(&db, &vault, None)).await?;
             let retried = projections::retry_parked(&pool, &*log, &*projection).await.context("retry parked events")?;
             println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
             if retried.still_parked > 0 {
@@ -281,7 +284,7 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 watch_rebuild(&pool, &name).await?;
             }
         }
-        ProjectionsAction::Verify { name, db } => {
+        ProjectionsAction::Verify { name, db, vault } => {
             let (_cluster, pool) = open(&db, false).await?;
             let chosen: Vec<_> = projections::all().into_iter().filter(|p| name.as_deref().is_none_or(|n| n == p.name())).collect();
             if chosen.is_empty() {
@@ -293,7 +296,7 @@ async fn projections_admin(action: ProjectionsAction) -> Result<()> {
                 }
                 bail!("no projection is called {name}");
             }
-            let (log, _) = storekeeper::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
+            let (log, _) = storekeeper::app::vaulted_log(&pool, &cli::event_log(&db, &vault, None)).await?;
             let mut differ = Vec::new();
             for projection in chosen {
                 let found =

@@ -157,6 +157,17 @@ mod tests {
         (inner.clone(), VaultedLog::new(inner, Arc::new(Vault::new(store))))
     }
 
+    /// A customer registered through a vaulted log in memory: its key
+    /// store, the inner log, the vaulted log, the customer and its stream.
+    async fn a_registered_customer() -> (Arc<MemoryKeyStore>, Arc<dyn EventLog>, VaultedLog, Uuid, String) {
+        let store = Arc::new(MemoryKeyStore::default());
+        let (inner, log) = vaulted(store.clone());
+        let owner = Uuid::new_v4();
+        let (stream, data) = registered(owner);
+        log.append(write(&stream, vec![event("CustomerRegistered", 2, data)])).await.unwrap();
+        (store, inner, log, owner, stream)
+    }
+
     #[tokio::test]
     async fn the_vaulted_log_stores_ciphertext_decrypts_it_and_redacts_once_the_key_is_gone() {
         let (inner, log) = vaulted(Arc::default());
@@ -186,11 +197,7 @@ mod tests {
     /// deletes the key once the forget is appended.
     #[tokio::test]
     async fn appending_the_forget_deletes_the_key_of_a_store_that_does_not_forget_with_the_event() {
-        let store = Arc::new(MemoryKeyStore::default());
-        let (_, log) = vaulted(store.clone());
-        let owner = Uuid::new_v4();
-        let (stream, data) = registered(owner);
-        log.append(write(&stream, vec![event("CustomerRegistered", 2, data)])).await.unwrap();
+        let (store, _, log, owner, stream) = a_registered_customer().await;
         assert!(matches!(store.keys(&[owner]).await.unwrap().get(&owner), Some(KeyState::Live(_))));
         log.append(write(&stream, vec![event(FORGOTTEN, 1, json!({}))])).await.unwrap();
         assert_eq!(store.keys(&[owner]).await.unwrap().get(&owner), Some(&KeyState::Forgotten));
@@ -202,11 +209,7 @@ mod tests {
     /// and nothing read with it is decrypted.
     #[tokio::test]
     async fn a_forget_whose_key_was_left_behind_deletes_it_when_read() {
-        let store = Arc::new(MemoryKeyStore::default());
-        let (inner, log) = vaulted(store.clone());
-        let owner = Uuid::new_v4();
-        let (stream, data) = registered(owner);
-        log.append(write(&stream, vec![event("CustomerRegistered", 2, data)])).await.unwrap();
+        let (store, inner, log, owner, stream) = a_registered_customer().await;
         inner.append(write(&stream, vec![event(FORGOTTEN, 1, json!({}))])).await.unwrap();
         assert!(matches!(store.keys(&[owner]).await.unwrap().get(&owner), Some(KeyState::Live(_))), "left behind");
         let read = log.read_stream(&stream, 0, 10).await.unwrap();

@@ -226,8 +226,9 @@ pub async fn deactivate_customer(
 /// Forgets a customer (the customer itself, or an admin): its personal
 /// data becomes unreadable everywhere and its email is free again.
 /// A log in PostgreSQL deletes its key and password with the event
-/// (triggers); they are deleted here too, for a log kept elsewhere and for
-/// a forget repeated after a crash between the event and the deletion.
+/// (triggers); the vault deletes the key of a log kept elsewhere; the
+/// password is deleted here too, for a log kept elsewhere and for a
+/// forget repeated after a crash between the event and the deletion.
 pub async fn forget_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -236,7 +237,6 @@ pub async fn forget_customer(
 ) -> Result<Response, ApiError> {
     let response = customer_command(&state, &ctx, &id, Ok(CustomerCommand::Forget)).await?;
     let id = parse_id(&id)?;
-    state.service.vault().forget(id).await.map_err(commands::ServiceError::from)?;
     state.passwords.forget(id).await?;
     Ok(response)
 }

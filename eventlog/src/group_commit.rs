@@ -33,13 +33,13 @@ use crate::{AppendResult, EventLogError, ExpectedVersion, StreamAppended, Stream
 /// write --quick` on 2 cores, 1 / 2 / 3 committers gave 7.7-8.4k / 6.6k /
 /// 6.5k commands/s (groups of 11 / 5.6 / 3.8 appends). More overlap their
 /// flushes, which pays for large raw appends (16 writers of 100 events:
-/// 83k events/s with one, 101k with two). `STOREKEEPER_APPEND_COMMITTERS`
-/// overrides it (1 to 64).
-const COMMITTERS: usize = 1;
+/// 83k events/s with one, 101k with two). The binary's
+/// `--append-committers` (`STOREKEEPER_APPEND_COMMITTERS`) overrides it,
+/// through `PgEventLog::with_committers`.
+pub const DEFAULT_COMMITTERS: usize = 1;
 
-fn committers() -> usize {
-    std::env::var("STOREKEEPER_APPEND_COMMITTERS").ok().and_then(|v| v.parse().ok()).filter(|n| (1..=64).contains(n)).unwrap_or(COMMITTERS)
-}
+/// The most committers a log runs (more only contend for the gate).
+pub const MAX_COMMITTERS: usize = 64;
 
 /// A group takes at most this many appends, and this many events unless
 /// its first append alone has more.
@@ -115,19 +115,21 @@ impl Queue {
 /// runtime of the first append).
 pub(crate) struct GroupCommit {
     pool: PgPool,
+    committers: usize,
     sender: OnceLock<mpsc::UnboundedSender<Request>>,
 }
 
 impl GroupCommit {
-    pub fn new(pool: PgPool) -> Self {
-        GroupCommit { pool, sender: OnceLock::new() }
+    /// `committers` is held within 1 and `MAX_COMMITTERS`.
+    pub fn new(pool: PgPool, committers: usize) -> Self {
+        GroupCommit { pool, committers: committers.clamp(1, MAX_COMMITTERS), sender: OnceLock::new() }
     }
 
     pub async fn append(&self, writes: Vec<StreamWrite>, receipt: Option<(String, String)>) -> Result<AppendResult, EventLogError> {
         let sender = self.sender.get_or_init(|| {
             let (sender, incoming) = mpsc::unbounded_channel();
             let queue = Arc::new(Mutex::new(Queue { incoming, held: VecDeque::new() }));
-            for _ in 0..committers() {
+            for _ in 0..self.committers {
                 tokio::spawn(supervise(self.pool.clone(), queue.clone()));
             }
             sender

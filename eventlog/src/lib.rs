@@ -28,6 +28,7 @@ pub use envelope::{
     AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, validate as validate_append,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
+pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use shared_tail::SharedTail;

@@ -15,7 +15,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::watch;
 
 use crate::envelope::validate;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{DEFAULT_COMMITTERS, GroupCommit};
 use crate::{
     AppendResult, EventLog, EventLogError, ExpectedVersion, Metadata, Receipt, RecordedEvent, Snapshot, StreamAppended, StreamWrite,
 };
@@ -37,8 +37,15 @@ pub struct PgEventLog {
 }
 
 impl PgEventLog {
+    /// The log with `DEFAULT_APPEND_COMMITTERS` committers.
     pub fn new(pool: PgPool) -> Self {
-        PgEventLog { group: GroupCommit::new(pool.clone()), pool, appended: watch::Sender::new(0) }
+        Self::with_committers(pool, DEFAULT_COMMITTERS)
+    }
+
+    /// The log with `committers` writing groups side by side (held within
+    /// 1 and `MAX_APPEND_COMMITTERS`; see `group_commit` for the trade-off).
+    pub fn with_committers(pool: PgPool, committers: usize) -> Self {
+        PgEventLog { group: GroupCommit::new(pool.clone(), committers), pool, appended: watch::Sender::new(0) }
     }
 
     pub fn pool(&self) -> &PgPool {

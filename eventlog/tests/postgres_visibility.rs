@@ -135,6 +135,22 @@ async fn appends_in_flight_together_are_written_in_shared_transactions() {
     assert_eq!(sorted.len(), 200, "every append has its own position");
 }
 
+/// Committers configured per log (the binary's `--append-committers`)
+/// write groups side by side, each append still answered on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_several_committers_answers_every_append_once() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::with_committers(pool.clone(), 3));
+    let streams: Vec<String> = (0..200).map(|_| format!("thing-{}", Uuid::now_v7())).collect();
+    let results = futures::future::join_all(streams.iter().map(|s| log.append(vec![write(s)]))).await;
+    let mut positions: Vec<u64> = results.into_iter().map(|r| r.unwrap().position).collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 200, "every append has its own position");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 200);
+}
+
 /// A value the database refuses (here a NUL in JSON text) fails only the
 /// append that holds it, not the others written in the same group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,68 +329,4 @@ async fn a_log_written_before_hashes_existed_is_hashed_and_sealed_by_the_migrati
     eventlog::migrate(&pool).await.unwrap();
     let found = eventlog::seal::verify(&pool).await.unwrap();
     assert_eq!((found.problem, found.checked, found.unsealed), (None, 50, 0));
-}
-
-/// Whoever appends `CustomerForgotten`, even past the vault, the key goes
-/// in the same transaction: no crash can leave the event with a live key.
-#[tokio::test]
-async fn appending_customer_forgotten_deletes_the_key_in_the_same_transaction() {
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    let (vaulted, _) = eventlog::vault::postgres_log(&pool);
-    let customer = Uuid::now_v7();
-    let stream = format!("customer-{customer}");
-    let event = |event_type: &str, version: u32, data: serde_json::Value| NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        schema_version: version,
-        occurred_at: Utc::now(),
-        metadata: Metadata::system("test"),
-        data,
-    };
-    let registered = json!({"customer_id": customer, "email": "gone@example.com", "name": "Gone", "shipping_address": null});
-    let write = |events| vec![StreamWrite { stream_id: stream.clone(), expected: ExpectedVersion::Any, events }];
-    vaulted.append(write(vec![event("CustomerRegistered", 2, registered)])).await.unwrap();
-    assert_eq!(vaulted.read_stream(&stream, 0, 1).await.unwrap()[0].data["name"], "Gone");
-    // Straight into the log, as an import or another build would.
-    let raw = PgEventLog::new(pool.clone());
-    raw.append(write(vec![event("CustomerForgotten", 1, json!({}))])).await.unwrap();
-    let key: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = $1").bind(customer).fetch_one(&pool).await.unwrap();
-    assert_eq!(key, None);
-    assert_eq!(vaulted.read_stream(&stream, 0, 1).await.unwrap()[0].data["name"], "[redacted]");
-}
-
-/// Under a key encryption key, the table holds only wrapped keys: bound to
-/// their owner, and of no use without that key.
-#[tokio::test]
-async fn data_keys_are_stored_wrapped_under_the_key_encryption_key() {
-    use eventlog::vault::{KeyState, KeyStore, PgKeyStore, new_key};
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    let (kek, other) = (new_key(), new_key());
-    let store = PgKeyStore::wrapped(pool.clone(), Some(kek));
-    let (owner, key) = (Uuid::now_v7(), new_key());
-    let made = store.create_keys(&[owner], &[key]).await.unwrap();
-    assert_eq!(made.get(&owner), Some(&KeyState::Live(key)));
-    let stored: Vec<u8> =
-        sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = $1").bind(owner).fetch_one(&pool).await.unwrap();
-    assert_eq!(stored.len(), 72);
-    assert!(!stored.windows(32).any(|w| w == key), "the key itself is not in the row");
-    assert!(PgKeyStore::wrapped(pool.clone(), Some(other)).keys(&[owner]).await.is_err(), "another key encryption key");
-    assert!(PgKeyStore::new(pool.clone()).keys(&[owner]).await.is_err(), "none at all");
-    assert!(eventlog::vault::key_from_storage(Some(&kek), Uuid::now_v7(), &stored).is_err(), "bound to its owner");
-}
-
-/// A process with another key encryption key, or none, on a database whose
-/// keys are wrapped is refused before it writes a key it would lose.
-#[tokio::test]
-async fn a_database_is_held_to_the_key_encryption_key_it_started_with() {
-    use eventlog::vault::{check_wrapping_key, new_key};
-    let pool = eventlog::testing::fresh_event_log_database().await;
-    let (kek, other) = (new_key(), new_key());
-    check_wrapping_key(&pool, Some(kek)).await.unwrap();
-    check_wrapping_key(&pool, Some(kek)).await.unwrap();
-    assert!(check_wrapping_key(&pool, Some(other)).await.unwrap_err().contains("not the key"));
-    assert!(check_wrapping_key(&pool, None).await.unwrap_err().contains("set STOREKEEPER_VAULT_KEY"));
-    let plain = eventlog::testing::fresh_event_log_database().await;
-    check_wrapping_key(&plain, None).await.unwrap();
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use commands::{CommandService, IdempotencyStore, ProcessManager};
 use edge::JwtKeys;
+use eventlog::vault::WrappingKey;
 use eventlog::{EventLog, PgEventLog, Vault, VaultedLog};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -47,8 +48,28 @@ pub struct Config {
     /// Where the query API keeps this node's product index.
     pub index_dir: PathBuf,
     pub kafka: Option<KafkaConfig>,
+    pub event_log: EventLogConfig,
+}
+
+/// How a process opens the event log and its vault: parsed once, by the
+/// binary, and passed down as values (no library reads the environment).
+#[derive(Clone)]
+pub struct EventLogConfig {
     /// The event log on KurrentDB instead of PostgreSQL (`KURRENTDB_URL`).
     pub kurrentdb_url: Option<String>,
+    /// The key encryption key customers' data keys are wrapped under
+    /// (`STOREKEEPER_VAULT_KEY`); none: stored as they are.
+    pub vault_key: Option<WrappingKey>,
+    /// Group-commit writers of the PostgreSQL log
+    /// (`STOREKEEPER_APPEND_COMMITTERS`).
+    pub append_committers: usize,
+}
+
+impl Default for EventLogConfig {
+    /// PostgreSQL, keys unwrapped, the default committers.
+    fn default() -> Self {
+        EventLogConfig { kurrentdb_url: None, vault_key: None, append_committers: eventlog::DEFAULT_APPEND_COMMITTERS }
+    }
 }
 
 /// Listeners bound before anything starts (a taken port fails first).
@@ -75,7 +96,7 @@ impl App {
         // One reader of the log for every part of this process that follows it.
         // What is stored (ciphertext) goes to the relay; everything else
         // reads and writes through the vault.
-        let (stored, vault) = event_log(&pool, config.kurrentdb_url.as_deref()).await?;
+        let (stored, vault) = event_log(&pool, &config.event_log).await?;
         let log: Arc<dyn EventLog> = Arc::new(VaultedLog::new(stored.clone(), vault.clone()));
         let service = CommandService::new(log.clone(), vault.clone());
         let jwt = JwtKeys::new(config.jwt_secret.as_bytes());
@@ -112,7 +133,7 @@ impl App {
             let stop = stop_rx.clone();
             tasks.spawn(async move { manager.run(stop).await.context("order process manager") });
             // The hash chain covers a log in PostgreSQL only.
-            if config.kurrentdb_url.is_none() {
+            if config.event_log.kurrentdb_url.is_none() {
                 let (sealer_pool, stop) = (pool.clone(), stop_rx.clone());
                 tasks.spawn(async move {
                     eventlog::seal::run_sealer(sealer_pool, stop).await;
@@ -215,23 +236,68 @@ async fn purge_idempotency_keys(store: IdempotencyStore, mut stop: watch::Receiv
 }
 
 /// The log as stored (ciphertext), behind one shared reader, and the vault
-/// (keys in PostgreSQL) that seals and opens it: in PostgreSQL, or on
-/// KurrentDB when `kurrentdb_url` is given.
-pub async fn event_log(pool: &PgPool, kurrentdb_url: Option<&str>) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
-    Ok(match kurrentdb_url {
-        None => (Arc::new(eventlog::SharedTail::new(Arc::new(PgEventLog::new(pool.clone())))), Vault::postgres(pool.clone())),
+/// (keys in PostgreSQL) that encrypts and decrypts it: in PostgreSQL, or on
+/// KurrentDB when `kurrentdb_url` is given. Refuses a key encryption key
+/// other than the one the database's keys are wrapped under.
+pub async fn event_log(pool: &PgPool, config: &EventLogConfig) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
+    eventlog::vault::check_wrapping_key(pool, config.vault_key).await?;
+    Ok(match config.kurrentdb_url.as_deref() {
+        None => {
+            let log = PgEventLog::with_committers(pool.clone(), config.append_committers);
+            (Arc::new(eventlog::SharedTail::new(Arc::new(log))), Vault::postgres(pool.clone(), config.vault_key))
+        }
         Some(url) => {
             let log = kurrent::KurrentEventLog::connect(url, kurrent::LOG_STREAM)
                 .await
                 .context("open the event log on KurrentDB (KURRENTDB_URL)")?;
             tracing::info!(stream = kurrent::LOG_STREAM, "the event log is on KurrentDB");
-            (Arc::new(eventlog::SharedTail::new(Arc::new(log))), Vault::postgres_beside_another_log(pool.clone()))
+            (Arc::new(eventlog::SharedTail::new(Arc::new(log))), Vault::postgres_beside_another_log(pool.clone(), config.vault_key))
         }
     })
 }
 
 /// [`event_log`], read and written through the vault.
-pub async fn vaulted_log(pool: &PgPool, kurrentdb_url: Option<&str>) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
-    let (stored, vault) = event_log(pool, kurrentdb_url).await?;
+pub async fn vaulted_log(pool: &PgPool, config: &EventLogConfig) -> Result<(Arc<dyn EventLog>, Arc<Vault>)> {
+    let (stored, vault) = event_log(pool, config).await?;
     Ok((Arc::new(VaultedLog::new(stored, vault.clone())), vault))
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{Category, StreamId};
+    use eventlog::{ExpectedVersion, Metadata, NewEvent, StreamWrite};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// Each process (here, each call) opens the log with the configuration
+    /// it was given: its keys wrapped under its key encryption key, and a
+    /// database held to the first one.
+    #[tokio::test]
+    async fn the_log_is_opened_with_the_vault_key_it_is_given() {
+        let pool = eventlog::testing::fresh_event_log_database().await;
+        let config = EventLogConfig { vault_key: Some(WrappingKey::generate()), append_committers: 2, ..EventLogConfig::default() };
+        let (log, _) = vaulted_log(&pool, &config).await.unwrap();
+        let customer = Uuid::now_v7();
+        let registered = NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "CustomerRegistered".into(),
+            schema_version: 2,
+            occurred_at: chrono::Utc::now(),
+            metadata: Metadata::system("test"),
+            data: json!({"customer_id": customer, "email": "ada@example.com", "name": "Ada", "shipping_address": null}),
+        };
+        let stream_id = StreamId::new(Category::Customer, customer).to_string();
+        log.append(vec![StreamWrite { stream_id, expected: ExpectedVersion::NoStream, events: vec![registered] }]).await.unwrap();
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT key FROM customer_keys WHERE customer_id = $1").bind(customer).fetch_one(&pool).await.unwrap();
+        assert_eq!(stored.len(), 72, "wrapped under the configured key");
+
+        let other = EventLogConfig { vault_key: Some(WrappingKey::generate()), ..EventLogConfig::default() };
+        let refused = vaulted_log(&pool, &other).await.err().expect("another key is refused");
+        assert!(refused.to_string().contains("not the key"), "{refused:#}");
+        let refused = vaulted_log(&pool, &EventLogConfig::default()).await.err().expect("no key is refused");
+        assert!(refused.to_string().contains("set STOREKEEPER_VAULT_KEY"), "{refused:#}");
+    }
 }

@@ -1,10 +1,14 @@
 //! The command line: each subcommand takes only the flags it uses, each
-//! with an environment fallback.
+//! with an environment fallback. Configuration is parsed here, once, and
+//! passed down as values: no library reads the environment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use eventlog::vault::WrappingKey;
 
 #[derive(Parser)]
 #[command(name = "storekeeper", version, about = "Event-sourced CQRS commerce backend")]
@@ -21,6 +25,10 @@ pub enum Cmd {
     Serve {
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
+        #[command(flatten)]
+        append: AppendArgs,
         #[command(flatten)]
         command: CommandAddr,
         #[command(flatten)]
@@ -39,6 +47,10 @@ pub enum Cmd {
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
+        vault: VaultArgs,
+        #[command(flatten)]
+        append: AppendArgs,
+        #[command(flatten)]
         command: CommandAddr,
         #[command(flatten)]
         jwt: JwtSecret,
@@ -52,6 +64,8 @@ pub enum Cmd {
     QueryApi {
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
         #[command(flatten)]
         query: QueryAddr,
         #[command(flatten)]
@@ -67,6 +81,8 @@ pub enum Cmd {
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
+        vault: VaultArgs,
+        #[command(flatten)]
         kafka: KafkaArgs,
         #[command(flatten)]
         log: LogArgs,
@@ -79,6 +95,10 @@ pub enum Cmd {
         action: Option<ProjectionsAction>,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
+        #[command(flatten)]
+        append: AppendArgs,
         #[command(flatten)]
         kafka: KafkaArgs,
         #[command(flatten)]
@@ -104,6 +124,10 @@ pub enum Cmd {
         orders: usize,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
+        #[command(flatten)]
+        append: AppendArgs,
     },
     /// Mints a JWT signed with the configured secret and prints it alone.
     Token(TokenArgs),
@@ -130,13 +154,15 @@ pub enum EventsAction {
         /// Where to read; `-` or absent: stdin.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Seal personal data the file holds in the clear (a log from
-        /// before sealing) under fresh per-customer keys; the new log is
+        /// Encrypt personal data the file holds in the clear (a log from
+        /// before encryption) under fresh per-customer keys; the new log is
         /// hashed and sealed afresh.
         #[arg(long)]
         reencrypt: bool,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
     },
 }
 
@@ -152,6 +178,8 @@ pub enum ProjectionsAction {
         name: String,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
     },
     /// Rebuilds a projection from the log beside its live tables; the
     /// running workers build it and swap it in once it has caught up.
@@ -170,6 +198,8 @@ pub enum ProjectionsAction {
         name: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
     },
 }
 
@@ -205,6 +235,71 @@ impl DatabaseArgs {
     pub fn kurrentdb_url(&self) -> Option<&str> {
         self.kurrentdb_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
     }
+}
+
+/// How a command that reads or writes through the vault opens the log:
+/// where (`db`), under which key encryption key, with how many committers
+/// (the default for a command that does not append).
+pub fn event_log(db: &DatabaseArgs, vault: &VaultArgs, append: Option<&AppendArgs>) -> crate::EventLogConfig {
+    crate::EventLogConfig {
+        kurrentdb_url: db.kurrentdb_url().map(str::to_owned),
+        vault_key: vault.wrapping_key(),
+        append_committers: append.map_or(eventlog::DEFAULT_APPEND_COMMITTERS, |a| a.append_committers as usize),
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct VaultArgs {
+    /// Key encryption key (64 hex digits) every customer's data key is
+    /// stored wrapped under, so that the database's files and backups hold
+    /// no usable key; the same for every role. A database whose keys are
+    /// wrapped under another key, or none, is refused. Unset or empty: keys
+    /// are stored as they are.
+    #[arg(long, env = "STOREKEEPER_VAULT_KEY", hide_env_values = true, value_name = "HEX", value_parser = VaultKeyParser)]
+    vault_key: Option<VaultKey>,
+}
+
+impl VaultArgs {
+    pub fn wrapping_key(&self) -> Option<WrappingKey> {
+        self.vault_key.as_ref().and_then(|k| k.0)
+    }
+}
+
+/// A parsed `--vault-key`: empty means unset (compose passes an empty
+/// value for that).
+#[derive(Clone)]
+struct VaultKey(Option<WrappingKey>);
+
+/// Parses `--vault-key` without ever echoing the value (clap's own
+/// errors quote it).
+#[derive(Clone)]
+struct VaultKeyParser;
+
+impl TypedValueParser for VaultKeyParser {
+    type Value = VaultKey;
+
+    fn parse_ref(&self, cmd: &clap::Command, _: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<VaultKey, clap::Error> {
+        let text = value.to_str().unwrap_or("-");
+        if text.trim().is_empty() {
+            return Ok(VaultKey(None));
+        }
+        text.parse()
+            .map(|key| VaultKey(Some(key)))
+            .map_err(|_| cmd.clone().error(ErrorKind::ValueValidation, "STOREKEEPER_VAULT_KEY must be 64 hex digits (a 256-bit key)"))
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct AppendArgs {
+    /// Group-commit writers of the event log in this process: more overlap
+    /// the flushes of large appends, fewer make larger groups.
+    #[arg(
+        long,
+        env = "STOREKEEPER_APPEND_COMMITTERS",
+        default_value_t = eventlog::DEFAULT_APPEND_COMMITTERS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=eventlog::MAX_APPEND_COMMITTERS as u64),
+    )]
+    append_committers: u64,
 }
 
 #[derive(Args, Clone)]
@@ -295,4 +390,56 @@ pub struct TokenArgs {
 pub enum TokenRole {
     Admin,
     Customer,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn vault_key(args: &[&str]) -> Result<Option<WrappingKey>, String> {
+        let cli = Cli::try_parse_from([&["storekeeper", "seed"], args].concat()).map_err(|e| e.to_string())?;
+        let Cmd::Seed { vault, .. } = cli.command else { unreachable!("seed parses as seed") };
+        Ok(vault.wrapping_key())
+    }
+
+    #[test]
+    fn the_vault_key_and_committers_show_in_help_with_their_variables() {
+        Cli::command().debug_assert();
+        for role in ["serve", "command-api", "projections", "seed"] {
+            let help = Cli::command().find_subcommand_mut(role).expect("a subcommand").render_long_help().to_string();
+            for wanted in ["--vault-key", "STOREKEEPER_VAULT_KEY", "--append-committers", "STOREKEEPER_APPEND_COMMITTERS"] {
+                assert!(help.contains(wanted), "{role} --help lacks {wanted}");
+            }
+        }
+        for role in ["query-api", "relay"] {
+            let help = Cli::command().find_subcommand_mut(role).expect("a subcommand").render_long_help().to_string();
+            assert!(help.contains("STOREKEEPER_VAULT_KEY"), "{role} --help lacks the vault key");
+        }
+    }
+
+    #[test]
+    fn the_vault_key_is_parsed_once_and_a_malformed_one_is_refused_without_echoing_it() {
+        assert_eq!(vault_key(&["--vault-key", KEY]), Ok(Some(KEY.parse().unwrap())));
+        assert_eq!(vault_key(&["--vault-key", " "]), Ok(None), "empty means unset");
+        let refused = vault_key(&["--vault-key", "secret-but-not-hex"]).unwrap_err();
+        assert!(refused.contains("STOREKEEPER_VAULT_KEY must be 64 hex digits (a 256-bit key)"), "{refused}");
+        assert!(!refused.contains("secret-but-not-hex"), "{refused}");
+    }
+
+    #[test]
+    fn committers_are_one_by_default_and_held_within_their_range() {
+        let committers = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["storekeeper", "command-api"], args].concat()).map_err(|e| e.to_string())?;
+            let Cmd::CommandApi { db, vault, append, .. } = cli.command else { unreachable!("command-api parses as command-api") };
+            Ok::<_, String>(event_log(&db, &vault, Some(&append)).append_committers)
+        };
+        assert_eq!(committers(&[]), Ok(eventlog::DEFAULT_APPEND_COMMITTERS));
+        assert_eq!(committers(&["--append-committers", "3"]), Ok(3));
+        assert!(committers(&["--append-committers", "0"]).is_err());
+        assert!(committers(&["--append-committers", "65"]).is_err());
+    }
 }

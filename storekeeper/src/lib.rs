@@ -14,4 +14,4 @@ pub mod database;
 pub mod run;
 pub mod seed;
 
-pub use app::{App, Config, KafkaConfig, Listeners, Roles};
+pub use app::{App, Config, EventLogConfig, KafkaConfig, Listeners, Roles};

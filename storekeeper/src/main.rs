@@ -35,7 +35,7 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(command: Cmd) -> Result<()> {
     let none = Roles::NONE;
     match command {
-        Cmd::Serve { db, command, query, jwt, webhook, kafka, log } => {
+        Cmd::Serve { db, vault, append, command, query, jwt, webhook, kafka, log } => {
             run(RoleArgs {
                 embedded: true,
                 command_addr: Some(command.command_addr),
@@ -43,39 +43,40 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
                 kafka: Some(kafka),
-                ..RoleArgs::new(Roles::ALL, db, log)
+                ..RoleArgs::new(Roles::ALL, db, log, vault, Some(append))
             })
             .await
         }
-        Cmd::CommandApi { db, command, jwt, webhook, log } => {
+        Cmd::CommandApi { db, vault, append, command, jwt, webhook, log } => {
             run(RoleArgs {
                 command_addr: Some(command.command_addr),
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
-                ..RoleArgs::new(Roles { command: true, ..none }, db, log)
+                ..RoleArgs::new(Roles { command: true, ..none }, db, log, vault, Some(append))
             })
             .await
         }
-        Cmd::QueryApi { db, query, jwt, kafka, log } => {
+        Cmd::QueryApi { db, vault, query, jwt, kafka, log } => {
             run(RoleArgs {
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
                 kafka: Some(kafka),
-                ..RoleArgs::new(Roles { query: true, ..none }, db, log)
+                ..RoleArgs::new(Roles { query: true, ..none }, db, log, vault, None)
             })
             .await
         }
         Cmd::Relay { kafka, .. } if kafka.kafka_brokers.is_none() => bail!("KAFKA_BROKERS must be set for `storekeeper relay`"),
-        Cmd::Relay { db, kafka, log } => {
-            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { relay: true, ..none }, db, log) }).await
+        Cmd::Relay { db, vault, kafka, log } => {
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { relay: true, ..none }, db, log, vault, None) }).await
         }
-        Cmd::Projections { action: None, db, kafka, log } => {
-            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(Roles { workers: true, ..none }, db, log) }).await
+        Cmd::Projections { action: None, db, vault, append, kafka, log } => {
+            let roles = Roles { workers: true, ..none };
+            run(RoleArgs { kafka: Some(kafka), ..RoleArgs::new(roles, db, log, vault, Some(append)) }).await
         }
         Cmd::Projections { action: Some(action), .. } => storekeeper::admin::projections::run(action).await,
         Cmd::Events { action } => storekeeper::admin::events::run(action).await,
-        Cmd::Seed { products, customers, orders, db } => {
-            storekeeper::seed::run(&db, storekeeper::seed::Sizes { products, customers, orders }).await
+        Cmd::Seed { products, customers, orders, db, vault, append } => {
+            storekeeper::seed::run(&db, &vault, &append, storekeeper::seed::Sizes { products, customers, orders }).await
         }
         Cmd::Token(args) => storekeeper::admin::token::mint(args),
     }

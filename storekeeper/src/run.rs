@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{DatabaseArgs, KafkaArgs, LogArgs, LogFormat};
-use crate::{App, Config, Listeners, Roles, database};
+use crate::cli::{AppendArgs, DatabaseArgs, KafkaArgs, LogArgs, LogFormat, VaultArgs};
+use crate::{App, Config, EventLogConfig, Listeners, Roles, database};
 
 /// Development secrets: accepted only by `serve` on a loopback address,
 /// and announced in its log.
@@ -23,6 +23,8 @@ pub struct RoleArgs {
     /// secrets on loopback.
     pub embedded: bool,
     pub db: DatabaseArgs,
+    /// The log's store, its key encryption key, its committers.
+    pub event_log: EventLogConfig,
     pub command_addr: Option<SocketAddr>,
     pub query_addr: Option<SocketAddr>,
     pub jwt_secret: Option<String>,
@@ -34,10 +36,11 @@ pub struct RoleArgs {
 
 impl RoleArgs {
     /// `roles` on `db`, with nothing else configured.
-    pub fn new(roles: Roles, db: DatabaseArgs, log: LogArgs) -> Self {
+    pub fn new(roles: Roles, db: DatabaseArgs, log: LogArgs, vault: VaultArgs, append: Option<AppendArgs>) -> Self {
         RoleArgs {
             roles,
             embedded: false,
+            event_log: crate::cli::event_log(&db, &vault, append.as_ref()),
             db,
             command_addr: None,
             query_addr: None,
@@ -53,7 +56,6 @@ impl RoleArgs {
 /// Runs the roles until SIGTERM or Ctrl-C.
 pub async fn run(args: RoleArgs) -> Result<()> {
     let _telemetry = init_tracing(args.log_format, args.roles)?;
-    eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
     let loopback = args.command_addr.is_none_or(|a| a.ip().is_loopback()) && args.query_addr.is_none_or(|a| a.ip().is_loopback());
     let dev = args.embedded && loopback;
     let roles = args.roles;
@@ -74,15 +76,13 @@ pub async fn run(args: RoleArgs) -> Result<()> {
         listeners.metrics = Some(bind(addr, "metrics", "STOREKEEPER_METRICS_ADDR").await?);
     }
     let (cluster, pool) = args.db.open(args.embedded).await?;
-    let wrapping = eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)?;
-    eventlog::vault::check_wrapping_key(&pool, wrapping).await.map_err(anyhow::Error::msg)?;
     let config = Config {
         roles,
         jwt_secret,
         webhook_secret,
         index_dir: database::index_dir(&args.db.data_dir),
         kafka: args.kafka.as_ref().and_then(KafkaArgs::config),
-        kurrentdb_url: args.db.kurrentdb_url().map(str::to_owned),
+        event_log: args.event_log,
     };
     let result = match App::start(config, pool.clone(), listeners).await {
         Ok(app) => app.run_until(shutdown_signal()).await,

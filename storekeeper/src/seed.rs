@@ -140,9 +140,14 @@ pub async fn seed(service: &CommandService, sizes: Sizes) -> Result<(usize, usiz
 
 /// `storekeeper seed`: seeds the database `db` names through its command
 /// service and says how much.
-pub async fn run(db: &crate::cli::DatabaseArgs, sizes: Sizes) -> Result<()> {
+pub async fn run(
+    db: &crate::cli::DatabaseArgs,
+    vault: &crate::cli::VaultArgs,
+    append: &crate::cli::AppendArgs,
+    sizes: Sizes,
+) -> Result<()> {
     let (_cluster, pool) = db.open(false).await?;
-    let (log, vault) = crate::app::vaulted_log(&pool, db.kurrentdb_url()).await?;
+    let (log, vault) = crate::app::vaulted_log(&pool, &crate::cli::event_log(db, vault, Some(append))).await?;
     let service = CommandService::new(log, vault);
     let (p, c, o) = seed(&service, sizes).await?;
     println!("seeded {p} products, {c} customers and {o} orders");

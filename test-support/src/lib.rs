@@ -11,7 +11,7 @@ use eventlog::EventLog;
 use reqwest::Response;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use storekeeper::{App, Config, Listeners, Roles};
+use storekeeper::{App, Config, EventLogConfig, Listeners, Roles};
 use uuid::Uuid;
 
 pub use eventlog::testing::{database_url, fresh_database, fresh_database_url};
@@ -61,7 +61,7 @@ pub async fn spawn(pool: PgPool, roles: Roles) -> Spawned {
         webhook_secret: WEBHOOK_SECRET.to_owned(),
         index_dir: std::env::temp_dir().join(format!("storekeeper-index-{}", Uuid::now_v7().simple())),
         kafka: None,
-        kurrentdb_url: None,
+        event_log: EventLogConfig::default(),
     };
     let app = App::start(config, pool, listeners).await.expect("start the app");
     Spawned { app, command, query }

@@ -38,7 +38,6 @@ pub use export::export;
 pub use import::import;
 
 use crate::EventLogError;
-use crate::vault::DataKey;
 
 /// Events per read while exporting, and per insert while importing.
 const PAGE: usize = 2000;
@@ -49,10 +48,10 @@ const PAGE: usize = 2000;
 pub enum Plaintext {
     /// Keep every event as exported, byte for byte.
     Keep,
-    /// Seal it under fresh keys per customer (wrapped under `wrapping`,
+    /// Encrypt it under fresh keys per customer (wrapped under `wrapping`,
     /// the key encryption key, when there is one) and claim emails by
     /// keyed hash: the supported way to bring such a log forward.
-    Reencrypt { wrapping: Option<DataKey> },
+    Reencrypt { wrapping: Option<crate::vault::WrappingKey> },
 }
 
 /// What an import brought in.

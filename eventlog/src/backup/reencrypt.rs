@@ -1,5 +1,5 @@
-//! Bringing a log from before sealing forward, inside the import's
-//! transaction: its personal data sealed under fresh keys, its email claims
+//! Bringing a log from before field encryption forward, inside the import's
+//! transaction: its personal data encrypted under fresh keys, its email claims
 //! keyed, and, since its bytes changed, its hashes and seals made afresh.
 
 use std::collections::HashMap;
@@ -11,17 +11,17 @@ use uuid::Uuid;
 use super::{BackupError, Context, PAGE, keys};
 use crate::seal;
 // The vault's field encryption and key storage: the only calls into it.
-use crate::vault::{DataKey, KeyState, key_from_storage, keyed_hash, new_key, open_fields, seal_fields, stored_key};
+use crate::vault::{DataKey, KeyState, WrappingKey, decrypt_fields, encrypt_fields, key_from_storage, keyed_hash, new_key, stored_key};
 
 /// A rewritten event: position, stream, schema version, data.
 type Rewritten = (i64, String, i32, serde_json::Value);
 
-/// Seals, once the file has checked out against its hashes, every personal
+/// Encrypts, once the file has checked out against its hashes, every personal
 /// field the file held in the clear (v1 of the personal event types) under
 /// a fresh key per customer (wrapped under `wrapping` when given), as v2;
 /// moves email claims to values named by the keyed hash; then hashes and
 /// seals the log afresh. Answers how many events it rewrote.
-pub(super) async fn reencrypt(tx: &mut PgConnection, wrapping: Option<&DataKey>) -> Result<u64, BackupError> {
+pub(super) async fn reencrypt(tx: &mut PgConnection, wrapping: Option<&WrappingKey>) -> Result<u64, BackupError> {
     let secret = keys::unique_values_secret(&mut *tx).await?;
     let rows: Vec<(i64, String, String, i32, serde_json::Value)> = sqlx::query_as(
         "SELECT global_position, stream_id, event_type, schema_version, data FROM events
@@ -52,9 +52,9 @@ pub(super) async fn reencrypt(tx: &mut PgConnection, wrapping: Option<&DataKey>)
         if let Some(personal) = personal_fields(&event_type) {
             let owner = personal.owner_of(&stream_id, &data).ok_or(BackupError::NoOwner(position as u64))?;
             match known.get(&owner) {
-                Some(KeyState::Forgotten) => open_fields(personal, owner, known.get(&owner), &mut data),
-                Some(KeyState::Live(key)) => seal_fields(personal, owner, key, &mut data),
-                None => seal_fields(personal, owner, fresh.entry(owner).or_insert_with(new_key), &mut data),
+                Some(KeyState::Forgotten) => decrypt_fields(personal, owner, known.get(&owner), &mut data),
+                Some(KeyState::Live(key)) => encrypt_fields(personal, owner, key, &mut data),
+                None => encrypt_fields(personal, owner, fresh.entry(owner).or_insert_with(new_key), &mut data),
             }
             rewritten.push((position, stream_id, 2, data));
         } else {

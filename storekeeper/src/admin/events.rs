@@ -34,9 +34,9 @@ pub async fn run(action: EventsAction) -> Result<()> {
             eprintln!("storekeeper: exported {written} events");
             Ok(())
         }
-        EventsAction::Import { input, reencrypt, db } => {
+        EventsAction::Import { input, reencrypt, db, vault } => {
             let (_cluster, pool) = db.open(false).await?;
-            import(&pool, input, reencrypt).await
+            import(&pool, input, reencrypt.then(|| vault.wrapping_key())).await
         }
     }
 }
@@ -61,14 +61,16 @@ async fn verify(pool: &PgPool) -> Result<()> {
 }
 
 /// Restores an export from `input` (stdin when absent or `-`).
-async fn import(pool: &PgPool, input: Option<PathBuf>, reencrypt: bool) -> Result<()> {
+/// `reencrypt`: encrypt what the file holds in the clear, under fresh
+/// keys wrapped under the key encryption key given, if any.
+async fn import(pool: &PgPool, input: Option<PathBuf>, reencrypt: Option<Option<eventlog::vault::WrappingKey>>) -> Result<()> {
     let read: Box<dyn BufRead> = match input.filter(|p| p.as_os_str() != "-") {
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
         Some(path) => Box::new(std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?)),
     };
     let plaintext = match reencrypt {
-        true => Plaintext::Reencrypt { wrapping: eventlog::vault::wrapping_key_from_env().map_err(anyhow::Error::msg)? },
-        false => Plaintext::Keep,
+        Some(wrapping) => Plaintext::Reencrypt { wrapping },
+        None => Plaintext::Keep,
     };
     let imported = backup::import(pool, read, plaintext).await?;
     eprintln!("storekeeper: imported {} events, each checked against its hash; seal {}", imported.events, imported.seal);

@@ -16,11 +16,11 @@ pub async fn run(action: ProjectionsAction) -> Result<()> {
             let (_cluster, pool) = db.open(false).await?;
             list(&pool).await
         }
-        ProjectionsAction::Retry { name, db } => {
+        ProjectionsAction::Retry { name, db, vault } => {
             let (_cluster, pool) = db.open(false).await?;
             let projection =
                 projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
-            let (log, _) = vaulted_log(&pool, db.kurrentdb_url()).await?;
+            let (log, _) = vaulted_log(&pool, &crate::cli::event_log(&db, &vault, None)).await?;
             let retried = projections::retry_parked(&pool, &*log, &*projection).await.context("retry parked events")?;
             println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
             if retried.still_parked > 0 {
@@ -41,7 +41,7 @@ pub async fn run(action: ProjectionsAction) -> Result<()> {
             }
             Ok(())
         }
-        ProjectionsAction::Verify { name, db } => {
+        ProjectionsAction::Verify { name, db, vault } => {
             let (_cluster, pool) = db.open(false).await?;
             let chosen: Vec<_> = projections::all().into_iter().filter(|p| name.as_deref().is_none_or(|n| n == p.name())).collect();
             if chosen.is_empty() {
@@ -53,7 +53,7 @@ pub async fn run(action: ProjectionsAction) -> Result<()> {
                 }
                 bail!("no projection is called {name}");
             }
-            let (log, _) = vaulted_log(&pool, db.kurrentdb_url()).await?;
+            let (log, _) = vaulted_log(&pool, &crate::cli::event_log(&db, &vault, None)).await?;
             let mut differ = Vec::new();
             for projection in chosen {
                 let found =

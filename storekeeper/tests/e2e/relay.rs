@@ -109,7 +109,7 @@ async fn a_relay_killed_mid_stream_resumes_without_losing_an_event() {
         let event: RecordedEvent = serde_json::from_str(&payload).unwrap();
         if event.stream_id == format!("customer-{customer}") {
             let mut opened = [event.clone()];
-            vault.open(&mut opened).await.unwrap();
+            vault.decrypt(&mut opened).await.unwrap();
             assert_eq!(opened[0].data["name"], "Kafka Person", "a consumer with the key opens it");
         }
         // Duplicates after the crash are allowed; gaps and reordering are not.

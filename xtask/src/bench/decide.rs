@@ -128,11 +128,11 @@ async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> 
         })
         .collect();
     let plain = writes.clone();
-    vault.seal(&mut writes).await?; // makes the keys
+    vault.encrypt(&mut writes).await?; // makes the keys
     let started = Instant::now();
     for _ in 0..rounds {
         let mut again = plain.clone();
-        vault.seal(&mut again).await?;
+        vault.encrypt(&mut again).await?;
     }
     let seal = (rounds * BATCH) as f64 / started.elapsed().as_secs_f64();
     let stored: Vec<eventlog::RecordedEvent> = writes
@@ -157,7 +157,7 @@ async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> 
     let started = Instant::now();
     for _ in 0..rounds {
         let mut batch = stored.clone();
-        vault.open(&mut batch).await?;
+        vault.decrypt(&mut batch).await?;
     }
     let open = (rounds * BATCH) as f64 / started.elapsed().as_secs_f64();
     println!("vault: personal fields of a registration (email, name, address), batches of {BATCH}, against the key table");

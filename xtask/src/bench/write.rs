@@ -165,7 +165,9 @@ async fn appends(admin_url: &str, settings: &Settings, fsync: Option<f64>) -> Re
     let url = create_database(admin_url, "bench_log").await?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&url).await?;
     eventlog::migrate(&pool).await?;
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool));
+    // As the binary takes it, so that one variable sets both.
+    let committers = std::env::var("STOREKEEPER_APPEND_COMMITTERS").ok().and_then(|v| v.parse().ok());
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::with_committers(pool, committers.unwrap_or(eventlog::DEFAULT_APPEND_COMMITTERS)));
     println!("(b) raw event-log appends, {}s each, one new stream per append", settings.append_seconds);
     println!("    {:>6} {:>8} {:>12} {:>12} {:>10}", "batch", "writers", "appends/s", "events/s", "p99 ms");
     for batch in [1usize, 10, 100] {

@@ -484,24 +484,15 @@ contract!(
         as Arc<dyn EventLog>
 );
 // So does the vault in front of the log as `serve` runs it.
-contract!(vaulted_in_memory, {
-    let log: Arc<dyn EventLog> = eventlog::vault::in_memory_log().0;
-    log
-});
-contract!(vaulted_postgres, {
-    let log: Arc<dyn EventLog> = eventlog::vault::postgres_log(&eventlog::testing::fresh_event_log_database().await).0;
-    log
-});
+contract!(vaulted_in_memory, eventlog::vault::in_memory_log().0 as Arc<dyn EventLog>);
+contract!(vaulted_postgres, eventlog::vault::postgres_log(&eventlog::testing::fresh_event_log_database().await).0 as Arc<dyn EventLog>);
 // KurrentDB, where a server is given (none runs where this is developed):
 // `cargo xtask test` runs these when KURRENTDB_URL is set. Each test has a
 // log stream of its own.
-contract!(
-    kurrentdb,
-    {
-        let url = std::env::var("KURRENTDB_URL").expect("KURRENTDB_URL is set for the KurrentDB contract tests");
-        let stream = format!("storekeeper-log-{}", Uuid::now_v7().simple());
-        let log: Arc<dyn EventLog> = Arc::new(kurrent::KurrentEventLog::connect(&url, &stream).await.expect("connect to KurrentDB"));
-        log
-    },
-    #[ignore = "needs a KurrentDB server: set KURRENTDB_URL and run `cargo xtask test`"]
-);
+contract!(kurrentdb, kurrentdb_log().await, #[ignore = "needs a KurrentDB server: set KURRENTDB_URL and run `cargo xtask test`"]);
+
+async fn kurrentdb_log() -> Arc<dyn EventLog> {
+    let url = std::env::var("KURRENTDB_URL").expect("KURRENTDB_URL is set for the KurrentDB contract tests");
+    let stream = format!("storekeeper-log-{}", Uuid::now_v7().simple());
+    Arc::new(kurrent::KurrentEventLog::connect(&url, &stream).await.expect("connect to KurrentDB"))
+}

@@ -4,8 +4,11 @@
 mod cli;
 mod deploy;
 mod deployment;
+mod lifecycle;
 mod operations;
 mod relay;
+mod shutdown;
+mod traces;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

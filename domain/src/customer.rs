@@ -44,7 +44,7 @@ pub struct CustomerForgotten {}
 
 event_enum! {
     pub enum CustomerEvent {
-        // v2: the personal fields are stored sealed (`crate::personal`).
+        // v2: the personal fields are stored encrypted (`crate::personal`).
         Registered(CustomerRegistered) = ("CustomerRegistered", 2),
         EmailChanged(CustomerEmailChanged) = ("CustomerEmailChanged", 2),
         ShippingAddressUpdated(CustomerShippingAddressUpdated) = ("CustomerShippingAddressUpdated", 2),

@@ -60,7 +60,7 @@ type Upcaster = fn(Value) -> Result<Value, serde_json::Error>;
 /// version.
 const UPCASTERS: &[(&str, u32, Upcaster)] = &[
     ("ProductAdded", 1, crate::product::upcast_product_added_v1),
-    // v2 of these stores the personal fields sealed; once opened (or for
+    // v2 of these stores the personal fields encrypted; once decrypted (or for
     // v1, which holds them in the clear) the shape is the same.
     ("CustomerRegistered", 1, Ok),
     ("CustomerEmailChanged", 1, Ok),
@@ -99,7 +99,7 @@ pub fn historical_schemas() -> Vec<EventSchema> {
     ]
 }
 
-/// Marks the sealed fields of a current schema: stored, each is an object
+/// Marks the encrypted fields of a current schema: stored, each is an object
 /// `{"$sealed": "<base64 of nonce and ciphertext>"}` (XChaCha20-Poly1305
 /// under the owner's key), which opens to the shape the schema gives.
 fn mark_sealed(mut schema: EventSchema) -> EventSchema {

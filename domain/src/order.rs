@@ -78,7 +78,7 @@ pub struct OrderCancelled {
 
 event_enum! {
     pub enum OrderEvent {
-        // v2: the shipping address is stored sealed (`crate::personal`).
+        // v2: the shipping address is stored encrypted (`crate::personal`).
         Placed(OrderPlaced) = ("OrderPlaced", 2),
         LineReserved(OrderLineReserved) = ("OrderLineReserved", 1),
         Confirmed(OrderConfirmed) = ("OrderConfirmed", 1),

@@ -1,11 +1,11 @@
 //! Which stored fields hold personal data, and what a reader sees of them
 //! once their owner is forgotten.
 //!
-//! Personal fields are stored sealed with their owner's key (see
+//! Personal fields are stored encrypted with their owner's key (see
 //! `eventlog::vault`), so deleting the key forgets them everywhere the
 //! event went. The owner is always a customer: the stream's own id for
 //! customer events, the `customer_id` field for orders. This is data, not
-//! IO: the domain says what is personal, the vault does the sealing.
+//! IO: the domain says what is personal, the vault does the encryption.
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -74,7 +74,7 @@ pub fn personal_fields(event_type: &str) -> Option<&'static PersonalFields> {
 }
 
 impl PersonalFields {
-    /// The customer whose key seals this event's personal fields.
+    /// The customer whose key encrypts this event's personal fields.
     pub fn owner_of(&self, stream_id: &str, data: &Value) -> Option<Uuid> {
         let raw = match self.owner {
             Owner::Stream => return StreamId::id_in(stream_id, Category::Customer),

@@ -104,7 +104,7 @@ pub fn decide(args: &[&str]) -> Result<()> {
     })
 }
 
-/// What sealing and opening personal fields costs, against the key table:
+/// What encrypting and decrypting personal fields costs, against the key table:
 /// batches of 2,000 registrations of different customers (one key lookup
 /// per batch, as a consumer's read pays it).
 async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> Result<()> {
@@ -161,7 +161,7 @@ async fn vault_costs(vault: &std::sync::Arc<eventlog::Vault>, rounds: usize) -> 
     }
     let open = (rounds * BATCH) as f64 / started.elapsed().as_secs_f64();
     println!("vault: personal fields of a registration (email, name, address), batches of {BATCH}, against the key table");
-    println!("    sealing {seal:.0} events/s, opening {open:.0} events/s (each batch one key lookup)");
+    println!("    encrypting {seal:.0} events/s, decrypting {open:.0} events/s (each batch one key lookup)");
     Ok(())
 }
 

@@ -78,16 +78,6 @@ impl ApiError {
     }
 }
 
-impl From<commands::PasswordError> for ApiError {
-    fn from(e: commands::PasswordError) -> Self {
-        match e {
-            commands::PasswordError::Busy => ApiError::Edge(EdgeError::Unavailable),
-            commands::PasswordError::Forgotten => DomainError::state("the customer is forgotten").into(),
-            other => ApiError::internal(other),
-        }
-    }
-}
-
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
@@ -103,10 +93,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Domain(e) => e.into(),
             ServiceError::VersionConflict { expected, current, .. } => ApiError::VersionConflict { expected, current },
             ServiceError::Contention => ApiError::Contention,
+            ServiceError::Password(commands::PasswordError::Busy) => ApiError::Edge(EdgeError::Unavailable),
             // Forgotten between the decision and the append.
             ServiceError::Log(eventlog::EventLogError::Forgotten(_)) => DomainError::state("the customer is forgotten").into(),
             ServiceError::Log(eventlog::EventLogError::Backend(source))
-                if source.downcast_ref::<sqlx::Error>().is_some_and(edge::database_unavailable) =>
+                if source.downcast_ref::<sqlx::Error>().is_some_and(eventlog::database::unavailable) =>
             {
                 tracing::warn!(error = %source, "the database is not available");
                 ApiError::Edge(EdgeError::Unavailable)

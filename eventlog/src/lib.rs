@@ -8,9 +8,11 @@
 
 #[cfg(test)]
 mod counted;
+pub mod database;
 mod envelope;
 mod fold;
 mod group_commit;
+mod mac;
 mod memory;
 mod postgres;
 pub mod progress;
@@ -27,6 +29,7 @@ pub use envelope::{
     parse_traceparent, validate as validate_append,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
+pub use mac::{hmac_sha256, hmac_sha256_matches};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use shared_tail::SharedTail;

@@ -45,7 +45,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if edge::database_unavailable(&e) {
+        if eventlog::database::unavailable(&e) {
             tracing::warn!(error = %e, "the database is not available");
             return ApiError::Edge(EdgeError::Unavailable);
         }

@@ -11,7 +11,7 @@ use commands::Outcome;
 use domain::customer::CustomerCommand;
 use domain::order::{OrderAggregate, OrderCommand};
 use domain::product::ProductCommand;
-use edge::{JsonBody, Principal, Role};
+use edge::{JsonBody, Principal, Role, parse_id};
 use eventlog::Metadata;
 use serde_json::json;
 use uuid::Uuid;
@@ -82,10 +82,6 @@ impl Ctx {
     fn principal(&self) -> &Principal {
         self.principal.as_ref().expect("authenticated routes always carry a principal")
     }
-}
-
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Ok(edge::parse_id(raw)?)
 }
 
 /// The success answer of every command.

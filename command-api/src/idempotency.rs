@@ -86,7 +86,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let body = to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
     let stored = StoredResponse {
         status: parts.status.as_u16(),
         headers: kept_headers(&parts.headers),

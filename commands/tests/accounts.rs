@@ -47,7 +47,7 @@ async fn a_registration_with_a_password_writes_both_or_neither_and_a_retry_succe
     let metadata = Metadata::system("test");
 
     // The append fails in its transaction, after the password moved in: neither stays.
-    sqlx::query(
+    sqlx::raw_sql(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
          CREATE TRIGGER zz_refuse AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
     )

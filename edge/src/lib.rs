@@ -12,6 +12,7 @@ pub mod body;
 pub mod consistency;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod request;
 pub mod serve;
@@ -19,7 +20,7 @@ pub mod stack;
 
 pub use auth::{Admin, Authenticated, JwtKeys, Principal, Role};
 pub use body::JsonBody;
-pub use problem::{EdgeError, FieldError, Problem};
+pub use problem::{EdgeError, FieldError, Internal, Problem};
 pub use request::{Query, parse_id};
 pub use serve::serve;
 pub use stack::stack;

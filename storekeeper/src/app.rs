@@ -85,15 +85,9 @@ impl App {
         if let Some(listener) = listeners.metrics {
             edge::metrics::prometheus();
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tasks.spawn(serve_until(
-                listener,
-                edge::stack::problems_only(edge::health::routes({
-                    let pool = pool.clone();
-                    move || eventlog::database::answers(pool.clone())
-                })),
-                stop_rx.clone(),
-                "metrics",
-            ));
+            let checked = pool.clone();
+            let ready = move || eventlog::database::answers(checked.clone());
+            tasks.spawn(serve_until(listener, edge::stack::problems_only(edge::health::routes(ready)), stop_rx.clone(), "metrics"));
         }
 
         if roles.relay

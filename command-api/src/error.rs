@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use commands::ServiceError;
 use domain::DomainError;
-use edge::{EdgeError, FieldError, Problem};
+use edge::{EdgeError, FieldError, Internal, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,13 +27,13 @@ pub enum ApiError {
     Contention,
     #[error("the email or the password is wrong")]
     InvalidCredentials,
-    #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Internal(#[from] Internal),
 }
 
 impl ApiError {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        ApiError::Internal(Box::new(e))
+        Internal::new(e).into()
     }
 
     pub fn malformed(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -51,6 +51,7 @@ impl ApiError {
     fn problem(&self) -> Problem {
         let (status, code) = match self {
             ApiError::Edge(e) => return e.problem(),
+            ApiError::Internal(e) => return e.problem(),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ApiError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
@@ -67,23 +68,12 @@ impl ApiError {
             },
             ApiError::Contention => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let problem = Problem::new(status, code, self.to_string());
         match self {
             ApiError::Invalid(errors) => problem.with("errors", errors),
             ApiError::VersionConflict { expected, current } => problem.with("expected_version", expected).with("current_version", current),
             _ => problem,
-        }
-    }
-}
-
-impl From<commands::PasswordError> for ApiError {
-    fn from(e: commands::PasswordError) -> Self {
-        match e {
-            commands::PasswordError::Busy => ApiError::Edge(EdgeError::Unavailable),
-            commands::PasswordError::Forgotten => DomainError::state("the customer is forgotten").into(),
-            other => ApiError::internal(other),
         }
     }
 }
@@ -103,10 +93,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Domain(e) => e.into(),
             ServiceError::VersionConflict { expected, current, .. } => ApiError::VersionConflict { expected, current },
             ServiceError::Contention => ApiError::Contention,
+            ServiceError::Password(commands::PasswordError::Busy) => ApiError::Edge(EdgeError::Unavailable),
             // Forgotten between the decision and the append.
             ServiceError::Log(eventlog::EventLogError::Forgotten(_)) => DomainError::state("the customer is forgotten").into(),
             ServiceError::Log(eventlog::EventLogError::Backend(source))
-                if source.downcast_ref::<sqlx::Error>().is_some_and(edge::database_unavailable) =>
+                if source.downcast_ref::<sqlx::Error>().is_some_and(eventlog::database::unavailable) =>
             {
                 tracing::warn!(error = %source, "the database is not available");
                 ApiError::Edge(EdgeError::Unavailable)
@@ -118,9 +109,6 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
-            tracing::error!(error = %e, source = ?e.source(), "internal error");
-        }
         let problem = self.problem();
         metrics::counter!("storekeeper_command_errors_total", "code" => problem.code).increment(1);
         problem.into_response()

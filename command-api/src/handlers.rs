@@ -11,7 +11,7 @@ use commands::Outcome;
 use domain::customer::CustomerCommand;
 use domain::order::{OrderAggregate, OrderCommand};
 use domain::product::ProductCommand;
-use edge::{JsonBody, Principal, Role};
+use edge::{JsonBody, Principal, Role, parse_id};
 use eventlog::Metadata;
 use serde_json::json;
 use uuid::Uuid;
@@ -84,13 +84,9 @@ impl Ctx {
     }
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Ok(edge::parse_id(raw)?)
-}
-
 /// The success answer of every command.
 fn respond(status: StatusCode, outcome: Outcome) -> Response {
-    let token = edge::token::encode(outcome.position);
+    let token = edge::consistency::encode(outcome.position);
     tracing::info!(stream_id = %outcome.stream_id, version = outcome.version, position = outcome.position, appended = outcome.appended, "command handled");
     let body = json!({
         "id": outcome.id,
@@ -102,7 +98,7 @@ fn respond(status: StatusCode, outcome: Outcome) -> Response {
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", outcome.version)).expect("a number is a valid header"));
-    headers.insert(edge::token::TOKEN_HEADER, edge::token::header_value(outcome.position));
+    headers.insert(edge::consistency::TOKEN_HEADER, edge::consistency::header_value(outcome.position));
     response
 }
 
@@ -133,14 +129,7 @@ pub async fn register_customer(
         dto::checked_password(password)?;
     }
     let command = CustomerCommand::try_from(dto::WithId(id, body))?;
-    let outcome = state.service.customer(id, command, ctx.if_match, &ctx.metadata).await?;
-    if let Some(password) = password {
-        match state.passwords.set(id, password).await {
-            // Registered, then forgotten at once: there is nothing to keep.
-            Err(commands::PasswordError::Forgotten) => {}
-            other => other?,
-        }
-    }
+    let outcome = state.accounts.register(id, command, password, ctx.if_match, &ctx.metadata).await?;
     Ok(respond(StatusCode::CREATED, outcome))
 }
 
@@ -154,14 +143,7 @@ pub async fn set_password(
     let id = parse_id(&id)?;
     ctx.principal().require_customer(id)?;
     dto::checked_password(&body.password)?;
-    let customer =
-        state.service.load::<domain::customer::CustomerAggregate>(&domain::stream_id::<domain::customer::CustomerAggregate>(id)).await?;
-    match customer.state {
-        None => return Err(domain::DomainError::NotFound("customer").into()),
-        Some(c) if c.forgotten => return Err(domain::DomainError::state("the customer is forgotten").into()),
-        Some(_) => {}
-    }
-    state.passwords.set(id, body.password).await?;
+    state.accounts.set_password(id, body.password).await?;
     Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
 }
 
@@ -169,14 +151,7 @@ pub async fn set_password(
 /// password. An unknown email and a wrong password get the same answer in
 /// about the same time.
 pub async fn sign_in(State(state): State<AppState>, JsonBody(body): JsonBody<dto::SignIn>) -> Result<Response, ApiError> {
-    let customer = match domain::Email::parse(&body.email) {
-        Ok(email) => state.service.active_customer_by_email(&email).await?,
-        Err(_) => None,
-    };
-    if !state.passwords.check(customer, body.password).await? {
-        return Err(ApiError::InvalidCredentials);
-    }
-    let id = customer.expect("a password matched, so the customer is known");
+    let Some(id) = state.accounts.sign_in(&body.email, body.password).await? else { return Err(ApiError::InvalidCredentials) };
     let token = state.jwt.mint(&id.to_string(), Role::Customer, chrono::Duration::seconds(ACCESS_TOKEN_SECONDS));
     Ok(Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECONDS })).into_response())
 }
@@ -225,20 +200,16 @@ pub async fn deactivate_customer(
 
 /// Forgets a customer (the customer itself, or an admin): its personal
 /// data becomes unreadable everywhere and its email is free again.
-/// A log in PostgreSQL deletes its key and password with the event
-/// (triggers); the vault deletes the key of a log kept elsewhere; the
-/// password is deleted here too, for a log kept elsewhere and for a
-/// forget repeated after a crash between the event and the deletion.
 pub async fn forget_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ctx: Ctx,
     JsonBody(_): JsonBody<dto::Empty>,
 ) -> Result<Response, ApiError> {
-    let response = customer_command(&state, &ctx, &id, Ok(CustomerCommand::Forget)).await?;
     let id = parse_id(&id)?;
-    state.passwords.forget(id).await?;
-    Ok(response)
+    ctx.principal().require_customer(id)?;
+    let outcome = state.accounts.forget(id, ctx.if_match, &ctx.metadata).await?;
+    Ok(respond(StatusCode::OK, outcome))
 }
 
 // --- products ---

@@ -17,9 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use commands::Begin;
 use edge::{BODY_LIMIT, EdgeError, Principal};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -65,13 +63,8 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     // Keyed by a server secret that is not in the database: a body may
     // hold a password or personal data, and a plain digest kept 24 hours
     // would let whoever reads the table test guesses against it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(state.webhook_secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(parts.method.as_str().as_bytes());
-    mac.update(&[0]);
-    mac.update(parts.uri.path().as_bytes());
-    mac.update(&[0]);
-    mac.update(&bytes);
-    let hash = mac.finalize().into_bytes();
+    let request = [parts.method.as_str().as_bytes(), &[0], parts.uri.path().as_bytes(), &[0], &bytes];
+    let hash = eventlog::hmac_sha256(state.webhook_secret.as_bytes(), &request);
 
     match state.idempotency.begin(&principal, &key, &hash).await.map_err(ApiError::internal)? {
         Begin::Proceed => {}
@@ -93,7 +86,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let body = to_bytes(body, usize::MAX).await.map_err(ApiError::internal)?;
     let stored = StoredResponse {
         status: parts.status.as_u16(),
         headers: kept_headers(&parts.headers),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use commands::{CommandService, IdempotencyStore};
+use commands::{Accounts, CommandService, IdempotencyStore, PasswordStore};
 use edge::JwtKeys;
 use sqlx::PgPool;
 
@@ -25,18 +25,20 @@ use sqlx::PgPool;
 pub struct AppState {
     pub service: CommandService,
     pub idempotency: IdempotencyStore,
-    pub passwords: commands::PasswordStore,
+    pub accounts: Accounts,
     pub pool: PgPool,
     pub jwt: JwtKeys,
     pub webhook_secret: Arc<str>,
 }
 
 impl AppState {
-    pub fn new(service: CommandService, pool: PgPool, jwt: JwtKeys, webhook_secret: &str) -> Self {
+    /// `passwords` are beside `service`'s log (`PasswordStore::new` when
+    /// the log is in `pool`'s database).
+    pub fn new(service: CommandService, passwords: PasswordStore, pool: PgPool, jwt: JwtKeys, webhook_secret: &str) -> Self {
         AppState {
-            service,
             idempotency: IdempotencyStore::new(pool.clone()),
-            passwords: commands::PasswordStore::new(pool.clone()),
+            accounts: Accounts::new(service.clone(), passwords),
+            service,
             pool,
             jwt,
             webhook_secret: webhook_secret.into(),
@@ -68,7 +70,7 @@ pub fn router(state: AppState) -> Router {
     let password = Router::new()
         .route("/v1/customers/{id}/password", post(set_password))
         .route_layer(middleware::from_fn(edge::auth::require_principal));
-    let jwt = state.jwt.clone();
+    let (jwt, pool) = (state.jwt.clone(), state.pool.clone());
     let routes = Router::new()
         .merge(authenticated)
         .merge(password)
@@ -76,6 +78,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments/webhook", post(payment_webhook))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state.clone())
-        .merge(edge::health::routes(state.pool.clone()));
+        .merge(edge::health::routes(move || eventlog::database::answers(pool.clone())));
     edge::stack(routes, "command", jwt)
 }

@@ -1,7 +1,12 @@
 //! Sign-in passwords: argon2id hashes in `customer_passwords`, outside the
-//! event log so that forgetting a customer can delete them (a trigger on
-//! `CustomerForgotten`). Hashing runs on the blocking pool: each takes tens
-//! of milliseconds and 19 MiB by design.
+//! event log so that forgetting a customer can delete them. Hashing runs on
+//! the blocking pool: each takes tens of milliseconds and 19 MiB by design.
+//!
+//! With the log in this database, its triggers keep the table in step with
+//! the log, in the append's transaction: a password staged for a
+//! registration moves in with the `CustomerRegistered` event it is staged
+//! under, and `CustomerForgotten` deletes it. With the log kept elsewhere
+//! no transaction spans both, and `accounts` does each after the append.
 
 use std::sync::{Arc, OnceLock};
 
@@ -32,6 +37,9 @@ const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone)]
 pub struct PasswordStore {
     pool: PgPool,
+    /// The log is in this database's `events`, whose triggers register and
+    /// forget passwords with the events.
+    log_beside: bool,
     /// Hashes running at once, at most one per core: a flood of sign-ins
     /// queues here (for `TURN_WAIT` at most, then 503) instead of taking
     /// every core and 19 MiB apiece.
@@ -55,9 +63,63 @@ fn matches(phc: &str, password: &str) -> bool {
 }
 
 impl PasswordStore {
+    /// Passwords beside a log in the same database.
     pub fn new(pool: PgPool) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        PasswordStore { pool, hashing: Arc::new(Semaphore::new(cores)) }
+        PasswordStore { pool, log_beside: true, hashing: Arc::new(Semaphore::new(cores)) }
+    }
+
+    /// Passwords in PostgreSQL, for a log that is not in that database.
+    pub fn beside_another_log(pool: PgPool) -> Self {
+        PasswordStore { log_beside: false, ..Self::new(pool) }
+    }
+
+    /// Whether the log's own transaction registers and forgets passwords
+    /// (see the module docs).
+    pub fn moves_with_the_log(&self) -> bool {
+        self.log_beside
+    }
+
+    /// The PHC string of `password`, hashed on the blocking pool.
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        self.blocking(move || hash(&password)).await?
+    }
+
+    /// Stages `phc` as the password of `customer`'s registration whose
+    /// `CustomerRegistered` event will have the id `event_id`: it becomes
+    /// the customer's password when that event is appended, and never
+    /// otherwise. Stagings older than an hour (their append failed) go.
+    pub async fn stage(&self, event_id: Uuid, customer: Uuid, phc: &str) -> Result<(), PasswordError> {
+        sqlx::query(
+            "WITH expired AS (DELETE FROM staged_passwords WHERE staged_at < now() - interval '1 hour')
+             INSERT INTO staged_passwords (event_id, customer_id, phc) VALUES ($1, $2, $3)",
+        )
+        .bind(event_id)
+        .bind(customer)
+        .bind(phc)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// For a log kept elsewhere, after the registration's event is
+    /// appended: what the trigger does with a log in this database.
+    pub async fn register_staged(&self, event_id: Uuid) -> Result<(), PasswordError> {
+        sqlx::query(
+            "WITH staged AS (DELETE FROM staged_passwords WHERE event_id = $1 RETURNING customer_id, phc)
+             INSERT INTO customer_passwords (customer_id, phc) SELECT customer_id, phc FROM staged
+             ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
+        )
+        .bind(event_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops a staging whose registration failed.
+    pub async fn discard_staged(&self, event_id: Uuid) -> Result<(), PasswordError> {
+        sqlx::query("DELETE FROM staged_passwords WHERE event_id = $1").bind(event_id).execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordError> {
@@ -70,7 +132,7 @@ impl PasswordStore {
 
     /// Sets (or replaces) the customer's password.
     pub async fn set(&self, customer: Uuid, password: String) -> Result<(), PasswordError> {
-        let phc = self.blocking(move || hash(&password)).await??;
+        let phc = self.hash(password).await?;
         // A forget may have landed during the hashing. The customer's key
         // row, locked here, is what a forget marks first: either it is
         // marked already and nothing is stored, or the forget waits for
@@ -96,7 +158,8 @@ impl PasswordStore {
         Ok(())
     }
 
-    /// Deletes the customer's password, if it has one.
+    /// Deletes the customer's password, if it has one: for a log kept
+    /// elsewhere (the trigger does it with a log in this database).
     pub async fn forget(&self, customer: Uuid) -> Result<(), PasswordError> {
         sqlx::query("DELETE FROM customer_passwords WHERE customer_id = $1").bind(customer).execute(&self.pool).await?;
         Ok(())

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use domain::StreamId;
 use domain::events::DomainEvent;
 use domain::order::OrderAggregate;
 use domain::process::{Step, react};
@@ -20,7 +21,6 @@ use eventlog::{Batch, Consumer, Metadata, Progress, RecordedEvent, Resume, Sourc
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::service::{CommandService, ServiceError};
 
@@ -146,7 +146,7 @@ impl ProcessManager {
                 return Ok(Handled::Skipped);
             }
         };
-        let Some(entity_id) = event.stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()) else {
+        let Ok(StreamId { id: entity_id, .. }) = StreamId::parse(&event.stream_id) else {
             return Ok(Handled::Skipped);
         };
         for (i, step) in react(entity_id, &decoded).into_iter().enumerate() {

@@ -18,11 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain::claim::{ClaimAggregate, ClaimCommand, ClaimKind, email_claim_stream, legacy_email_claim_stream, sku_claim_stream};
-use domain::customer::{CustomerAggregate, CustomerCommand, CustomerEvent};
-use domain::order::{OrderAggregate, OrderCommand, PricedLine};
-use domain::product::{ProductAggregate, ProductCommand};
-use domain::{Aggregate, DomainError, stream_id};
+use domain::{Aggregate, DomainError, StreamId, stream_id};
 use eventlog::{AppendResult, EventLog, EventLogError, ExpectedVersion, FoldError, Metadata, NewEvent, Receipt, StreamWrite, Vault};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -49,6 +45,9 @@ pub enum ServiceError {
     Contention,
     #[error(transparent)]
     Log(#[from] EventLogError),
+    /// The password store beside the log (`accounts`).
+    #[error(transparent)]
+    Password(#[from] crate::PasswordError),
 }
 
 impl From<FoldError> for ServiceError {
@@ -84,7 +83,7 @@ pub struct Loaded<A: Aggregate> {
 }
 
 impl<A: Aggregate> Loaded<A> {
-    fn expected(&self) -> ExpectedVersion {
+    pub(crate) fn expected(&self) -> ExpectedVersion {
         self.version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
     }
 }
@@ -111,12 +110,12 @@ pub struct CommandService {
     cache: Arc<Mutex<Cache>>,
 }
 
-fn write<A: Aggregate>(stream_id: &str, loaded: &Loaded<A>, events: &[A::Event], metadata: &Metadata) -> StreamWrite {
+pub(crate) fn write<A: Aggregate>(stream_id: &str, loaded: &Loaded<A>, events: &[A::Event], metadata: &Metadata) -> StreamWrite {
     StreamWrite { stream_id: stream_id.to_owned(), expected: loaded.expected(), events: NewEvent::encode_all(events, metadata) }
 }
 
 /// A decision ready to append, about the stream the client asked about.
-struct Decision {
+pub(crate) struct Decision {
     primary: String,
     writes: Vec<StreamWrite>,
     version: Option<u64>,
@@ -132,7 +131,7 @@ struct Decision {
 type Settle = Box<dyn FnOnce(&CommandService, Option<u64>, u64) + Send>;
 
 impl Decision {
-    fn new<A: Aggregate>(stream: &str, loaded: Loaded<A>, events: &[A::Event], writes: Vec<StreamWrite>) -> Self {
+    pub(crate) fn new<A: Aggregate>(stream: &str, loaded: Loaded<A>, events: &[A::Event], writes: Vec<StreamWrite>) -> Self {
         let before = loaded.version;
         let after = events.iter().fold(loaded.state, A::evolve);
         let primary = stream.to_owned();
@@ -212,7 +211,7 @@ impl CommandService {
 
     /// The cached state as it is when allowed and present, else the
     /// current one.
-    async fn state<A: Aggregate>(&self, stream_id: &str, cached: bool) -> Result<Loaded<A>, ServiceError> {
+    pub(crate) async fn state<A: Aggregate>(&self, stream_id: &str, cached: bool) -> Result<Loaded<A>, ServiceError> {
         if cached && let Some(loaded) = self.cached::<A>(stream_id) {
             return Ok(loaded);
         }
@@ -243,7 +242,7 @@ impl CommandService {
     /// Runs `decide` until its append wins, or the client's pinned version
     /// (`if_match`) no longer holds. `decide` is told whether it may use
     /// cached state.
-    async fn run<F, Fut>(
+    pub(crate) async fn run<F, Fut>(
         &self,
         id: Uuid,
         stream: &str,
@@ -337,7 +336,7 @@ impl CommandService {
     /// idempotency key, if there was one: it is answered again and nothing
     /// is decided (a retry after a crash must not apply twice, nor be
     /// refused because its first run changed the state).
-    async fn earlier(&self, metadata: &Metadata) -> Result<Option<Outcome>, ServiceError> {
+    pub(crate) async fn earlier(&self, metadata: &Metadata) -> Result<Option<Outcome>, ServiceError> {
         let Some(receipt) = receipt(metadata) else { return Ok(None) };
         Ok(self.log.receipt(receipt).await?.map(|result| replayed(&result)))
     }
@@ -369,166 +368,6 @@ impl CommandService {
         })
         .await
     }
-
-    /// Claims (or releases) a unique value alongside the owner's events.
-    /// Claim streams are always read from the log.
-    async fn claim(&self, command: ClaimCommand, stream: &str, metadata: &Metadata) -> Result<StreamWrite, ServiceError> {
-        let loaded = self.load::<ClaimAggregate>(stream).await?;
-        let events = ClaimAggregate::decide(&loaded.state, command)?;
-        Ok(write(stream, &loaded, &events, metadata))
-    }
-
-    /// Customer commands: registering and changing the email claim the new
-    /// address and release the old one in the same atomic append;
-    /// forgetting releases it (the log deletes the key with the event).
-    pub async fn customer(
-        &self,
-        id: Uuid,
-        command: CustomerCommand,
-        if_match: Option<u64>,
-        metadata: &Metadata,
-    ) -> Result<Outcome, ServiceError> {
-        let stream = &stream_id::<CustomerAggregate>(id);
-        let command = &command;
-        self.run(id, stream, if_match, metadata, |cached| async move {
-            let loaded = self.state::<CustomerAggregate>(stream, cached).await?;
-            let events = CustomerAggregate::decide(&loaded.state, command.clone())?;
-            let mut writes = vec![write(stream, &loaded, &events, metadata)];
-            let current = loaded.state.as_ref().map(|c| &c.email);
-            let legacy = self.vault.legacy_email_claims().await?;
-            for event in &events {
-                let (claim, release) = match event {
-                    CustomerEvent::Registered(e) => (Some(&e.email), None),
-                    // Only the letter case changed: the claim (case-insensitive)
-                    // stays the customer's; releasing it would free it.
-                    CustomerEvent::EmailChanged(e) if e.email.key() == e.previous_email.key() => (None, None),
-                    CustomerEvent::EmailChanged(e) => (Some(&e.email), Some(&e.previous_email)),
-                    // Forgetting frees the email for anyone to register.
-                    CustomerEvent::Forgotten(_) => (None, current.filter(|e| !e.is_redacted())),
-                    _ => (None, None),
-                };
-                if let Some(email) = claim {
-                    let value = self.vault.keyed_hash(&email.key()).await?;
-                    let claim_stream = email_claim_stream(&value);
-                    if legacy {
-                        // Held under its old name by someone else: taken. Either
-                        // way its version is checked at the append.
-                        let old = self.load::<ClaimAggregate>(&legacy_email_claim_stream(email)).await?;
-                        if old.state.owner_stream_id.as_ref().is_some_and(|owner| owner != stream) {
-                            return Err(DomainError::EmailTaken.into());
-                        }
-                        writes.push(StreamWrite {
-                            stream_id: legacy_email_claim_stream(email),
-                            expected: old.expected(),
-                            events: Vec::new(),
-                        });
-                    }
-                    let command = ClaimCommand::Claim { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
-                    writes.push(self.claim(command, &claim_stream, metadata).await?);
-                }
-                if let Some(email) = release {
-                    let value = self.vault.keyed_hash(&email.key()).await?;
-                    let claim_stream = email_claim_stream(&value);
-                    if legacy {
-                        let command =
-                            ClaimCommand::Release { kind: ClaimKind::Email, value: value.clone(), owner_stream_id: stream.clone() };
-                        writes.push(self.claim(command, &legacy_email_claim_stream(email), metadata).await?);
-                    }
-                    let command = ClaimCommand::Release { kind: ClaimKind::Email, value, owner_stream_id: stream.clone() };
-                    writes.push(self.claim(command, &claim_stream, metadata).await?);
-                }
-            }
-            Ok(Decision::new(stream, loaded, &events, writes))
-        })
-        .await
-    }
-
-    /// The active customer who holds `email`'s claim, if any: how a
-    /// customer is found by email without any store of emails in the clear.
-    pub async fn active_customer_by_email(&self, email: &domain::Email) -> Result<Option<Uuid>, ServiceError> {
-        let value = self.vault.keyed_hash(&email.key()).await?;
-        let mut owner = self.load::<ClaimAggregate>(&email_claim_stream(&value)).await?.state.owner_stream_id;
-        if owner.is_none() && self.vault.legacy_email_claims().await? {
-            owner = self.load::<ClaimAggregate>(&legacy_email_claim_stream(email)).await?.state.owner_stream_id;
-        }
-        let Some(id) = owner.and_then(|o| Uuid::parse_str(o.strip_prefix("customer-")?).ok()) else { return Ok(None) };
-        let customer = self.load::<CustomerAggregate>(&stream_id::<CustomerAggregate>(id)).await?;
-        Ok(customer.state.filter(|c| c.active && !c.forgotten).map(|c| c.id))
-    }
-
-    /// Product commands: adding a product claims its SKU.
-    pub async fn product(
-        &self,
-        id: Uuid,
-        command: ProductCommand,
-        if_match: Option<u64>,
-        metadata: &Metadata,
-    ) -> Result<Outcome, ServiceError> {
-        let ProductCommand::Add { sku, .. } = &command else {
-            return self.execute::<ProductAggregate>(id, command, if_match, metadata).await;
-        };
-        let stream = &stream_id::<ProductAggregate>(id);
-        let claim_stream = &sku_claim_stream(sku);
-        let sku_key = &sku.key();
-        let command = &command;
-        self.run(id, stream, if_match, metadata, |cached| async move {
-            let loaded = self.state::<ProductAggregate>(stream, cached).await?;
-            let events = ProductAggregate::decide(&loaded.state, command.clone())?;
-            let claim = ClaimCommand::Claim { kind: ClaimKind::Sku, value: sku_key.clone(), owner_stream_id: stream.clone() };
-            let writes = vec![write(stream, &loaded, &events, metadata), self.claim(claim, claim_stream, metadata).await?];
-            Ok(Decision::new(stream, loaded, &events, writes))
-        })
-        .await
-    }
-
-    /// Places an order: looks up the customer and each product's current
-    /// price first, then lets the order decide.
-    pub async fn place_order(
-        &self,
-        order_id: Uuid,
-        customer_id: Uuid,
-        lines: Vec<(Uuid, u32)>,
-        shipping_address: domain::Address,
-        metadata: &Metadata,
-    ) -> Result<Outcome, ServiceError> {
-        if let Some(outcome) = self.earlier(metadata).await? {
-            return Ok(outcome);
-        }
-        let mut priced = Vec::with_capacity(lines.len());
-        for (i, (product_id, quantity)) in lines.into_iter().enumerate() {
-            let product = self.load::<ProductAggregate>(&stream_id::<ProductAggregate>(product_id)).await?;
-            let Some(product) = product.state else {
-                return Err(DomainError::invalid(format!("lines[{i}].product_id"), "no such product").into());
-            };
-            priced.push(PricedLine { product_id, quantity, unit_price: product.price });
-        }
-        let stream = &stream_id::<OrderAggregate>(order_id);
-        let customer_stream = &stream_id::<CustomerAggregate>(customer_id);
-        let (priced, shipping_address) = (&priced, &shipping_address);
-        self.run(order_id, stream, None, metadata, |cached| async move {
-            let customer = self.load::<CustomerAggregate>(customer_stream).await?;
-            let customer_active = match &customer.state {
-                Some(c) => c.active,
-                None => return Err(DomainError::invalid("customer_id", "no such customer").into()),
-            };
-            let loaded = self.state::<OrderAggregate>(stream, cached).await?;
-            let command = OrderCommand::Place {
-                order_id,
-                customer_id,
-                customer_active,
-                lines: priced.clone(),
-                shipping_address: shipping_address.clone(),
-            };
-            let events = OrderAggregate::decide(&loaded.state, command)?;
-            // The order stands on the customer as read: appended with no
-            // event but that version expected, a customer deactivated or
-            // forgotten meanwhile makes it conflict and be decided again.
-            let as_read = StreamWrite { stream_id: customer_stream.clone(), expected: customer.expected(), events: Vec::new() };
-            let writes = vec![write(stream, &loaded, &events, metadata), as_read];
-            Ok(Decision::new(stream, loaded, &events, writes))
-        })
-        .await
-    }
 }
 
 /// What a command's append is recorded under: its idempotency key, scoped
@@ -542,7 +381,7 @@ fn receipt(metadata: &Metadata) -> Option<Receipt<'_>> {
 fn replayed(result: &AppendResult) -> Outcome {
     let primary = result.streams.first();
     let stream_id = primary.map(|s| s.stream_id.clone()).unwrap_or_default();
-    let id = stream_id.split_once('-').and_then(|(_, id)| Uuid::parse_str(id).ok()).unwrap_or_default();
+    let id = StreamId::parse(&stream_id).map(|s| s.id).unwrap_or_default();
     Outcome {
         id,
         stream_id,

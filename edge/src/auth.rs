@@ -3,8 +3,8 @@
 //! `authenticate` runs on every request of both APIs: a token that is
 //! present must be valid (401 otherwise, public endpoints included), and a
 //! valid one leaves its `Principal` in the request. Handlers then say what
-//! they need with an extractor: `Caller` (anyone), `Authenticated`,
-//! `Admin`; ownership is `Principal::require_customer`.
+//! they need with an extractor: `Authenticated`, `Admin`; ownership is
+//! `Principal::require_customer`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -181,21 +181,11 @@ fn missing() -> EdgeError {
     EdgeError::Unauthorized("an Authorization: Bearer <JWT> header is required")
 }
 
-/// The caller, if the request carries a (valid) token.
-pub struct Caller(pub Option<Principal>);
-
 /// A caller with a valid token.
 pub struct Authenticated(pub Principal);
 
 /// A caller with a valid admin token.
 pub struct Admin(pub Principal);
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = EdgeError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, EdgeError> {
-        Ok(Caller(parts.extensions.get::<Principal>().cloned()))
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
     type Rejection = EdgeError;

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (its database does).
+//! `/healthz` (the process answers) and `/readyz` (what it needs does).
+//! What "ready" means is the API's to say: the edge only asks, within 2 s.
 
 use std::time::Duration;
 
@@ -6,27 +7,26 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sqlx::PgPool;
 
 use crate::EdgeError;
 
-/// `/healthz`, `/readyz` and `/metrics`, for an API on `pool`.
-pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool) -> Router<S> {
+/// `/healthz`, `/readyz` and `/metrics`; `/readyz` answers 200 while
+/// `ready` says true within 2 s, else 503.
+pub fn routes<S, F, Fut>(ready: F) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(move || readyz(pool.clone())))
+        .route("/readyz", get(move || readyz(ready())))
         .route("/metrics", get(crate::metrics::page))
 }
 
-/// Whether a database error means "not reachable now" (503) rather than a
-/// fault (500): the pool timed out or closed, or the connection broke.
-pub fn database_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
-}
-
-async fn readyz(pool: PgPool) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+async fn readyz(ready: impl Future<Output = bool>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), ready).await {
+        Ok(true) => (StatusCode::OK, "ready").into_response(),
         _ => EdgeError::Unavailable.into_response(),
     }
 }

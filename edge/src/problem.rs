@@ -1,5 +1,9 @@
 //! `application/problem+json` (RFC 9457) with a machine-readable `code`.
 //! Every error either API sends is built here, so the shape is one.
+//!
+//! Each API's `ApiError` is its own cases (its domain's mapping) beside two
+//! shared here: `EdgeError` (what the edge refuses) and `Internal` (a
+//! failure, logged where it is answered and never sent).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -162,6 +166,24 @@ impl EdgeError {
             EdgeError::Malformed(errors) => problem.with("errors", errors),
             _ => problem,
         }
+    }
+}
+
+/// A failure behind a 500: its text is logged with the request's span
+/// when it is answered, and never reaches the client.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error")]
+pub struct Internal(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+impl Internal {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Internal(Box::new(e))
+    }
+
+    /// The problem it is answered with, logging what it hides.
+    pub fn problem(&self) -> Problem {
+        tracing::error!(error = %self.0, source = ?self.0.source(), "internal error");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", self.to_string())
     }
 }
 

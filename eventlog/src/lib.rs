@@ -9,9 +9,11 @@
 pub mod backup;
 #[cfg(test)]
 mod counted;
+pub mod database;
 mod envelope;
 mod fold;
 mod group_commit;
+mod mac;
 mod memory;
 pub mod migrations;
 mod postgres;
@@ -29,6 +31,7 @@ pub use envelope::{
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
 pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS};
+pub use mac::{hmac_sha256, hmac_sha256_matches};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use shared_tail::SharedTail;

@@ -74,11 +74,11 @@ async fn wait_until<W, F>(
     headers: &HeaderMap,
     mut wake: watch::Receiver<W>,
     mut progress: impl FnMut() -> F,
-) -> Result<Option<edge::token::Wanted>, ApiError>
+) -> Result<Option<edge::consistency::Wanted>, ApiError>
 where
     F: std::future::Future<Output = Result<Vec<Option<Progress>>, ApiError>>,
 {
-    let Some(wanted) = edge::token::decode(headers)? else { return Ok(None) };
+    let Some(wanted) = edge::consistency::decode(headers)? else { return Ok(None) };
     let mut tokens = Tokens { positions: wanted.positions.clone(), streams: None };
     let started = tokio::time::Instant::now();
     let deadline = started + wanted.timeout;

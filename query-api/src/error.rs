@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use edge::{EdgeError, Problem};
+use edge::{EdgeError, Internal, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,8 +17,8 @@ pub enum ApiError {
     ProjectionDegraded(String),
     #[error("projection {0} is being verified already; try again when that is done")]
     VerifyInProgress(String),
-    #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Internal(#[from] Internal),
 }
 
 impl ApiError {
@@ -27,17 +27,17 @@ impl ApiError {
     }
 
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        ApiError::Internal(Box::new(e))
+        Internal::new(e).into()
     }
 
     fn problem(&self) -> Problem {
         let (status, code) = match self {
             ApiError::Edge(e) => return e.problem(),
+            ApiError::Internal(e) => return e.problem(),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Problem::new(status, code, self.to_string())
     }
@@ -45,7 +45,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if edge::database_unavailable(&e) {
+        if eventlog::database::unavailable(&e) {
             tracing::warn!(error = %e, "the database is not available");
             return ApiError::Edge(EdgeError::Unavailable);
         }
@@ -58,7 +58,7 @@ impl From<eventlog::EventLogError> for ApiError {
         match e {
             eventlog::EventLogError::Backend(source) => match source.downcast::<sqlx::Error>() {
                 Ok(e) => (*e).into(),
-                Err(other) => ApiError::Internal(other),
+                Err(other) => Internal(other).into(),
             },
             other => ApiError::internal(other),
         }
@@ -67,9 +67,6 @@ impl From<eventlog::EventLogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
-            tracing::error!(error = %e, source = ?e.source(), "internal error");
-        }
         self.problem().into_response()
     }
 }

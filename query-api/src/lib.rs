@@ -69,6 +69,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projections/{name}/verify", get(read_models::verify_projection))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone())
-        .merge(edge::health::routes(state.pool.clone()));
+        .merge(edge::health::routes(move || eventlog::database::answers(state.pool.clone())));
     edge::stack(routes, "query", jwt)
 }

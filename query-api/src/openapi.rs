@@ -2,7 +2,6 @@
 //! parameter and response types the handlers use, so it cannot drift from
 //! them; a test compares it with the copy under `schemas/openapi/`.
 
-use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
@@ -99,18 +98,10 @@ fn query_parameters(schema: &Schema) -> Vec<Value> {
 }
 
 pub fn document() -> Value {
-    let mut settings = SchemaSettings::draft2020_12();
-    settings.definitions_path = "/components/schemas".into();
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
+    let mut generator = edge::openapi::generator();
     let mut paths = serde_json::Map::new();
     for op in operations() {
-        let mut parameters = Vec::new();
-        for segment in op.path.split('/').filter(|s| s.starts_with('{')) {
-            let name = segment.trim_matches(|c| c == '{' || c == '}');
-            let schema = if name == "id" { json!({ "type": "string", "format": "uuid" }) } else { json!({ "type": "string" }) };
-            parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
-        }
+        let mut parameters = edge::openapi::path_parameters(op.path);
         if let Some(query) = op.query {
             parameters.extend(query_parameters(&query(&mut generator)));
         }
@@ -132,30 +123,12 @@ pub fn document() -> Value {
                 "parameters": parameters,
                 "responses": {
                     "200": { "description": "OK", "content": { "application/json": { "schema": response } } },
-                    "default": { "description": "A problem", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }
+                    "default": edge::openapi::problem_response()
                 }
             }}),
         );
     }
-    for (path, summary) in [
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness: the database answers"),
-        ("/metrics", "Prometheus metrics"),
-        ("/openapi.json", "This document"),
-    ] {
-        paths
-            .insert(path.into(), json!({ "get": { "summary": summary, "security": [], "responses": { "200": { "description": "OK" } } } }));
-    }
-    let mut schemas = generator.take_definitions(true);
-    schemas.insert("Problem".into(), edge::problem::openapi_schema());
-    json!({
-        "openapi": "3.1.0",
-        "info": { "title": "storekeeper query API", "version": env!("CARGO_PKG_VERSION") },
-        "servers": [{ "url": "http://127.0.0.1:8081" }],
-        "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } }
-        }
-    })
+    let schemas = generator.take_definitions(true);
+    let (title, version, server) = ("storekeeper query API", env!("CARGO_PKG_VERSION"), "http://127.0.0.1:8081");
+    edge::openapi::document(title, version, server, "Readiness: the database answers", paths, schemas)
 }

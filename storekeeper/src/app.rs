@@ -106,7 +106,9 @@ impl App {
         if let Some(listener) = listeners.metrics {
             edge::metrics::prometheus();
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tasks.spawn(serve_until(listener, edge::stack::problems_only(edge::health::routes(pool.clone())), stop_rx.clone(), "metrics"));
+            let checked = pool.clone();
+            let ready = move || eventlog::database::answers(checked.clone());
+            tasks.spawn(serve_until(listener, edge::stack::problems_only(edge::health::routes(ready)), stop_rx.clone(), "metrics"));
         }
 
         if roles.relay
@@ -151,7 +153,11 @@ impl App {
             });
         }
         if let Some(listener) = listeners.command {
-            let state = command_api::AppState::new(service.clone(), pool.clone(), jwt.clone(), &config.webhook_secret);
+            let passwords = match config.event_log.kurrentdb_url {
+                None => commands::PasswordStore::new(pool.clone()),
+                Some(_) => commands::PasswordStore::beside_another_log(pool.clone()),
+            };
+            let state = command_api::AppState::new(service.clone(), passwords, pool.clone(), jwt.clone(), &config.webhook_secret);
             tracing::info!(addr = ?listener.local_addr().ok(), "command API listening");
             tasks.spawn(serve_until(listener, command_api::router(state), stop_rx.clone(), "command API"));
             tasks.spawn(purge_idempotency_keys(IdempotencyStore::new(pool.clone()), stop_rx.clone()));

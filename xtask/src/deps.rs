@@ -74,6 +74,11 @@ pub fn violations(deps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
             broken.push(format!("edge depends on {domain_crate}: the HTTP edge knows nothing of the domain"));
         }
     }
+    for store in ["sqlx", "rdkafka", "tantivy"] {
+        if on("edge", store) {
+            broken.push(format!("edge depends on {store}: the HTTP edge is given its readiness checks, it opens no store"));
+        }
+    }
     broken
 }
 
@@ -103,6 +108,7 @@ mod tests {
         assert_eq!(violations(&graph(&[("query-api", &["commands"])])).len(), 1);
         assert_eq!(violations(&graph(&[("projections", &["kafka"])])).len(), 1);
         assert_eq!(violations(&graph(&[("edge", &["domain"])])).len(), 1);
+        assert_eq!(violations(&graph(&[("edge", &["sqlx"])])).len(), 1);
         assert_eq!(violations(&graph(&[("kafka", &["test-support"])])).len(), 1);
     }
 

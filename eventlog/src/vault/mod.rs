@@ -33,9 +33,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use domain::personal::{PersonalFields, forgotten_customer, personal_fields};
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -196,7 +194,5 @@ fn encryptable(stream_id: &str, event_type: &str, schema_version: u32, data: &Va
 
 /// `hmac-sha256:<hex>` of `normalised` under `secret`.
 pub fn keyed_hash(secret: &[u8], normalised: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(normalised.as_bytes());
-    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    format!("hmac-sha256:{}", hex::encode(crate::hmac_sha256(secret, &[normalised.as_bytes()])))
 }

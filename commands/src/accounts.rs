@@ -20,6 +20,21 @@ pub struct Accounts {
     passwords: PasswordStore,
 }
 
+/// Whether a command's failure is a decision (nothing was appended, for
+/// certain), not a failure whose outcome is unknown.
+/// The database answering with an error means the append's transaction
+/// rolled back; a lost connection or a timeout may have left it committed.
+fn refused(error: &ServiceError) -> bool {
+    use eventlog::EventLogError;
+    match error {
+        ServiceError::Log(EventLogError::Backend(source)) => {
+            matches!(source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut))
+        }
+        ServiceError::Password(_) => false,
+        _ => true,
+    }
+}
+
 fn forgotten() -> ServiceError {
     DomainError::state("the customer is forgotten").into()
 }
@@ -50,14 +65,18 @@ impl Accounts {
         self.passwords.stage(event_id, id, &phc).await?;
         let registered = self.service.customer_registered_as(id, command, Some(event_id), if_match, metadata).await;
         match &registered {
-            Ok(_) if !self.passwords.moves_with_the_log() => self.passwords.register_staged(event_id).await?,
+            Ok(_) if !self.passwords.moves_with_the_log() => self.passwords.register_staged(event_id, id).await?,
             Ok(_) => {}
-            // Nothing will ever move it; left behind, it would expire.
-            Err(_) => {
+            // A decided refusal: that event was never appended and never
+            // will be. Any other failure (a lost connection, a group's
+            // shared error) may still have committed it, so the staging is
+            // left for the trigger, or to expire.
+            Err(error) if refused(error) => {
                 if let Err(error) = self.passwords.discard_staged(event_id).await {
-                    tracing::warn!(%error, "could not drop the password staged for a failed registration");
+                    tracing::warn!(%error, "could not drop the password staged for a refused registration");
                 }
             }
+            Err(_) => {}
         }
         registered
     }

@@ -104,16 +104,31 @@ impl PasswordStore {
 
     /// For a log kept elsewhere, after the registration's event is
     /// appended: what the trigger does with a log in this database.
-    pub async fn register_staged(&self, event_id: Uuid) -> Result<(), PasswordError> {
-        sqlx::query(
-            "WITH staged AS (DELETE FROM staged_passwords WHERE event_id = $1 RETURNING customer_id, phc)
-             INSERT INTO customer_passwords (customer_id, phc) SELECT customer_id, phc FROM staged
-             ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
-        )
-        .bind(event_id)
-        .execute(&self.pool)
-        .await?;
+    /// A forget that landed since the append wins: the staging is dropped
+    /// and nothing is stored (the key row, locked as in `set`, says so).
+    pub async fn register_staged(&self, event_id: Uuid, customer: Uuid) -> Result<(), PasswordError> {
+        let mut tx = self.pool.begin().await?;
+        if forgotten(&mut tx, customer).await? {
+            sqlx::query("DELETE FROM staged_passwords WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
+        } else {
+            sqlx::query(
+                "WITH staged AS (DELETE FROM staged_passwords WHERE event_id = $1 RETURNING customer_id, phc)
+                 INSERT INTO customer_passwords (customer_id, phc) SELECT customer_id, phc FROM staged
+                 ON CONFLICT (customer_id) DO UPDATE SET phc = EXCLUDED.phc, updated_at = now()",
+            )
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes stagings older than an hour: registrations that never took
+    /// effect (their event can no longer be appended by this build).
+    pub async fn purge_expired_stagings(&self) -> Result<u64, PasswordError> {
+        let deleted = sqlx::query("DELETE FROM staged_passwords WHERE staged_at < now() - interval '1 hour'").execute(&self.pool).await?;
+        Ok(deleted.rows_affected())
     }
 
     /// Drops a staging whose registration failed.
@@ -138,12 +153,7 @@ impl PasswordStore {
         // marked already and nothing is stored, or the forget waits for
         // this and then deletes what was stored.
         let mut tx = self.pool.begin().await?;
-        let forgotten: Option<bool> =
-            sqlx::query_scalar("SELECT forgotten_at IS NOT NULL FROM customer_keys WHERE customer_id = $1 FOR SHARE")
-                .bind(customer)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if forgotten == Some(true) {
+        if forgotten(&mut tx, customer).await? {
             return Err(PasswordError::Forgotten);
         }
         sqlx::query(
@@ -161,7 +171,13 @@ impl PasswordStore {
     /// Deletes the customer's password, if it has one: for a log kept
     /// elsewhere (the trigger does it with a log in this database).
     pub async fn forget(&self, customer: Uuid) -> Result<(), PasswordError> {
-        sqlx::query("DELETE FROM customer_passwords WHERE customer_id = $1").bind(customer).execute(&self.pool).await?;
+        sqlx::query(
+            "WITH staged AS (DELETE FROM staged_passwords WHERE customer_id = $1)
+             DELETE FROM customer_passwords WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -183,6 +199,17 @@ impl PasswordStore {
         })
         .await
     }
+}
+
+/// Whether `customer` is forgotten, its key row locked until `tx` ends: the
+/// row a forget marks first, so a password stored under this lock is either
+/// refused or deleted by the forget that follows.
+async fn forgotten(tx: &mut sqlx::PgConnection, customer: Uuid) -> Result<bool, sqlx::Error> {
+    let forgotten: Option<bool> = sqlx::query_scalar("SELECT forgotten_at IS NOT NULL FROM customer_keys WHERE customer_id = $1 FOR SHARE")
+        .bind(customer)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(forgotten == Some(true))
 }
 
 #[cfg(test)]

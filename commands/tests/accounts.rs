@@ -109,8 +109,12 @@ async fn passwords_are_set_for_known_customers_only_and_go_when_they_are_forgott
     accounts.set_password(id, PASSWORD.into()).await.unwrap();
     assert_eq!(accounts.sign_in("set@example.com", PASSWORD.into()).await.unwrap(), Some(id));
 
+    // A staging left by a registration whose outcome was unknown (a lost
+    // connection) goes with the forget too.
+    PasswordStore::new(pool.clone()).stage(Uuid::now_v7(), id, "$argon2id$left-behind").await.unwrap();
     accounts.forget(id, None, &metadata).await.unwrap();
     assert_eq!(registered(&pool, id).await.1, 0, "the trigger deletes it with the event");
+    assert_eq!(count(&pool, "SELECT count(*) FROM staged_passwords").await, 0, "and what was staged for the customer");
     let after = accounts.set_password(id, PASSWORD.into()).await;
     assert!(matches!(after, Err(ServiceError::Domain(DomainError::InvalidState(_)))), "{after:?}");
 }
@@ -128,7 +132,27 @@ async fn beside_a_log_kept_elsewhere_the_workflows_move_the_password() {
     assert_eq!(count(&pool, "SELECT count(*) FROM customer_passwords").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM staged_passwords").await, 0);
     assert_eq!(accounts.sign_in("elsewhere@example.com", PASSWORD.into()).await.unwrap(), Some(id));
+    let store = PasswordStore::beside_another_log(pool.clone());
+    store.stage(Uuid::now_v7(), id, "$argon2id$left-behind").await.unwrap();
     accounts.forget(id, None, &metadata).await.unwrap();
     assert_eq!(count(&pool, "SELECT count(*) FROM customer_passwords").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM staged_passwords").await, 0);
     assert_eq!(accounts.sign_in("elsewhere@example.com", PASSWORD.into()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn stagings_of_registrations_that_never_took_effect_expire_after_an_hour() {
+    let pool = database().await;
+    let store = PasswordStore::new(pool.clone());
+    let (old, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+    store.stage(old, Uuid::now_v7(), "$argon2id$old").await.unwrap();
+    store.stage(fresh, Uuid::now_v7(), "$argon2id$fresh").await.unwrap();
+    sqlx::query("UPDATE staged_passwords SET staged_at = now() - interval '61 minutes' WHERE event_id = $1")
+        .bind(old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_expired_stagings().await.unwrap(), 1);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM staged_passwords").fetch_all(&pool).await.unwrap();
+    assert_eq!(left, vec![fresh]);
 }

@@ -157,10 +157,10 @@ impl App {
                 None => commands::PasswordStore::new(pool.clone()),
                 Some(_) => commands::PasswordStore::beside_another_log(pool.clone()),
             };
-            let state = command_api::AppState::new(service.clone(), passwords, pool.clone(), jwt.clone(), &config.webhook_secret);
+            let state = command_api::AppState::new(service.clone(), passwords.clone(), pool.clone(), jwt.clone(), &config.webhook_secret);
             tracing::info!(addr = ?listener.local_addr().ok(), "command API listening");
             tasks.spawn(serve_until(listener, command_api::router(state), stop_rx.clone(), "command API"));
-            tasks.spawn(purge_idempotency_keys(IdempotencyStore::new(pool.clone()), stop_rx.clone()));
+            tasks.spawn(purge_expired(IdempotencyStore::new(pool.clone()), passwords, stop_rx.clone()));
         }
         if let Some(listener) = listeners.query {
             // Each query API node keeps its own product index, fed by its own indexer.
@@ -227,12 +227,19 @@ async fn serve_until(listener: TcpListener, router: axum::Router, mut stop: watc
     .with_context(|| format!("{what} server"))
 }
 
-async fn purge_idempotency_keys(store: IdempotencyStore, mut stop: watch::Receiver<bool>) -> Result<()> {
+/// Hourly: idempotency keys and receipts past their 24 hours, and
+/// passwords staged for registrations that never took effect.
+async fn purge_expired(store: IdempotencyStore, passwords: commands::PasswordStore, mut stop: watch::Receiver<bool>) -> Result<()> {
     loop {
         match store.purge_expired().await {
             Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
+        match passwords.purge_expired_stagings().await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "passwords staged for registrations that never took effect removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging staged passwords failed"),
         }
         tokio::select! {
             _ = stop.changed() => return Ok(()),

@@ -293,13 +293,30 @@ impl TypedValueParser for VaultKeyParser {
 pub struct AppendArgs {
     /// Group-commit writers of the event log in this process: more overlap
     /// the flushes of large appends, fewer make larger groups.
+    /// 1 to 64; empty means the default.
     #[arg(
         long,
         env = "STOREKEEPER_APPEND_COMMITTERS",
         default_value_t = eventlog::DEFAULT_APPEND_COMMITTERS as u64,
-        value_parser = clap::value_parser!(u64).range(1..=eventlog::MAX_APPEND_COMMITTERS as u64),
+        value_parser = CommittersParser,
     )]
     append_committers: u64,
+}
+
+/// Parses `--append-committers`: empty (as compose passes an unset
+/// variable) is the default, as it was before the flag existed.
+#[derive(Clone)]
+struct CommittersParser;
+
+impl TypedValueParser for CommittersParser {
+    type Value = u64;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<u64, clap::Error> {
+        if value.to_str().is_some_and(|v| v.trim().is_empty()) {
+            return Ok(eventlog::DEFAULT_APPEND_COMMITTERS as u64);
+        }
+        clap::value_parser!(u64).range(1..=eventlog::MAX_APPEND_COMMITTERS as u64).parse_ref(cmd, arg, value)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -439,6 +456,7 @@ mod tests {
         };
         assert_eq!(committers(&[]), Ok(eventlog::DEFAULT_APPEND_COMMITTERS));
         assert_eq!(committers(&["--append-committers", "3"]), Ok(3));
+        assert_eq!(committers(&["--append-committers", ""]), Ok(eventlog::DEFAULT_APPEND_COMMITTERS), "empty means the default");
         assert!(committers(&["--append-committers", "0"]).is_err());
         assert!(committers(&["--append-committers", "65"]).is_err());
     }

@@ -22,14 +22,9 @@ pub struct Accounts {
 
 /// Whether a command's failure is a decision (nothing was appended, for
 /// certain), not a failure whose outcome is unknown.
-/// The database answering with an error means the append's transaction
-/// rolled back; a lost connection or a timeout may have left it committed.
 fn refused(error: &ServiceError) -> bool {
-    use eventlog::EventLogError;
     match error {
-        ServiceError::Log(EventLogError::Backend(source)) => {
-            matches!(source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut))
-        }
+        ServiceError::Log(error) => !error.outcome_unknown(),
         ServiceError::Password(_) => false,
         _ => true,
     }

@@ -55,6 +55,21 @@ pub enum EventLogError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl EventLogError {
+    /// Whether an append that failed so may still have been committed: the
+    /// connection was lost or timed out mid-way, so its outcome is unknown.
+    /// Every other failure was answered by the log or the database, and
+    /// nothing of that append was written.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            EventLogError::Backend(source) => {
+                !matches!(source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut))
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for EventLogError {
     fn from(e: sqlx::Error) -> Self {
         EventLogError::Backend(Box::new(e))
@@ -114,3 +129,18 @@ pub struct Snapshot {
 
 /// The largest number of events one append takes.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lost_or_broken_connection_leaves_an_appends_outcome_unknown() {
+        let lost = EventLogError::from(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")));
+        assert!(lost.outcome_unknown());
+        assert!(EventLogError::from(sqlx::Error::Protocol("garbled".into())).outcome_unknown());
+        assert!(!EventLogError::from(sqlx::Error::PoolTimedOut).outcome_unknown(), "no connection, nothing sent");
+        assert!(!EventLogError::InvalidAppend("bad".into()).outcome_unknown());
+        assert!(!EventLogError::Forgotten(uuid::Uuid::nil()).outcome_unknown());
+    }
+}

@@ -19,6 +19,11 @@ pub enum Step {
     Order { order_id: Uuid, command: OrderCommand },
 }
 
+/// The stored types of the events [`react`] answers with commands: the
+/// others need not be decoded to know that nothing follows them.
+pub const REACTS_TO: &[&str] =
+    &["OrderPlaced", "StockReserved", "StockReservationFailed", "OrderRejected", "OrderCancelled", "OrderReservationDiscarded"];
+
 /// The commands that follow `event`, recorded in the stream of entity
 /// `entity_id`, in the order they are to be issued.
 pub fn react(entity_id: Uuid, event: &DomainEvent) -> Vec<Step> {

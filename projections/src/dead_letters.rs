@@ -50,12 +50,18 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Takes the projection's dead-letter lock for the transaction on `conn`
-/// (shared for a batch, exclusive for a retry) and answers the streams it
-/// holds back, each with its first parked position.
-pub(crate) async fn held_back(conn: &mut PgConnection, checkpoint: &str, exclusive: bool) -> Result<HashMap<String, u64>, sqlx::Error> {
+/// The statement that takes the dead-letter lock of the projection at
+/// `checkpoint` for the transaction: shared by its batches (as
+/// `Target::begin` begins them), exclusive for a retry. Plain text, so that
+/// it can go in one round trip with the `BEGIN`.
+pub(crate) fn lock_dead_letters(checkpoint: &str, exclusive: bool) -> String {
     let lock = if exclusive { "pg_advisory_xact_lock" } else { "pg_advisory_xact_lock_shared" };
-    sqlx::query(&format!("SELECT {lock}(hashtextextended('dead_letters:' || $1, 0))")).bind(checkpoint).execute(&mut *conn).await?;
+    format!("SELECT {lock}(hashtextextended('dead_letters:' || '{}', 0));", checkpoint.replace('\'', "''"))
+}
+
+/// The streams the projection holds back, each with its first parked
+/// position; the caller holds the dead-letter lock.
+pub(crate) async fn held_back(conn: &mut PgConnection, checkpoint: &str) -> Result<HashMap<String, u64>, sqlx::Error> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT stream_id, min(global_position) FROM dead_letters WHERE projection = $1 GROUP BY stream_id")
             .bind(checkpoint)
@@ -182,7 +188,7 @@ pub struct Retried {
 pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Projection) -> Result<Retried, RetryError> {
     let name = projection.name();
     let mut tx = pool.begin().await?;
-    held_back(&mut tx, name, true).await?;
+    sqlx::raw_sql(&lock_dead_letters(name, true)).execute(&mut *tx).await?;
     let parked: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM dead_letters WHERE projection = $1 ORDER BY global_position")
         .bind(name)
         .fetch_all(&mut *tx)

@@ -18,6 +18,7 @@ pub mod search;
 mod status;
 mod table_copy;
 mod target;
+mod together;
 mod verify;
 
 pub use dead_letters::{Retried, RetryError, retry_parked};
@@ -63,7 +64,7 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies a whole batch inside the runner's transaction. Projections
     /// that can write a batch in one statement override it; when it fails
     /// the runner falls back to `apply`, event by event.
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         for (event, decoded) in events {
             self.apply(tx, event, decoded).await?;
         }

@@ -18,6 +18,7 @@ use crate::dead_letters::{apply_or_park, held_back, is_transient};
 use crate::rebuild::{rebuild_requested, take_over};
 use crate::status::{Rate, progress};
 use crate::target::{RunError, Target, prepare};
+use crate::together::{Together, checkpoint_row, fed_together};
 use crate::{ApplyError, Projection};
 
 /// Events per batch read in process: large enough to amortise a
@@ -29,10 +30,13 @@ pub struct Runner {
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
     sources: SourceFactory,
+    /// Fed in process: the live read models are applied together
+    /// (`together`). From Kafka, each follows its own consumer group.
+    together: bool,
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
-async fn apply_batch(
+pub(crate) async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
     target: &Target,
@@ -63,7 +67,7 @@ async fn apply_batch(
     };
     let mine: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.handles(&e.event_type)).collect();
     let mut tx = target.begin(pool).await?;
-    let mut held = held_back(&mut tx, &target.checkpoint, false).await?;
+    let mut held = held_back(&mut tx, &target.checkpoint).await?;
     // Fast path: the whole batch without savepoints, when no stream of it is
     // held back. Should it fail for the events' sake, the transaction is
     // dropped and the batch is applied event by event; a transient failure
@@ -73,6 +77,7 @@ async fn apply_batch(
         let decoded: Option<Vec<(&RecordedEvent, DomainEvent)>> =
             mine.iter().map(|&e| DomainEvent::decode(&e.event_type, e.schema_version, &e.data).ok().map(|d| (e, d))).collect();
         if let Some(decoded) = decoded {
+            let decoded: Vec<(&RecordedEvent, &DomainEvent)> = decoded.iter().map(|(e, d)| (*e, d)).collect();
             match projection.apply_all(&mut tx, &decoded).await {
                 Ok(()) => clean = true,
                 Err(ApplyError::Database(e)) if is_transient(&e) => return Err(e.into()),
@@ -82,7 +87,7 @@ async fn apply_batch(
         if !clean {
             tx.rollback().await?;
             tx = target.begin(pool).await?;
-            held = held_back(&mut tx, &target.checkpoint, false).await?;
+            held = held_back(&mut tx, &target.checkpoint).await?;
         }
     }
     let mut parked = None;
@@ -94,31 +99,41 @@ async fn apply_batch(
     // Only while the checkpoint is still this run's: a rebuild that took
     // over meanwhile owns the tables now.
     let per_second = rate.lock().expect("rate lock").observe(batch.len());
+    // The checkpoint moves and readers waiting on a token are told, in one
+    // statement.
     let updated = sqlx::query(
         "UPDATE projection_checkpoints
             SET position = GREATEST(position, $2), updated_at = now(),
                 state = CASE WHEN $3::text IS NULL THEN state ELSE 'degraded' END,
                 last_error = coalesce($3, last_error), events_per_second = $5
-          WHERE projection = $1 AND generation = $4",
+          WHERE projection = $1 AND generation = $4
+         RETURNING pg_notify($6, $1)",
     )
     .bind(&target.checkpoint)
     .bind(last.global_position as i64)
     .bind(parked)
     .bind(generation)
     .bind(per_second)
-    .execute(&mut *tx)
+    .bind(eventlog::progress::PROGRESS_CHANNEL)
+    .fetch_optional(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
+    if updated.is_none() {
         return Err(RunError::Superseded(target.checkpoint.clone()));
     }
     eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
-    eventlog::progress::notify_progress(&mut tx, &target.checkpoint).await?;
     tx.commit().await?;
+    applied(projection, batch, last);
+    Ok(())
+}
+
+/// Metrics and spans of `batch`, applied by `projection` up to `last`.
+pub(crate) fn applied<'a>(projection: &dyn Projection, batch: impl IntoIterator<Item = &'a RecordedEvent>, last: &RecordedEvent) {
     metrics::gauge!("storekeeper_projection_position", "projection" => projection.name()).set(last.global_position as f64);
     let behind = (chrono::Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
     metrics::gauge!("storekeeper_projection_lag_seconds", "projection" => projection.name()).set(behind);
-    metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(batch.len() as u64);
+    let mut count = 0;
     for event in batch {
+        count += 1;
         // Off (a no-op) unless spans are exported or debug logs are on.
         let span =
             tracing::debug_span!(target: telemetry::EVENT_SPANS, "apply", projection = projection.name(), position = event.global_position);
@@ -126,29 +141,43 @@ async fn apply_batch(
         let _in = span.enter();
         tracing::debug!(projection = projection.name(), trace_id = %event.metadata.trace_id(), position = event.global_position, "applied");
     }
-    Ok(())
+    metrics::counter!("storekeeper_projection_events_total", "projection" => projection.name()).increment(count);
 }
 
 impl Runner {
     /// Projections fed in process from the log.
     pub fn new(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>) -> Self {
-        Runner::with_sources(pool, projections, eventlog::in_process(log, BATCH))
+        Runner::in_process(pool, log, projections, BATCH)
     }
 
-    /// Projections fed by other sources (Kafka).
+    /// Projections fed in process from the log, `batch` events at most at
+    /// once; their live read models together.
+    pub fn in_process(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>, batch: usize) -> Self {
+        Runner { pool, projections, sources: eventlog::in_process(log, batch), together: true }
+    }
+
+    /// Projections fed by other sources (Kafka), each alone.
     pub fn with_sources(pool: PgPool, projections: Vec<Arc<dyn Projection>>, sources: SourceFactory) -> Self {
-        Runner { pool, projections, sources }
+        Runner { pool, projections, sources, together: false }
     }
 
     /// Runs every projection until `shutdown` turns true; a batch in hand is
     /// finished first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
+        // Bumped after each rebuild: who is fed together may have changed.
+        let rebuilt = self.together.then(|| watch::Sender::new(0u64));
+        if let Some(rebuilt) = &rebuilt {
+            let together = Together::new(self.pool.clone(), self.projections.clone());
+            let (sources, shutdown, rebuilt) = (self.sources.clone(), shutdown.clone(), rebuilt.subscribe());
+            tasks.spawn(async move { run_together(together, sources, shutdown, rebuilt).await });
+        }
         for projection in &self.projections {
             // Exported from the start, so that "none parked" reads as 0.
             metrics::counter!("storekeeper_projection_parked_total", "projection" => projection.name().to_owned()).increment(0);
             let (pool, sources, projection, shutdown) = (self.pool.clone(), self.sources.clone(), projection.clone(), shutdown.clone());
-            tasks.spawn(async move { run_projection(pool, sources, projection, shutdown).await });
+            let rebuilt = rebuilt.clone();
+            tasks.spawn(async move { run_projection(pool, sources, projection, shutdown, rebuilt).await });
         }
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
@@ -158,24 +187,55 @@ impl Runner {
     }
 }
 
-/// One projection: live, and beside it a rebuild when its version is new
-/// or one was requested (`projections rebuild NAME`).
-async fn run_projection(pool: PgPool, sources: SourceFactory, projection: Arc<dyn Projection>, mut shutdown: watch::Receiver<bool>) {
+/// The live read models fed together, until `shutdown`; followed again
+/// from their checkpoints after each rebuild.
+async fn run_together(together: Together, sources: SourceFactory, shutdown: watch::Receiver<bool>, mut rebuilt: watch::Receiver<u64>) {
+    while !*shutdown.borrow() {
+        rebuilt.borrow_and_update();
+        let (stop, stopped) = watch::channel(false);
+        let (mut shutdown, mut rebuilt) = (shutdown.clone(), rebuilt.clone());
+        let stopper = tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {}
+                _ = rebuilt.changed() => {}
+            }
+            let _ = stop.send(true);
+        });
+        // The batch in hand is finished before it stops.
+        eventlog::follow(&together, &sources, stopped).await;
+        stopper.abort();
+    }
+}
+
+/// One projection: live (unless fed with the others), and beside it a
+/// rebuild when its version is new or one was requested (`projections
+/// rebuild NAME`). `rebuilt`, when the live read models are fed together,
+/// is told of each rebuild that ends.
+async fn run_projection(
+    pool: PgPool,
+    sources: SourceFactory,
+    projection: Arc<dyn Projection>,
+    mut shutdown: watch::Receiver<bool>,
+    rebuilt: Option<watch::Sender<u64>>,
+) {
     let name = projection.name();
+    let rebuild_ended = || {
+        if let Some(rebuilt) = &rebuilt {
+            rebuilt.send_modify(|n| *n += 1);
+        }
+    };
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let row: Result<Option<(i32, bool)>, sqlx::Error> =
-            sqlx::query_as("SELECT version, rebuild_requested FROM projection_checkpoints WHERE projection = $1")
-                .bind(name)
-                .fetch_optional(&pool)
-                .await;
+        let row = checkpoint_row(&pool, name).await;
+        // Fed with the others, or alone (here).
+        let alone = |version: Option<i32>, partitioned: bool| rebuilt.is_none() || !fed_together(&*projection, version, partitioned);
         let live = ProjectionConsumer::new(&pool, &projection, Target::live(&*projection));
         let rebuild = ProjectionConsumer::new(&pool, &projection, Target::rebuild(&*projection));
         match row {
             // An older version serves reads until its replacement is built.
-            Ok(Some((version, _))) if version < projection.version() => {
+            Ok(Some((version, _, _))) if version < projection.version() => {
                 tracing::info!(
                     projection = name,
                     from = version,
@@ -183,18 +243,32 @@ async fn run_projection(pool: PgPool, sources: SourceFactory, projection: Arc<dy
                     "new version: rebuilding beside the live tables"
                 );
                 eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)).await;
+                rebuild_ended();
             }
-            Ok(Some((_, true))) => {
+            Ok(Some((version, true, partitioned))) => {
                 tracing::info!(projection = name, "rebuild requested: building beside the live tables");
-                tokio::select! {
-                    _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
-                    _ = eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)) => {}
+                if alone(Some(version), partitioned) {
+                    tokio::select! {
+                        _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
+                        _ = eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)) => {}
+                    }
+                } else {
+                    eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)).await;
                 }
+                rebuild_ended();
             }
-            Ok(_) => {
-                tokio::select! {
-                    _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
-                    _ = rebuild_requested(&pool, name) => {}
+            Ok(row) => {
+                let (version, partitioned) = row.map_or((None, false), |(version, _, partitioned)| (Some(version), partitioned));
+                if alone(version, partitioned) {
+                    tokio::select! {
+                        _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
+                        _ = rebuild_requested(&pool, name) => {}
+                    }
+                } else {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => return,
+                        _ = rebuild_requested(&pool, name) => {}
+                    }
                 }
             }
             Err(e) => {

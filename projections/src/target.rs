@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Projection;
+use crate::dead_letters::lock_dead_letters;
 
 /// Where a projection's batches go: its live tables, or a rebuild's copies
 /// of them in a schema of their own.
@@ -28,20 +29,26 @@ impl Target {
         Target { checkpoint: format!("{}:rebuild", projection.name()), schema: Some(format!("rebuild_{}", projection.name())) }
     }
 
-    pub(crate) async fn begin<'a>(&self, pool: &'a PgPool) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
+    /// A transaction for one batch, begun in one round trip: asynchronous
+    /// commit, and the dead-letter lock that `dead_letters::retry` takes
+    /// exclusively, shared.
+    ///
+    /// Asynchronous commit: a read model is derived from the log, and its
+    /// checkpoint commits with its rows, so a crash of PostgreSQL can lose
+    /// only the last few batches' commits, rows and checkpoint alike: they
+    /// are applied again from the log, never skipped or half kept. The
+    /// batch's commit then waits for no disk flush of its own.
+    pub(crate) async fn begin(&self, pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut begin = format!("BEGIN; SET LOCAL synchronous_commit = off; {}", lock_dead_letters(&self.checkpoint, false));
         if let Some(schema) = &self.schema {
             // A rebuild's copies grow from empty without statistics, and the
             // planner, taking them for small, scanned them whole for every
             // key of a batch (`id = ANY(...)`): each batch cost more than the
             // last. The statements here look rows up by key; a lookup
             // that has no index on the copy (built at take-over) still scans.
-            sqlx::query("SELECT set_config('search_path', $1, true), set_config('enable_seqscan', 'off', true)")
-                .bind(format!("{schema}, public"))
-                .execute(&mut *tx)
-                .await?;
+            begin.push_str(&format!(" SET LOCAL search_path = {schema}, public; SET LOCAL enable_seqscan = off;"));
         }
-        Ok(tx)
+        pool.begin_with(begin).await
     }
 }
 

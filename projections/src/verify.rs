@@ -204,6 +204,7 @@ impl Fold<'_> {
                 }
             }
             self.events += decoded.len() as u64;
+            let decoded: Vec<(&RecordedEvent, &DomainEvent)> = decoded.iter().map(|(e, d)| (*e, d)).collect();
             self.apply(conn, projection, &decoded).await?;
         }
         Ok(())
@@ -215,7 +216,7 @@ impl Fold<'_> {
         &mut self,
         conn: &mut PgConnection,
         projection: &dyn Projection,
-        decoded: &[(&RecordedEvent, DomainEvent)],
+        decoded: &[(&RecordedEvent, &DomainEvent)],
     ) -> Result<(), VerifyError> {
         let mut tx = conn.begin().await?;
         sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.schema)).execute(&mut *tx).await?;

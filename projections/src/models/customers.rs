@@ -67,7 +67,7 @@ impl ReadModel for CustomersProjection {
     /// each other customer's net change, as for products; forgotten
     /// customers (a forget is the last event of its stream) are scrubbed
     /// after that.
-    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_customers", events, |d| if let DomainEvent::Customer(e) = d { Some(e) } else { None }).await?;
         let (added, others) = split(mine, |e| if let CustomerEvent::Registered(r) = e { Some(r) } else { None });
         let (forgotten, changed) = split(others, |e| if let CustomerEvent::Forgotten(f) = e { Some(f) } else { None });

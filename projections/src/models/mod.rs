@@ -55,7 +55,7 @@ pub trait ReadModel: Send + Sync + 'static {
     const VERSION: i32;
     const TABLES: &'static [&'static str];
     fn handles(event_type: &str) -> bool;
-    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError>;
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError>;
 }
 
 #[async_trait]
@@ -71,9 +71,9 @@ impl<M: ReadModel> Projection for M {
     }
     /// One event is a batch of one.
     async fn apply(&self, tx: &mut PgConnection, event: &RecordedEvent, decoded: &DomainEvent) -> Result<(), ApplyError> {
-        self.apply_batch(tx, &[(event, decoded.clone())]).await
+        self.apply_batch(tx, &[(event, decoded)]).await
     }
-    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_all(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         self.apply_batch(tx, events).await
     }
     fn tables(&self) -> &'static [&'static str] {
@@ -95,7 +95,7 @@ struct Seen<'a, E> {
 async fn unseen<'a, E: 'a>(
     tx: &mut PgConnection,
     table: &str,
-    events: &'a [(&RecordedEvent, DomainEvent)],
+    events: &'a [(&RecordedEvent, &'a DomainEvent)],
     pick: impl Fn(&'a DomainEvent) -> Option<&'a E>,
 ) -> Result<Vec<Seen<'a, E>>, ApplyError> {
     let mut mine = Vec::new();

@@ -50,7 +50,7 @@ impl ReadModel for OrdersProjection {
 
     /// One insert for the batch's new orders and one update carrying each
     /// other order's last status.
-    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_orders", events, |d| if let DomainEvent::Order(e) = d { Some(e) } else { None }).await?;
         let (placed, changed) = split(mine, |e| if let OrderEvent::Placed(p) = e { Some(p) } else { None });
         if !placed.is_empty() {

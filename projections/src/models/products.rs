@@ -53,7 +53,7 @@ impl ReadModel for ProductsProjection {
     /// One insert for the batch's new products and one update carrying each
     /// other product's net change. Events the row already has (by version)
     /// are left out, so a redelivered batch changes nothing.
-    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         let mine = unseen(tx, "rm_products", events, |d| if let DomainEvent::Product(e) = d { Some(e) } else { None }).await?;
         let (added, changed) = split(mine, |e| if let ProductEvent::Added(a) = e { Some(a) } else { None });
         if !added.is_empty() {

@@ -41,7 +41,7 @@ impl ReadModel for SalesProjection {
     /// One read of the batch's orders, the bookings summed in memory, then
     /// one upsert per table. Keys whose sums come to zero are still written,
     /// as booking and taking back event by event would leave them.
-    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, DomainEvent)]) -> Result<(), ApplyError> {
+    async fn apply_batch(&self, tx: &mut PgConnection, events: &[(&RecordedEvent, &DomainEvent)]) -> Result<(), ApplyError> {
         let mut mine = Vec::new();
         for (event, decoded) in events {
             if let DomainEvent::Order(e @ (OrderEvent::Placed(_) | OrderEvent::Paid(_) | OrderEvent::Cancelled(_))) = decoded {

@@ -155,7 +155,7 @@ async fn each_read_model_is_the_same_applied_in_batches_of_any_size_as_event_by_
 
             let mut tx = pool.begin().await.unwrap();
             projection.reset(&mut tx).await.unwrap();
-            let mut rest: Vec<(&RecordedEvent, DomainEvent)> = log.iter().map(|(e, d)| (e, d.clone())).collect();
+            let mut rest: Vec<(&RecordedEvent, &DomainEvent)> = log.iter().map(|(e, d)| (e, d)).collect();
             while !rest.is_empty() {
                 let take = (1 + dice.roll(40)).min(rest.len());
                 let batch: Vec<_> = rest.drain(..take).collect();

@@ -57,6 +57,7 @@ async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
     let decoded: Vec<(&RecordedEvent, DomainEvent)> =
         everything.iter().map(|e| (e, DomainEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap())).collect();
     let mut tx = pool.begin().await.unwrap();
+    let decoded: Vec<(&RecordedEvent, &DomainEvent)> = decoded.iter().map(|(e, d)| (*e, d)).collect();
     projections::ProductsProjection.apply_all(&mut tx, &decoded).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(products_table(&pool).await, incremental, "a redelivered batch is harmless");

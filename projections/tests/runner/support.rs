@@ -25,7 +25,7 @@ pub fn start(
     batch: usize,
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    let runner = Runner::with_sources(pool.clone(), projections, eventlog::in_process(log.clone(), batch));
+    let runner = Runner::in_process(pool.clone(), log.clone(), projections, batch);
     (tx, tokio::spawn(async move { runner.run(rx).await }))
 }
 

@@ -114,6 +114,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// A counter that moves after every append this process makes, so that
     /// local subscribers wake at once instead of at their next poll.
     fn appends(&self) -> watch::Receiver<u64>;
+
+    /// The highest position an append has taken so far, where the adapter
+    /// knows it (`None`: it does not say). No write has produced a
+    /// consistency token beyond it.
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        Ok(None)
+    }
 }
 
 /// A stream's folded state after its event at `version`, in the shape of

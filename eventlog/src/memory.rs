@@ -114,6 +114,10 @@ impl EventLog for InMemoryEventLog {
         Ok(inner.events.iter().skip(after as usize).take(limit).cloned().collect())
     }
 
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        Ok(Some(self.inner.lock().expect("in-memory log poisoned").events.len() as u64))
+    }
+
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
         let inner = self.inner.lock().expect("in-memory log poisoned");
         Ok(inner.receipts.get(&(receipt.actor.to_owned(), receipt.key.to_owned())).cloned())

@@ -129,6 +129,14 @@ impl EventLog for PgEventLog {
         rows.into_iter().map(decode_row).collect()
     }
 
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        // Positions are taken from the sequence, committed or not yet.
+        let head: i64 = sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_position_seq")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(head as u64))
+    }
+
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
         let result: Option<serde_json::Value> = sqlx::query_scalar(
             "SELECT result FROM append_receipts WHERE actor = $1 AND key = $2 AND recorded_at > now() - interval '24 hours'",

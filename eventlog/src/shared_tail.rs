@@ -188,6 +188,10 @@ impl EventLog for SharedTail {
     fn appends(&self) -> watch::Receiver<u64> {
         self.log.appends()
     }
+
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        self.log.head().await
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ async fn appends_get_gapless_versions_and_increasing_positions(log: Arc<dyn Even
     assert_eq!(events.last().unwrap().global_position, second.position);
     assert_eq!(events[3].data, json!({ "n": 0 }));
     assert_eq!(events[0].metadata.actor, "system:contract-test");
+    // The head, where the adapter says it, covers every position handed
+    // out: a token from a write is never beyond it.
+    if let Some(head) = log.head().await.unwrap() {
+        assert!(head >= second.position, "head {head} is behind a written position {}", second.position);
+    }
 }
 
 async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(log: Arc<dyn EventLog>) {

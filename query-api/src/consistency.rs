@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use eventlog::Progress;
+use eventlog::{EventLog, Progress};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -69,8 +69,11 @@ impl Tokens {
 
 /// Waits until `covered` holds for the request's tokens, waking whenever
 /// `wake` moves (and every 25 ms regardless); answers the tokens, if any.
+/// A token that is not covered at once is checked against the head of
+/// `log` first: one that no write has produced is refused, not waited for.
 async fn wait_until<W, F>(
     pool: &PgPool,
+    log: &dyn EventLog,
     headers: &HeaderMap,
     mut wake: watch::Receiver<W>,
     mut progress: impl FnMut() -> F,
@@ -82,6 +85,7 @@ where
     let mut tokens = Tokens { positions: wanted.positions.clone(), streams: None };
     let started = tokio::time::Instant::now();
     let deadline = started + wanted.timeout;
+    let mut head_checked = false;
     loop {
         wake.borrow_and_update();
         let mut all = true;
@@ -94,6 +98,13 @@ where
         if all {
             metrics::histogram!("storekeeper_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
             return Ok(Some(wanted));
+        }
+        if !head_checked {
+            head_checked = true;
+            let newest = wanted.positions.last().copied().unwrap_or(0);
+            if log.head().await?.is_some_and(|head| newest > head) {
+                return Err(ApiError::InvalidConsistencyToken(newest));
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             metrics::counter!("storekeeper_not_yet_consistent_total").increment(1);
@@ -112,9 +123,10 @@ where
 /// back behind a parked one) in those projections is never going to show:
 /// the read is refused rather than answered stale.
 pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
-    let Some(tokens) =
-        wait_until(&state.pool, headers, state.progress.clone(), || async { Ok(projections::progress(&state.pool, projections).await?) })
-            .await?
+    let Some(tokens) = wait_until(&state.pool, &*state.log, headers, state.progress.clone(), || async {
+        Ok(projections::progress(&state.pool, projections).await?)
+    })
+    .await?
     else {
         return Ok(());
     };
@@ -140,7 +152,7 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
 /// Waits until this node's search index has applied the request's tokens.
 pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let index = state.search.clone();
-    wait_until(&state.pool, headers, state.search.progress(), || {
+    wait_until(&state.pool, &*state.log, headers, state.search.progress(), || {
         let progress = index.progress().borrow().clone();
         async move { Ok(vec![Some(progress)]) }
     })

@@ -11,6 +11,8 @@ pub enum ApiError {
     Edge(#[from] EdgeError),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("the consistency token {0} is beyond the head of the log: no write has produced it")]
+    InvalidConsistencyToken(u64),
     #[error("the read models have not caught up with the given consistency token within {0} ms")]
     NotYetConsistent(u64),
     #[error("the {0} read model cannot show this write: one of its events is parked as a dead letter (see /v1/projections)")]
@@ -35,6 +37,7 @@ impl ApiError {
             ApiError::Edge(e) => return e.problem(),
             ApiError::Internal(e) => return e.problem(),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::InvalidConsistencyToken(_) => (StatusCode::BAD_REQUEST, "invalid_consistency_token"),
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),

@@ -107,10 +107,10 @@ pub fn document() -> Value {
         }
         if op.consistent {
             parameters.push(json!({ "name": "X-Consistency-Token", "in": "header", "required": false,
-                "description": "Token from a write: the read waits until it is visible (503 not_yet_consistent after X-Consistency-Timeout ms, default 2000; 503 projection_degraded when one of its events is parked in a read model the answer comes from)",
+                "description": "Token from a write: the read waits until it is visible (503 not_yet_consistent after X-Consistency-Timeout ms, default 2000; 503 projection_degraded when one of its events is parked in a read model the answer comes from; 400 invalid_consistency_token, at once, for a token beyond the head of the log)",
                 "schema": { "type": "string" } }));
             parameters.push(json!({ "name": "X-Consistency-Timeout", "in": "header", "required": false,
-                "description": "How long to wait for the tokens, in ms (at most 30000)", "schema": { "type": "string" } }));
+                "description": "How long to wait for the tokens, in ms (larger values are taken as 10000)", "schema": { "type": "string" } }));
         }
         let security = if op.auth == "public" { json!([]) } else { json!([{ "bearer": [] }]) };
         let response = (op.response)(&mut generator);

@@ -86,6 +86,10 @@ impl EventLog for VaultedLog {
     fn appends(&self) -> watch::Receiver<u64> {
         self.inner.appends()
     }
+
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        self.inner.head().await
+    }
 }
 
 /// `sources` with every batch decrypted: for sources that hand out the

@@ -60,6 +60,45 @@ async fn with_the_projections_stopped_a_read_answers_503_not_yet_consistent() {
     assert_eq!(bad.status(), 400);
 }
 
+/// A token that no write has produced (beyond the head of the log) is
+/// refused at once, not waited for until the timeout; one just written
+/// is waited for as before.
+#[tokio::test]
+async fn a_token_beyond_the_head_of_the_log_is_400_at_once() {
+    let mut app = spawn_app().await;
+    let (id, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;
+    app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
+    app.stop_workers().await;
+    let head: u64 = token.parse().unwrap();
+    for path in [format!("/v1/products/{id}"), "/v1/products".to_owned(), "/v1/search/products?q=ket".to_owned()] {
+        let started = std::time::Instant::now();
+        let response = app
+            .http
+            .get(format!("{}{path}", app.query))
+            .header("x-consistency-token", format!("{head}, {}", head + 1000))
+            .header("x-consistency-timeout", "5000")
+            .send()
+            .await
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{path} waited");
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_consistency_token", "{path}");
+    }
+    // A token a write did produce, not yet applied: waited for, then 503.
+    let (_, written) = app.write(&format!("/v1/products/{id}/restock"), json!({"quantity": 1})).await;
+    let response = app
+        .http
+        .get(format!("{}/v1/products/{id}", app.query))
+        .header("x-consistency-token", &written)
+        .header("x-consistency-timeout", "200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+}
+
 /// A write whose event the products projection parked never shows there:
 /// a read with its token answers 503 projection_degraded at once instead
 /// of stale data, other products still read, and after a retry it reads.

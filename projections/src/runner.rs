@@ -18,7 +18,7 @@ use crate::dead_letters::{apply_or_park, held_back, is_transient};
 use crate::rebuild::{rebuild_requested, take_over};
 use crate::status::{Rate, progress};
 use crate::target::{RunError, Target, prepare};
-use crate::together::{Together, checkpoint_row, fed_together};
+use crate::together::{CheckpointRow, LAGGING, Together, checkpoint_row, fed_together_at};
 use crate::{ApplyError, Projection};
 
 /// Events per batch read in process: large enough to amortise a
@@ -30,17 +30,20 @@ pub struct Runner {
     pool: PgPool,
     projections: Vec<Arc<dyn Projection>>,
     sources: SourceFactory,
-    /// Fed in process: the live read models are applied together
-    /// (`together`). From Kafka, each follows its own consumer group.
-    together: bool,
+    /// Fed in process (the log, for how far its head is): the live read
+    /// models are applied together (`together`). From Kafka, each follows
+    /// its own consumer group.
+    in_process: Option<Arc<dyn EventLog>>,
 }
 
 /// Applies a batch and moves the checkpoint, in one transaction.
+/// `committed`: the checkpoint's position as this run last committed it
+/// (or resumed from); the checkpoint moves only from there or beyond.
 pub(crate) async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
     target: &Target,
-    generation: Uuid,
+    (generation, committed): (Uuid, u64),
     whole: &Batch,
     rate: &std::sync::Mutex<Rate>,
 ) -> Result<(), RunError> {
@@ -106,7 +109,7 @@ pub(crate) async fn apply_batch(
             SET position = GREATEST(position, $2), updated_at = now(),
                 state = CASE WHEN $3::text IS NULL THEN state ELSE 'degraded' END,
                 last_error = coalesce($3, last_error), events_per_second = $5
-          WHERE projection = $1 AND generation = $4
+          WHERE projection = $1 AND generation = $4 AND position >= $7
          RETURNING pg_notify($6, $1)",
     )
     .bind(&target.checkpoint)
@@ -115,6 +118,7 @@ pub(crate) async fn apply_batch(
     .bind(generation)
     .bind(per_second)
     .bind(eventlog::progress::PROGRESS_CHANNEL)
+    .bind(committed.min(i64::MAX as u64) as i64)
     .fetch_optional(&mut *tx)
     .await?;
     if updated.is_none() {
@@ -153,12 +157,12 @@ impl Runner {
     /// Projections fed in process from the log, `batch` events at most at
     /// once; their live read models together.
     pub fn in_process(pool: PgPool, log: Arc<dyn EventLog>, projections: Vec<Arc<dyn Projection>>, batch: usize) -> Self {
-        Runner { pool, projections, sources: eventlog::in_process(log, batch), together: true }
+        Runner { pool, projections, sources: eventlog::in_process(log.clone(), batch), in_process: Some(log) }
     }
 
     /// Projections fed by other sources (Kafka), each alone.
     pub fn with_sources(pool: PgPool, projections: Vec<Arc<dyn Projection>>, sources: SourceFactory) -> Self {
-        Runner { pool, projections, sources, together: false }
+        Runner { pool, projections, sources, in_process: None }
     }
 
     /// Runs every projection until `shutdown` turns true; a batch in hand is
@@ -166,11 +170,12 @@ impl Runner {
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         // Bumped after each rebuild: who is fed together may have changed.
-        let rebuilt = self.together.then(|| watch::Sender::new(0u64));
-        if let Some(rebuilt) = &rebuilt {
-            let together = Together::new(self.pool.clone(), self.projections.clone());
-            let (sources, shutdown, rebuilt) = (self.sources.clone(), shutdown.clone(), rebuilt.subscribe());
-            tasks.spawn(async move { run_together(together, sources, shutdown, rebuilt).await });
+        let rebuilt = self.in_process.is_some().then(|| watch::Sender::new(0u64));
+        if let (Some(rebuilt), Some(log)) = (&rebuilt, &self.in_process) {
+            let together = Arc::new(Together::new(self.pool.clone(), self.projections.clone()));
+            let fed = Fed { pool: self.pool.clone(), sources: self.sources.clone(), log: log.clone(), shutdown: shutdown.clone() };
+            let rebuilt = rebuilt.clone();
+            tasks.spawn(async move { run_together(together, fed, rebuilt).await });
         }
         for projection in &self.projections {
             // Exported from the start, so that "none parked" reads as 0.
@@ -187,24 +192,61 @@ impl Runner {
     }
 }
 
-/// The live read models fed together, until `shutdown`; followed again
-/// from their checkpoints after each rebuild.
-async fn run_together(together: Together, sources: SourceFactory, shutdown: watch::Receiver<bool>, mut rebuilt: watch::Receiver<u64>) {
+/// What feeds the read models in process.
+#[derive(Clone)]
+struct Fed {
+    pool: PgPool,
+    sources: SourceFactory,
+    log: Arc<dyn EventLog>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The live read models fed together, until shutdown; followed again from
+/// their checkpoints after each rebuild (`rebuilt` moves). One far behind
+/// the others (a read model new to this log) catches up apart first.
+async fn run_together(together: Arc<Together>, fed: Fed, rebuilt: watch::Sender<u64>) {
+    let shutdown = fed.shutdown.clone();
+    let mut changed = rebuilt.subscribe();
     while !*shutdown.borrow() {
-        rebuilt.borrow_and_update();
+        changed.borrow_and_update();
+        match together.set_apart_laggards().await {
+            Ok(laggards) => {
+                for projection in laggards {
+                    let (together, fed, rebuilt) = (together.clone(), fed.clone(), rebuilt.clone());
+                    tokio::spawn(async move {
+                        catch_up(&fed, &projection).await;
+                        together.rejoin(projection.name());
+                        rebuilt.send_modify(|n| *n += 1);
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the read models' checkpoints failed; feeding them together"),
+        }
         let (stop, stopped) = watch::channel(false);
-        let (mut shutdown, mut rebuilt) = (shutdown.clone(), rebuilt.clone());
+        let (mut stopping, mut changes) = (shutdown.clone(), changed.clone());
         let stopper = tokio::spawn(async move {
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => {}
-                _ = rebuilt.changed() => {}
+                _ = stopping.wait_for(|s| *s) => {}
+                _ = changes.changed() => {}
             }
             let _ = stop.send(true);
         });
         // The batch in hand is finished before it stops.
-        eventlog::follow(&together, &sources, stopped).await;
+        eventlog::follow(&*together, &fed.sources, stopped).await;
         stopper.abort();
+        if shutdown.has_changed().is_err() {
+            return; // its sender is gone: nothing will say "stop" any more
+        }
     }
+}
+
+/// Feeds `projection`'s live tables alone until it is within `LAGGING`
+/// events of the log's head (or shutdown).
+async fn catch_up(fed: &Fed, projection: &Arc<dyn Projection>) {
+    tracing::info!(projection = projection.name(), "far behind the other read models: catching up apart");
+    let mut alone = ProjectionConsumer::new(&fed.pool, projection, Target::live(&**projection).committed_asynchronously(true));
+    alone.near_head = Some(fed.log.clone());
+    eventlog::follow(&alone, &fed.sources, alone.until_taken_over(&fed.shutdown)).await;
 }
 
 /// One projection: live (unless fed with the others), and beside it a
@@ -229,25 +271,28 @@ async fn run_projection(
             return;
         }
         let row = checkpoint_row(&pool, name).await;
-        // Fed with the others, or alone (here).
-        let alone = |version: Option<i32>, partitioned: bool| rebuilt.is_none() || !fed_together(&*projection, version, partitioned);
-        let live = ProjectionConsumer::new(&pool, &projection, Target::live(&*projection));
-        let rebuild = ProjectionConsumer::new(&pool, &projection, Target::rebuild(&*projection));
+        // Fed with the others (or, far behind them, caught up apart by
+        // `run_together`), or alone (here).
+        let alone = |row: Option<&CheckpointRow>| rebuilt.is_none() || !fed_together_at(&*projection, row);
+        // Fed in process (`rebuilt` is there then): committed asynchronously.
+        let in_process = rebuilt.is_some();
+        let live = ProjectionConsumer::new(&pool, &projection, Target::live(&*projection).committed_asynchronously(in_process));
+        let rebuild = ProjectionConsumer::new(&pool, &projection, Target::rebuild(&*projection).committed_asynchronously(in_process));
         match row {
             // An older version serves reads until its replacement is built.
-            Ok(Some((version, _, _))) if version < projection.version() => {
+            Ok(Some(row)) if row.version < projection.version() => {
                 tracing::info!(
                     projection = name,
-                    from = version,
+                    from = row.version,
                     to = projection.version(),
                     "new version: rebuilding beside the live tables"
                 );
                 eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)).await;
                 rebuild_ended();
             }
-            Ok(Some((version, true, partitioned))) => {
+            Ok(Some(row)) if row.rebuild_requested => {
                 tracing::info!(projection = name, "rebuild requested: building beside the live tables");
-                if alone(Some(version), partitioned) {
+                if alone(Some(&row)) {
                     tokio::select! {
                         _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
                         _ = eventlog::follow(&rebuild, &sources, rebuild.until_taken_over(&shutdown)) => {}
@@ -258,8 +303,7 @@ async fn run_projection(
                 rebuild_ended();
             }
             Ok(row) => {
-                let (version, partitioned) = row.map_or((None, false), |(version, _, partitioned)| (Some(version), partitioned));
-                if alone(version, partitioned) {
+                if alone(row.as_ref()) {
                     tokio::select! {
                         _ = eventlog::follow(&live, &sources, shutdown.clone()) => return,
                         _ = rebuild_requested(&pool, name) => {}
@@ -287,10 +331,14 @@ struct ProjectionConsumer {
     pool: PgPool,
     projection: Arc<dyn Projection>,
     target: Target,
-    /// The generation this run resumed in.
-    generation: std::sync::Mutex<Uuid>,
-    /// A rebuild: turned true once it has taken over.
+    /// The generation this run resumed in, and the checkpoint's position
+    /// as this run last committed it.
+    run: std::sync::Mutex<(Uuid, u64)>,
+    /// Turned true once this run is done: a rebuild that took over, or a
+    /// catch-up that came near the head.
     taken_over: watch::Sender<bool>,
+    /// A catch-up: done within `LAGGING` events of this log's head.
+    near_head: Option<Arc<dyn EventLog>>,
     rate: std::sync::Mutex<Rate>,
 }
 
@@ -300,8 +348,9 @@ impl ProjectionConsumer {
             pool: pool.clone(),
             projection: projection.clone(),
             target,
-            generation: std::sync::Mutex::new(Uuid::nil()),
+            run: std::sync::Mutex::new((Uuid::nil(), 0)),
             taken_over: watch::Sender::new(false),
+            near_head: None,
             rate: std::sync::Mutex::new(Rate::default()),
         }
     }
@@ -330,14 +379,22 @@ impl Consumer for ProjectionConsumer {
 
     async fn resume(&self) -> Result<Resume, BoxError> {
         let (resume, generation) = prepare(&self.pool, &*self.projection, &self.target).await?;
-        *self.generation.lock().expect("generation lock") = generation;
+        *self.run.lock().expect("run lock") = (generation, resume.progress.position);
         self.rate.lock().expect("rate lock").start();
         Ok(resume)
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
-        let generation = *self.generation.lock().expect("generation lock");
-        apply_batch(&self.pool, &*self.projection, &self.target, generation, batch, &self.rate).await?;
+        let run = *self.run.lock().expect("run lock");
+        apply_batch(&self.pool, &*self.projection, &self.target, run, batch, &self.rate).await?;
+        if let Some(last) = batch.events.iter().map(|e| e.global_position).max() {
+            self.run.lock().expect("run lock").1 = run.1.max(last);
+            if let Some(log) = &self.near_head
+                && log.head().await?.is_some_and(|head| head.saturating_sub(last) <= LAGGING)
+            {
+                self.taken_over.send_replace(true);
+            }
+        }
         if self.target.schema.is_some() {
             // Caught up once it has applied all the live tables have: the
             // swap then never shows readers an older view than before.

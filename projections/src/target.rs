@@ -18,28 +18,45 @@ pub(crate) struct Target {
     pub(crate) checkpoint: String,
     /// A rebuild's schema, put first on the search path.
     pub(crate) schema: Option<String>,
+    /// Committed asynchronously: only when fed in process, where a batch
+    /// lost to a crash of PostgreSQL is read from the log again. From
+    /// Kafka, the broker's offsets move on after each batch, so a batch
+    /// commits durably before they do.
+    pub(crate) asynchronous: bool,
 }
 
 impl Target {
     pub(crate) fn live(projection: &dyn Projection) -> Target {
-        Target { checkpoint: projection.name().to_owned(), schema: None }
+        Target { checkpoint: projection.name().to_owned(), schema: None, asynchronous: false }
     }
 
     pub(crate) fn rebuild(projection: &dyn Projection) -> Target {
-        Target { checkpoint: format!("{}:rebuild", projection.name()), schema: Some(format!("rebuild_{}", projection.name())) }
+        Target {
+            checkpoint: format!("{}:rebuild", projection.name()),
+            schema: Some(format!("rebuild_{}", projection.name())),
+            asynchronous: false,
+        }
     }
 
-    /// A transaction for one batch, begun in one round trip: asynchronous
-    /// commit, and the dead-letter lock that `dead_letters::retry` takes
-    /// exclusively, shared.
+    /// The same, committed asynchronously (fed in process).
+    pub(crate) fn committed_asynchronously(self, asynchronous: bool) -> Target {
+        Target { asynchronous, ..self }
+    }
+
+    /// A transaction for one batch, begun in one round trip with the
+    /// dead-letter lock that `dead_letters::retry` takes exclusively,
+    /// shared; committed asynchronously when the target says so.
     ///
     /// Asynchronous commit: a read model is derived from the log, and its
     /// checkpoint commits with its rows, so a crash of PostgreSQL can lose
-    /// only the last few batches' commits, rows and checkpoint alike: they
-    /// are applied again from the log, never skipped or half kept. The
-    /// batch's commit then waits for no disk flush of its own.
+    /// only the last few batches' commits, rows and checkpoint alike. Fed
+    /// in process, they are read from the log again: each checkpoint update
+    /// is guarded by the position this run last committed, so a run that
+    /// went on past a lost commit fails its next batch and resumes from
+    /// the checkpoint. The batch's commit then waits for no disk flush.
     pub(crate) async fn begin(&self, pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let mut begin = format!("BEGIN; SET LOCAL synchronous_commit = off; {}", lock_dead_letters(&self.checkpoint, false));
+        let commit = if self.asynchronous { "SET LOCAL synchronous_commit = off;" } else { "" };
+        let mut begin = format!("BEGIN; {commit} {}", lock_dead_letters(&self.checkpoint, false));
         if let Some(schema) = &self.schema {
             // A rebuild's copies grow from empty without statistics, and the
             // planner, taking them for small, scanned them whole for every
@@ -58,7 +75,11 @@ pub(crate) enum RunError {
     Database(#[from] sqlx::Error),
     #[error("projection {0} is at version {1} in the database, newer than this process's {2}; leaving it to newer workers")]
     Newer(String, i32, i32),
-    #[error("projection {0} was rebuilt or taken over meanwhile; resuming from its new checkpoint")]
+    /// Its checkpoint is not where this run left it: rebuilt or taken over
+    /// meanwhile, or behind (its database lost the last commits).
+    #[error(
+        "projection {0}'s checkpoint is not where this run left it (rebuilt, taken over, or its database lost its last commits); resuming from it"
+    )]
     Superseded(String),
 }
 

@@ -14,6 +14,7 @@
 //! fails, a stream held back) is applied model by model instead, by the
 //! same code that feeds a lone projection, which parks what fails.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -40,26 +41,52 @@ const SIDE_BY_SIDE_FROM: usize = 500;
 /// this version (an older one is rebuilt first; a newer one is for newer
 /// workers) and its progress is one position (one that came from Kafka is
 /// fed alone, passing over what each partition has applied).
-pub(crate) fn fed_together(projection: &dyn Projection, version: Option<i32>, partitioned: bool) -> bool {
+fn fed_together(projection: &dyn Projection, version: Option<i32>, partitioned: bool) -> bool {
     version.is_none_or(|v| v == projection.version()) && !partitioned
 }
 
-/// A projection's checkpoint row: its version, whether a rebuild is
-/// requested, and whether its progress is partitioned.
-pub(crate) async fn checkpoint_row(pool: &PgPool, name: &str) -> Result<Option<(i32, bool, bool)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT version, rebuild_requested, EXISTS (SELECT 1 FROM consumer_partitions WHERE consumer = $1)
+/// What the runner decides by in a projection's checkpoint row.
+pub(crate) struct CheckpointRow {
+    pub(crate) version: i32,
+    pub(crate) rebuild_requested: bool,
+    /// Its progress came from Kafka's partitions.
+    pub(crate) partitioned: bool,
+    pub(crate) position: u64,
+}
+
+/// A projection's checkpoint row, if it has one yet.
+pub(crate) async fn checkpoint_row(pool: &PgPool, name: &str) -> Result<Option<CheckpointRow>, sqlx::Error> {
+    let row: Option<(i32, bool, bool, i64)> = sqlx::query_as(
+        "SELECT version, rebuild_requested, EXISTS (SELECT 1 FROM consumer_partitions WHERE consumer = $1), position
            FROM projection_checkpoints WHERE projection = $1",
     )
     .bind(name)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(|(version, rebuild_requested, partitioned, position)| CheckpointRow {
+        version,
+        rebuild_requested,
+        partitioned,
+        position: position as u64,
+    }))
 }
+
+/// Whether `projection`, with checkpoint `row`, is fed with the others.
+pub(crate) fn fed_together_at(projection: &dyn Projection, row: Option<&CheckpointRow>) -> bool {
+    fed_together(projection, row.map(|r| r.version), row.is_some_and(|r| r.partitioned))
+}
+
+/// A live read model this many events behind the most advanced of the
+/// others catches up alone (`runner::catch_up`) before it joins them: fed
+/// together, the others would wait for it, and so would their readers.
+pub(crate) const LAGGING: u64 = 5_000;
 
 pub(crate) struct Together {
     pool: PgPool,
     candidates: Vec<Arc<dyn Projection>>,
     members: Mutex<Vec<Member>>,
+    /// Catching up alone meanwhile.
+    apart: Mutex<HashSet<&'static str>>,
 }
 
 #[derive(Clone)]
@@ -74,7 +101,34 @@ struct Member {
 
 impl Together {
     pub(crate) fn new(pool: PgPool, candidates: Vec<Arc<dyn Projection>>) -> Self {
-        Together { pool, candidates, members: Mutex::new(Vec::new()) }
+        Together { pool, candidates, members: Mutex::new(Vec::new()), apart: Mutex::new(HashSet::new()) }
+    }
+
+    /// The candidates fed together next that are `LAGGING` behind the
+    /// most advanced of them, now set apart (to be fed alone until they
+    /// are near the head; `rejoin` then).
+    pub(crate) async fn set_apart_laggards(&self) -> Result<Vec<Arc<dyn Projection>>, sqlx::Error> {
+        let mut positions = Vec::new();
+        for projection in &self.candidates {
+            if self.apart.lock().expect("apart poisoned").contains(projection.name()) {
+                continue;
+            }
+            let row = checkpoint_row(&self.pool, projection.name()).await?;
+            if fed_together_at(&**projection, row.as_ref()) {
+                positions.push((projection.clone(), row.map_or(0, |r| r.position)));
+            }
+        }
+        let ahead = positions.iter().map(|(_, p)| *p).max().unwrap_or(0);
+        let laggards: Vec<Arc<dyn Projection>> =
+            positions.into_iter().filter(|(_, p)| ahead - p > LAGGING).map(|(projection, _)| projection).collect();
+        self.apart.lock().expect("apart poisoned").extend(laggards.iter().map(|p| p.name()));
+        Ok(laggards)
+    }
+
+    /// `name` has caught up alone: fed with the others from their next
+    /// resume.
+    pub(crate) fn rejoin(&self, name: &str) {
+        self.apart.lock().expect("apart poisoned").remove(name);
     }
 
     fn members(&self) -> Vec<Member> {
@@ -89,7 +143,8 @@ impl Together {
             let events: Vec<RecordedEvent> = batch.events.iter().filter(|e| e.global_position > member.position).cloned().collect();
             let Some(last) = events.iter().map(|e| e.global_position).max() else { return Ok(None) };
             let mine = Batch { events, ..Batch::default() };
-            apply_batch(&self.pool, &*member.projection, &member.target, member.generation, &mine, &member.rate).await.map(|()| Some(last))
+            let run = (member.generation, member.position);
+            apply_batch(&self.pool, &*member.projection, &member.target, run, &mine, &member.rate).await.map(|()| Some(last))
         });
         let results = futures::future::join_all(applied).await;
         let mut failed = None;
@@ -113,12 +168,14 @@ impl Consumer for Together {
     async fn resume(&self) -> Result<Resume, BoxError> {
         let mut members = Vec::new();
         for projection in &self.candidates {
-            let row = checkpoint_row(&self.pool, projection.name()).await?;
-            let (version, partitioned) = row.map_or((None, false), |(version, _, partitioned)| (Some(version), partitioned));
-            if !fed_together(&**projection, version, partitioned) {
+            if self.apart.lock().expect("apart poisoned").contains(projection.name()) {
                 continue;
             }
-            let target = Target::live(&**projection);
+            let row = checkpoint_row(&self.pool, projection.name()).await?;
+            if !fed_together_at(&**projection, row.as_ref()) {
+                continue;
+            }
+            let target = Target::live(&**projection).committed_asynchronously(true);
             let (resume, generation) = prepare(&self.pool, &**projection, &target).await?;
             let rate = Arc::new(Mutex::new(Rate::default()));
             rate.lock().expect("rate lock").start();
@@ -173,11 +230,11 @@ impl Together {
         decoded: &[(&RecordedEvent, DomainEvent)],
         last: &RecordedEvent,
     ) -> Result<bool, RunError> {
+        // Fed in process: asynchronous commit (see `Target::begin`).
         let mut begin = String::from("BEGIN; SET LOCAL synchronous_commit = off; ");
         for member in members {
             begin.push_str(&lock_dead_letters(&member.target.checkpoint, false));
         }
-        // Asynchronous commit, as for a lone projection (`Target::begin`).
         let mut tx = self.pool.begin_with(begin).await?;
         let checkpoints: Vec<&str> = members.iter().map(|m| m.target.checkpoint.as_str()).collect();
         // A model holding streams back is fed alone, which knows which.
@@ -205,14 +262,17 @@ impl Together {
             rates.push(member.rate.lock().expect("rate lock").observe(batch.events.len()));
         }
         let generations: Vec<Uuid> = members.iter().map(|m| m.generation).collect();
+        let committed: Vec<i64> = members.iter().map(|m| m.position.min(i64::MAX as u64) as i64).collect();
         // Every checkpoint, and readers waiting on a token told, at once;
         // only while each is still this run's (a rebuild that took over
-        // owns the tables now).
+        // owns the tables now) and where this run left it (a checkpoint
+        // behind it lost commits in a crash of the database: the events
+        // since are read again).
         let moved: Vec<(String,)> = sqlx::query_as(
             "UPDATE projection_checkpoints c
                 SET position = GREATEST(c.position, $2), updated_at = now(), events_per_second = u.rate
-               FROM unnest($1::text[], $3::uuid[], $4::float8[]) AS u(projection, generation, rate)
-              WHERE c.projection = u.projection AND c.generation = u.generation
+               FROM unnest($1::text[], $3::uuid[], $4::float8[], $6::bigint[]) AS u(projection, generation, rate, committed)
+              WHERE c.projection = u.projection AND c.generation = u.generation AND c.position >= u.committed
              RETURNING c.projection, pg_notify($5, c.projection)",
         )
         .bind(&checkpoints)
@@ -220,6 +280,7 @@ impl Together {
         .bind(&generations)
         .bind(&rates)
         .bind(eventlog::progress::PROGRESS_CHANNEL)
+        .bind(&committed)
         .fetch_all(&mut *tx)
         .await?;
         if let Some(gone) = members.iter().find(|m| !moved.iter().any(|(c,)| *c == m.target.checkpoint)) {

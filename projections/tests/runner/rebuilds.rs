@@ -244,3 +244,42 @@ async fn a_rebuild_cut_short_by_a_crash_resumes_where_it_was_and_reports_its_rat
     assert!(found.matches(), "{found:?}");
     stop(running).await;
 }
+
+/// A read model new to a long log (a release that adds one) catches up
+/// apart: the read models already there go on with the writes meanwhile,
+/// rather than waiting for it, and it is fed with them once near the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_model_new_to_a_long_log_catches_up_apart_and_the_others_do_not_wait() {
+    let (pool, log, service) = setup().await;
+    product_history(&log, 2500, 8).await;
+    let customers: Arc<dyn Projection> = Arc::new(projections::CustomersProjection);
+    let running = start(&pool, &log, vec![customers.clone()], 2000);
+    caught_up(&pool, &log, projections::names::CUSTOMERS).await;
+    stop(running).await;
+
+    let ids = add_products(&service, 2).await;
+    let running = start(&pool, &log, vec![customers, Arc::new(projections::ProductsProjection)], 2000);
+    let written = service.execute::<ProductAggregate>(ids[0], ProductCommand::Restock { quantity: 1 }, None, &metadata()).await.unwrap();
+    let position = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            rows::<(i64,)>(&pool, "SELECT position FROM projection_checkpoints WHERE projection = $1", name).await.pop().map_or(0, |r| r.0)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while position(projections::names::CUSTOMERS).await < written.position as i64 {
+        assert!(tokio::time::Instant::now() < deadline, "customers did not reach the write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let products_then = position(PRODUCTS).await;
+    assert!(products_then < 20_000, "customers reached the write while products was still catching up (at {products_then})");
+    caught_up(&pool, &log, PRODUCTS).await;
+    // Fed together from now on: a later write reaches both.
+    let later = service.execute::<ProductAggregate>(ids[1], ProductCommand::Restock { quantity: 2 }, None, &metadata()).await.unwrap();
+    caught_up(&pool, &log, PRODUCTS).await;
+    caught_up(&pool, &log, projections::names::CUSTOMERS).await;
+    assert!(position(PRODUCTS).await >= later.position as i64);
+    stop(running).await;
+    let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();
+    assert!(found.matches(), "{found:?}");
+}

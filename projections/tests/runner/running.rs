@@ -70,6 +70,32 @@ async fn stopping_and_restarting_mid_stream_equals_a_rebuild_from_the_log() {
     assert_eq!(products_table(&pool).await, incremental);
 }
 
+/// Read models commit asynchronously, so a crash of PostgreSQL can take
+/// back their last commits while this process goes on. A running feed
+/// whose checkpoint went back under it reads the log again from there,
+/// rather than moving the checkpoint past what was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_that_went_back_under_a_running_feed_is_read_again_from_there() {
+    let (pool, log, service) = setup().await;
+    let ids = add_products(&service, 20).await;
+    let running = start(&pool, &log, vec![Arc::new(projections::ProductsProjection), Arc::new(projections::CustomersProjection)], 100);
+    caught_up(&pool, &log, PRODUCTS).await;
+    let before = products_table(&pool).await;
+    // What a crash that lost every commit of the feed leaves behind.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM rm_products").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET position = 0").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    service.execute::<ProductAggregate>(ids[0], ProductCommand::Restock { quantity: 4 }, None, &metadata()).await.unwrap();
+    caught_up(&pool, &log, PRODUCTS).await;
+    caught_up(&pool, &log, CUSTOMERS).await;
+    stop(running).await;
+    let after = products_table(&pool).await;
+    assert_eq!(after.len(), before.len(), "every product is back, not only the one written since");
+    let found = projections::verify(&pool, &*log, &projections::ProductsProjection).await.unwrap();
+    assert!(found.matches(), "{found:?}");
+}
+
 /// A projection that fails while a switch is on.
 struct Flaky;
 

@@ -149,15 +149,26 @@ impl Deployment {
         request.json(&body).send().await.unwrap().status().as_u16()
     }
 
-    /// A read as the admin, waiting for `tokens`.
+    /// A read as the admin, waiting for `tokens`: as a patient client
+    /// does, asked again after a 503 `not_yet_consistent` (a wait is at
+    /// most 10 s), for up to 40 s in all.
     pub(crate) async fn read(&self, path: &str, tokens: &[&str]) -> Value {
-        let mut request = self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.admin).header("x-consistency-timeout", "20000");
-        for token in tokens {
-            request = request.header("x-consistency-token", *token);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let mut request =
+                self.http.get(format!("{}{path}", self.query)).bearer_auth(&self.admin).header("x-consistency-timeout", "10000");
+            for token in tokens {
+                request = request.header("x-consistency-token", *token);
+            }
+            let response = request.send().await.unwrap();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < deadline {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "not_yet_consistent", "{path}: {body}");
+                continue;
+            }
+            assert_eq!(response.status(), StatusCode::OK, "{path}: {}", response.text().await.unwrap());
+            return response.json().await.unwrap();
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{path}: {}", response.text().await.unwrap());
-        response.json().await.unwrap()
     }
 
     /// Reads `path` until `done` holds (for effects of the order process).

@@ -88,17 +88,15 @@ impl PasswordStore {
     /// Stages `phc` as the password of `customer`'s registration whose
     /// `CustomerRegistered` event will have the id `event_id`: it becomes
     /// the customer's password when that event is appended, and never
-    /// otherwise. Stagings older than an hour (their append failed) go.
+    /// otherwise. Stagings older than an hour (their append failed) are
+    /// swept by `purge_expired_stagings`, hourly.
     pub async fn stage(&self, event_id: Uuid, customer: Uuid, phc: &str) -> Result<(), PasswordError> {
-        sqlx::query(
-            "WITH expired AS (DELETE FROM staged_passwords WHERE staged_at < now() - interval '1 hour')
-             INSERT INTO staged_passwords (event_id, customer_id, phc) VALUES ($1, $2, $3)",
-        )
-        .bind(event_id)
-        .bind(customer)
-        .bind(phc)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO staged_passwords (event_id, customer_id, phc) VALUES ($1, $2, $3)")
+            .bind(event_id)
+            .bind(customer)
+            .bind(phc)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -55,9 +55,22 @@ impl Target {
     /// went on past a lost commit fails its next batch and resumes from
     /// the checkpoint. The batch's commit then waits for no disk flush.
     pub(crate) async fn begin(&self, pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let commit = if self.asynchronous { "SET LOCAL synchronous_commit = off;" } else { "" };
-        let mut begin = format!("BEGIN; {commit} {}", lock_dead_letters(&self.checkpoint, false));
-        if let Some(schema) = &self.schema {
+        Target::begin_for(pool, std::slice::from_ref(self)).await
+    }
+
+    /// One transaction for the batches of several targets (the read models
+    /// fed together), as `begin` begins one: every target's dead-letter
+    /// lock, and asynchronous commit when each of them may.
+    pub(crate) async fn begin_for(pool: &PgPool, targets: &[Target]) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut begin = String::from("BEGIN;");
+        if targets.iter().all(|t| t.asynchronous) {
+            begin.push_str(" SET LOCAL synchronous_commit = off;");
+        }
+        for target in targets {
+            begin.push(' ');
+            begin.push_str(&lock_dead_letters(&target.checkpoint, false));
+        }
+        for schema in targets.iter().filter_map(|t| t.schema.as_ref()) {
             // A rebuild's copies grow from empty without statistics, and the
             // planner, taking them for small, scanned them whole for every
             // key of a batch (`id = ANY(...)`): each batch cost more than the

@@ -24,7 +24,7 @@ use eventlog::{Batch, Consumer, Progress, RecordedEvent, Resume};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::dead_letters::{is_transient, lock_dead_letters};
+use crate::dead_letters::is_transient;
 use crate::runner::{applied, apply_batch};
 use crate::status::Rate;
 use crate::target::{RunError, Target, prepare};
@@ -230,12 +230,8 @@ impl Together {
         decoded: &[(&RecordedEvent, DomainEvent)],
         last: &RecordedEvent,
     ) -> Result<bool, RunError> {
-        // Fed in process: asynchronous commit (see `Target::begin`).
-        let mut begin = String::from("BEGIN; SET LOCAL synchronous_commit = off; ");
-        for member in members {
-            begin.push_str(&lock_dead_letters(&member.target.checkpoint, false));
-        }
-        let mut tx = self.pool.begin_with(begin).await?;
+        let targets: Vec<Target> = members.iter().map(|m| m.target.clone()).collect();
+        let mut tx = Target::begin_for(&self.pool, &targets).await?;
         let checkpoints: Vec<&str> = members.iter().map(|m| m.target.checkpoint.as_str()).collect();
         // A model holding streams back is fed alone, which knows which.
         let holding: Vec<String> = sqlx::query_scalar("SELECT DISTINCT projection FROM dead_letters WHERE projection = ANY($1)")

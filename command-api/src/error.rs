@@ -94,6 +94,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::VersionConflict { expected, current, .. } => ApiError::VersionConflict { expected, current },
             ServiceError::Contention => ApiError::Contention,
             ServiceError::Password(commands::PasswordError::Busy) => ApiError::Edge(EdgeError::Unavailable),
+            ServiceError::Log(eventlog::EventLogError::Overloaded) => ApiError::Edge(EdgeError::Overloaded),
             // Forgotten between the decision and the append.
             ServiceError::Log(eventlog::EventLogError::Forgotten(_)) => DomainError::state("the customer is forgotten").into(),
             ServiceError::Log(eventlog::EventLogError::Backend(source))
@@ -104,6 +105,18 @@ impl From<ServiceError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+/// The codes of the refusals a dashboard watches, each counted from
+/// start-up (at 0), so that a rate of errors reads 0 on a healthy system
+/// rather than "no data".
+const WATCHED_CODES: &[&str] =
+    &["validation_failed", "version_conflict", "not_found", "invalid_state", "contention", "overloaded", "unavailable", "internal"];
+
+pub(crate) fn export_error_counters() {
+    for code in WATCHED_CODES {
+        metrics::counter!("storekeeper_command_errors_total", "code" => *code).increment(0);
     }
 }
 

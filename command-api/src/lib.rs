@@ -48,6 +48,9 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     use handlers::*;
+    // After the recorder is installed (by the stack below, or earlier).
+    edge::metrics::prometheus();
+    error::export_error_counters();
     let authenticated = Router::new()
         .route("/v1/customers", post(register_customer))
         .route("/v1/customers/{id}/email", post(change_email))

@@ -23,6 +23,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// The request counter of `api`, at 0 from start-up: a rate of requests
+/// reads 0 before the first, not "no data".
+pub fn export_from_start(api: &'static str) {
+    metrics::counter!("storekeeper_http_requests_total", "api" => api, "route" => "/healthz", "method" => "GET", "status" => "200")
+        .increment(0);
+}
+
 /// `GET /metrics`.
 pub async fn page() -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render())

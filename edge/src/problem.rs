@@ -91,8 +91,9 @@ pub fn openapi_schema() -> Value {
     })
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+impl Problem {
+    /// The answer's body.
+    pub fn body(self) -> Value {
         let mut body = json!({
             "type": format!("https://storekeeper.dev/problems/{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("Error"),
@@ -103,13 +104,20 @@ impl IntoResponse for Problem {
         if let Value::Object(members) = &mut body {
             members.extend(self.extra);
         }
-        let mut response = (self.status, axum::Json(body)).into_response();
+        body
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut response = (status, axum::Json(self.body())).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
@@ -141,6 +149,10 @@ pub enum EdgeError {
     RequestTimeout(u64),
     #[error("the service is not available")]
     Unavailable,
+    /// Shed: more requests (or connections, or waits) than the server
+    /// takes at once. Answered at once, with `Retry-After`.
+    #[error("the server is at capacity; retry after a moment")]
+    Overloaded,
 }
 
 impl EdgeError {
@@ -160,6 +172,7 @@ impl EdgeError {
             EdgeError::HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
             EdgeError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             EdgeError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            EdgeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         };
         let problem = Problem::new(status, code, self.to_string());
         match self {

@@ -30,6 +30,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// Wraps an API's routes in the shared stack. `api` labels its metrics.
 pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
     crate::metrics::prometheus();
+    crate::metrics::export_from_start(api);
     router
         .fallback(|| async { EdgeError::NotFound("route") })
         .layer(middleware::from_fn_with_state(jwt, authenticate))

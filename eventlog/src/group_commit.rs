@@ -41,6 +41,15 @@ pub const DEFAULT_COMMITTERS: usize = 1;
 /// The most committers a log runs (more only contend for the gate).
 pub const MAX_COMMITTERS: usize = 64;
 
+/// Appends waiting for a group or being written at most; one more is
+/// refused at once (`EventLogError::Overloaded`) rather than queued: a
+/// queue that grows under load only makes every append wait longer, and
+/// memory follow. Counted by a permit each append holds until it is
+/// answered, wherever it waits (the channel, or held for a later group).
+/// About 4 s of appends at this machine's group-commit rate, and far more
+/// than a server's requests in flight (`edge::serve::Limits`).
+pub const QUEUED: usize = 2048;
+
 /// A group takes at most this many appends, and this many events unless
 /// its first append alone has more.
 const MAX_APPENDS: usize = 512;
@@ -54,6 +63,8 @@ pub(crate) struct Request {
     /// (actor, idempotency key)
     pub receipt: Option<(String, String)>,
     pub reply: Reply,
+    /// Its place among the `QUEUED`, given back when it is answered.
+    pub _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Request {
@@ -117,12 +128,21 @@ pub(crate) struct GroupCommit {
     pool: PgPool,
     committers: usize,
     sender: OnceLock<mpsc::UnboundedSender<Request>>,
+    room: Arc<tokio::sync::Semaphore>,
 }
 
 impl GroupCommit {
     /// `committers` is held within 1 and `MAX_COMMITTERS`.
     pub fn new(pool: PgPool, committers: usize) -> Self {
-        GroupCommit { pool, committers: committers.clamp(1, MAX_COMMITTERS), sender: OnceLock::new() }
+        // Exported from the first scrape (empty until the first group).
+        let _ = metrics::histogram!("storekeeper_append_group_appends");
+        metrics::counter!("storekeeper_append_refused_total").increment(0);
+        GroupCommit {
+            pool,
+            committers: committers.clamp(1, MAX_COMMITTERS),
+            sender: OnceLock::new(),
+            room: Arc::new(tokio::sync::Semaphore::new(QUEUED)),
+        }
     }
 
     pub async fn append(&self, writes: Vec<StreamWrite>, receipt: Option<(String, String)>) -> Result<AppendResult, EventLogError> {
@@ -135,7 +155,11 @@ impl GroupCommit {
             sender
         });
         let (reply, answer) = oneshot::channel();
-        sender.send(Request { writes, receipt, reply }).map_err(|_| gone())?;
+        let Ok(room) = self.room.clone().try_acquire_owned() else {
+            metrics::counter!("storekeeper_append_refused_total").increment(1);
+            return Err(EventLogError::Overloaded);
+        };
+        sender.send(Request { writes, receipt, reply, _room: room }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }

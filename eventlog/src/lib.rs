@@ -30,7 +30,7 @@ pub use envelope::{
     AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, validate as validate_append,
 };
 pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
-pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS};
+pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS, QUEUED as APPEND_QUEUE};
 pub use mac::{hmac_sha256, hmac_sha256_matches};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
@@ -53,6 +53,10 @@ pub enum EventLogError {
     Forgotten(uuid::Uuid),
     #[error("event log backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// More appends waiting than the log queues: nothing was written; try
+    /// again after a moment.
+    #[error("the event log is at capacity: too many appends waiting")]
+    Overloaded,
 }
 
 impl EventLogError {

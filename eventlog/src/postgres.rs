@@ -9,6 +9,8 @@
 //! only appends can hold back: not an unrelated transaction, not a
 //! projection's batch.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -34,6 +36,10 @@ pub struct PgEventLog {
     pool: PgPool,
     group: GroupCommit,
     appended: watch::Sender<u64>,
+    /// The highest position a read has answered: every position up to it
+    /// is final, so a read from there finds the frontier by probing the
+    /// appends after it (`read_events_after_final`, migration 10010).
+    final_up_to: AtomicU64,
 }
 
 impl PgEventLog {
@@ -45,7 +51,12 @@ impl PgEventLog {
     /// The log with `committers` writing groups side by side (held within
     /// 1 and `MAX_APPEND_COMMITTERS`; see `group_commit` for the trade-off).
     pub fn with_committers(pool: PgPool, committers: usize) -> Self {
-        PgEventLog { group: GroupCommit::new(pool.clone(), committers), pool, appended: watch::Sender::new(0) }
+        PgEventLog {
+            group: GroupCommit::new(pool.clone(), committers),
+            pool,
+            appended: watch::Sender::new(0),
+            final_up_to: AtomicU64::new(0),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -121,12 +132,17 @@ impl EventLog for PgEventLog {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, EventLogError> {
         // Up to the frontier every position is final.
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM read_events($1, $2)"))
+        let function = if after <= self.final_up_to.load(Ordering::Relaxed) { "read_events_after_final" } else { "read_events" };
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM {function}($1, $2)"))
             .bind(after.min(i64::MAX as u64) as i64)
             .bind(limit.min(i32::MAX as usize) as i32)
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter().map(decode_row).collect()
+        let events: Vec<RecordedEvent> = rows.into_iter().map(decode_row).collect::<Result<_, _>>()?;
+        if let Some(last) = events.last() {
+            self.final_up_to.fetch_max(last.global_position, Ordering::Relaxed);
+        }
+        Ok(events)
     }
 
     async fn head(&self) -> Result<Option<u64>, EventLogError> {

@@ -32,8 +32,13 @@ pub async fn seal(pool: &PgPool, max: i32) -> Result<u64, sqlx::Error> {
 /// of another process that is at it already; answers whether it got there
 /// (if not, the newest events stay unsealed for now).
 pub async fn seal_to_frontier(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    for _ in 0..100 {
-        seal_log(pool, Some(i32::MAX)).await?;
+    let mut tries = 0;
+    while tries < 100 {
+        // A batch at a time: one call holds its batch's hashes in memory.
+        if seal_log(pool, Some(SEAL_BATCH)).await? == SEAL_BATCH as u64 {
+            continue;
+        }
+        tries += 1;
         let done: bool =
             sqlx::query_scalar("SELECT coalesce((SELECT max(up_to) FROM log_seals), 0) >= events_frontier()").fetch_one(pool).await?;
         if done {
@@ -48,13 +53,18 @@ pub async fn seal_to_frontier(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// hashed, trying `tries` times 50 ms apart while another process's sealer
 /// holds the lock; answers whether it got them all.
 pub(crate) async fn seal_within(conn: &mut PgConnection, events: u64, tries: u32) -> Result<bool, sqlx::Error> {
-    let mut sealed = 0;
-    for _ in 0..tries {
-        sealed += seal_log(&mut *conn, None).await?;
+    let (mut sealed, mut tried) = (0, 0);
+    while tried < tries {
+        // A batch at a time: one call holds its batch's hashes in memory.
+        let now = seal_log(&mut *conn, Some(SEAL_BATCH)).await?;
+        sealed += now;
         if sealed >= events {
             return Ok(true);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if now < SEAL_BATCH as u64 {
+            tried += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     Ok(false)
 }
@@ -69,6 +79,15 @@ pub async fn latest_seal(conn: impl PgExecutor<'_>) -> Result<Option<(u64, Vec<u
 
 /// Seals what has become final, about once a second, until `shutdown`.
 pub async fn run_sealer(pool: PgPool, mut shutdown: watch::Receiver<bool>) {
+    // Exported from the first scrape, before a backlog is sealed.
+    metrics::counter!("storekeeper_log_sealed_events_total").increment(0);
+    let head = sqlx::query_scalar::<_, i64>("SELECT events_frontier()").fetch_one(&pool);
+    tokio::select! {
+        _ = shutdown.changed() => return,
+        head = head => if let Ok(head) = head {
+            metrics::gauge!("storekeeper_log_head_position").set(head as f64);
+        },
+    }
     loop {
         if *shutdown.borrow() {
             return;

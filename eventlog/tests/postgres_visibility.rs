@@ -61,6 +61,36 @@ async fn a_reader_never_skips_an_event_committed_late_with_a_lower_position() {
     assert_eq!(all.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>(), vec![slow_stream.as_str(), fast_stream.as_str()]);
 }
 
+/// A reader that has read before finds the frontier by probing only the
+/// appends after where it is (a few positions on) or, far behind, by the
+/// scan of every append in flight: either way it stops below the one still
+/// in flight.
+#[tokio::test]
+async fn a_reader_at_the_tail_or_far_behind_stops_below_an_append_in_flight() {
+    for behind in [3usize, 600] {
+        let pool = eventlog::testing::fresh_event_log_database().await;
+        let log = Arc::new(PgEventLog::new(pool.clone()));
+        let first = log.append(vec![write(&format!("thing-{}", Uuid::now_v7()))]).await.unwrap();
+        assert_eq!(log.read_all(0, 100).await.unwrap().len(), 1);
+        let mut many = write(&format!("thing-{}", Uuid::now_v7()));
+        many.events = (0..behind).map(|_| write("x").events.remove(0)).collect();
+        log.append(vec![many]).await.unwrap();
+
+        let mut slow = pool.begin().await.unwrap();
+        let slow_position = append_in(&mut slow, &format!("thing-{}", Uuid::now_v7())).await as u64;
+        let fast = log.append(vec![write(&format!("thing-{}", Uuid::now_v7()))]).await.unwrap();
+        assert!(fast.position > slow_position);
+        let read = log.read_all(first.position, 1000).await.unwrap();
+        assert_eq!(read.len(), behind, "{behind} behind: only what is below the append in flight");
+        assert!(read.iter().all(|e| e.global_position < slow_position));
+        assert!(log.read_all(read.last().unwrap().global_position, 10).await.unwrap().is_empty(), "{behind} behind, then at the tail");
+
+        slow.commit().await.unwrap();
+        let rest = log.read_all(read.last().unwrap().global_position, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![slow_position, fast.position]);
+    }
+}
+
 #[tokio::test]
 async fn an_append_rolled_back_leaves_a_gap_that_readers_pass() {
     let pool = eventlog::testing::fresh_event_log_database().await;
@@ -329,4 +359,46 @@ async fn a_log_written_before_hashes_existed_is_hashed_and_sealed_by_the_migrati
     eventlog::migrate(&pool).await.unwrap();
     let found = eventlog::seal::verify(&pool).await.unwrap();
     assert_eq!((found.problem, found.checked, found.unsealed), (None, 50, 0));
+}
+
+/// The queue of appends waiting for a group is bounded: with the
+/// committer held up (its group waits for a stream lock), appends past the
+/// bound are refused at once with `Overloaded`, nothing of them written,
+/// and the others are written once it moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_bounded_append_queue_an_append_is_refused_at_once() {
+    let pool = eventlog::testing::fresh_event_log_database().await;
+    let log = Arc::new(PgEventLog::new(pool.clone()));
+    let stream = format!("thing-{}", Uuid::now_v7());
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(&stream).execute(&mut *holder).await.unwrap();
+
+    let total = eventlog::APPEND_QUEUE + 1000;
+    let appends: Vec<_> = (0..total)
+        .map(|_| {
+            let (log, stream) = (log.clone(), stream.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                (log.append(vec![write(&stream)]).await, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    holder.rollback().await.unwrap();
+    let (mut written, mut refused) = (0, 0);
+    for append in appends {
+        match append.await.unwrap() {
+            (Ok(_), _) => written += 1,
+            (Err(eventlog::EventLogError::Overloaded), took) => {
+                refused += 1;
+                assert!(took < std::time::Duration::from_millis(500), "refused at once, not after {took:?}");
+            }
+            (Err(e), _) => panic!("{e}"),
+        }
+    }
+    // Waiting or being written, the bound counts them all.
+    assert_eq!(refused, 1000);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1").bind(&stream).fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, written);
+    assert_eq!(written + refused, total as i64);
 }

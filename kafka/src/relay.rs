@@ -125,6 +125,7 @@ impl Relay {
     /// the log: a batch in hand is given its grace to be published and
     /// checkpointed, and any failure resumes from the checkpoint.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
+        metrics::counter!("storekeeper_relay_published_total").increment(0);
         let sources = eventlog::source::in_process(self.log.clone(), self.batch_size);
         eventlog::source::follow(&self, &sources, shutdown).await;
         Ok(())

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::dead_letters::is_transient;
-use crate::runner::{applied, apply_batch};
+use crate::runner::{applied, apply_batch, resumed};
 use crate::status::Rate;
 use crate::target::{RunError, Target, prepare};
 use crate::{ApplyError, Projection};
@@ -179,6 +179,7 @@ impl Consumer for Together {
             let (resume, generation) = prepare(&self.pool, &**projection, &target).await?;
             let rate = Arc::new(Mutex::new(Rate::default()));
             rate.lock().expect("rate lock").start();
+            resumed(&**projection, resume.progress.position);
             members.push(Member { projection: projection.clone(), target, generation, position: resume.progress.position, rate });
         }
         // None (each is fed alone for now): nothing to read.

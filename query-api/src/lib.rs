@@ -25,7 +25,6 @@ use axum::routing::get;
 use edge::JwtKeys;
 use eventlog::EventLog;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 pub use consistency::{wait_for_index, wait_for_tokens};
 pub use error::ApiError;
@@ -37,15 +36,21 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// This node's product index, fed by its own indexer.
     pub search: Arc<projections::search::SearchIndex>,
-    /// Moves whenever some consumer's progress moved.
-    pub progress: watch::Receiver<u64>,
+    /// The read models' progress for requests waiting on tokens.
+    pub board: Arc<consistency::Board>,
+    /// Requests waiting on consistency tokens at once
+    /// (`consistency::MAX_WAITERS`); one more is answered 503 `overloaded`.
+    pub waiters: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// Also starts listening for the consumers' progress notifications.
     pub fn new(pool: PgPool, log: Arc<dyn EventLog>, jwt: JwtKeys, search: Arc<projections::search::SearchIndex>) -> Self {
-        let progress = consistency::listen_for_progress(pool.clone());
-        AppState { pool, log, jwt, search, progress }
+        let board = consistency::Board::keep(pool.clone(), consistency::listen_for_progress(pool.clone()));
+        let waiters = Arc::new(tokio::sync::Semaphore::new(consistency::MAX_WAITERS));
+        metrics::counter!("storekeeper_http_shed_total", "reason" => "waiters").increment(0);
+        metrics::gauge!("storekeeper_consistency_waiting").set(0.0);
+        AppState { pool, log, jwt, search, board, waiters }
     }
 }
 

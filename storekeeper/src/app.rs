@@ -49,6 +49,8 @@ pub struct Config {
     pub index_dir: PathBuf,
     pub kafka: Option<KafkaConfig>,
     pub event_log: EventLogConfig,
+    /// What each API server takes at once before it sheds load.
+    pub limits: edge::serve::Limits,
 }
 
 /// How a process opens the event log and its vault: parsed once, by the
@@ -93,6 +95,9 @@ pub struct App {
 
 impl App {
     pub async fn start(config: Config, pool: PgPool, listeners: Listeners) -> Result<App> {
+        // First: what the parts register as they start is exported from
+        // the first scrape.
+        edge::metrics::prometheus();
         // One reader of the log for every part of this process that follows it.
         // What is stored (ciphertext) goes to the relay; everything else
         // reads and writes through the vault.
@@ -104,11 +109,16 @@ impl App {
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         let roles = config.roles;
         if let Some(listener) = listeners.metrics {
-            edge::metrics::prometheus();
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
             let checked = pool.clone();
             let ready = move || eventlog::database::answers(checked.clone());
-            tasks.spawn(serve_until(listener, edge::stack::problems_only(edge::health::routes(ready)), stop_rx.clone(), "metrics"));
+            tasks.spawn(serve_until(
+                listener,
+                edge::stack::problems_only(edge::health::routes(ready)),
+                config.limits,
+                stop_rx.clone(),
+                "metrics",
+            ));
         }
 
         if roles.relay
@@ -159,7 +169,7 @@ impl App {
             };
             let state = command_api::AppState::new(service.clone(), passwords.clone(), pool.clone(), jwt.clone(), &config.webhook_secret);
             tracing::info!(addr = ?listener.local_addr().ok(), "command API listening");
-            tasks.spawn(serve_until(listener, command_api::router(state), stop_rx.clone(), "command API"));
+            tasks.spawn(serve_until(listener, command_api::router(state), config.limits, stop_rx.clone(), "command API"));
             tasks.spawn(purge_expired(IdempotencyStore::new(pool.clone()), passwords, stop_rx.clone()));
         }
         if let Some(listener) = listeners.query {
@@ -175,7 +185,7 @@ impl App {
             });
             let state = query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search);
             tracing::info!(addr = ?listener.local_addr().ok(), "query API listening");
-            tasks.spawn(serve_until(listener, query_api::router(state), stop_rx.clone(), "query API"));
+            tasks.spawn(serve_until(listener, query_api::router(state), config.limits, stop_rx.clone(), "query API"));
         }
         Ok(App { pool, log, service, jwt, stop, tasks })
     }
@@ -219,8 +229,14 @@ impl App {
 /// servers' own drain is `edge::serve::DRAIN`, shorter).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(7);
 
-async fn serve_until(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>, what: &'static str) -> Result<()> {
-    edge::serve(listener, router, async move {
+async fn serve_until(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: edge::serve::Limits,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> Result<()> {
+    edge::serve::serve_within(listener, router, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await

@@ -40,6 +40,8 @@ pub enum Cmd {
         #[command(flatten)]
         kafka: KafkaArgs,
         #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
         log: LogArgs,
     },
     /// Only the command API, on DATABASE_URL.
@@ -57,6 +59,8 @@ pub enum Cmd {
         #[command(flatten)]
         webhook: WebhookSecret,
         #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
         log: LogArgs,
     },
     /// Only the query API with its own product index, on DATABASE_URL (fed
@@ -72,6 +76,8 @@ pub enum Cmd {
         jwt: JwtSecret,
         #[command(flatten)]
         kafka: KafkaArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -331,6 +337,25 @@ pub struct QueryAddr {
     /// Address of the query API.
     #[arg(long, env = "STOREKEEPER_QUERY_ADDR", default_value = "127.0.0.1:8081")]
     pub query_addr: SocketAddr,
+}
+
+/// How much each API server takes at once; past it, 503 `overloaded` with
+/// `Retry-After` at once (see `edge::serve`).
+#[derive(Args, Clone)]
+pub struct LimitArgs {
+    /// Connections open at once, per API.
+    #[arg(long, env = "STOREKEEPER_MAX_CONNECTIONS", default_value_t = edge::serve::Limits::default().connections, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_connections: usize,
+    /// Requests answered at once, per API (health probes and /metrics
+    /// aside).
+    #[arg(long, env = "STOREKEEPER_MAX_IN_FLIGHT", default_value_t = edge::serve::Limits::default().in_flight, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_in_flight: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> edge::serve::Limits {
+        edge::serve::Limits { connections: self.max_connections, in_flight: self.max_in_flight }
+    }
 }
 
 #[derive(Args, Clone)]

@@ -35,9 +35,10 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(command: Cmd) -> Result<()> {
     let none = Roles::NONE;
     match command {
-        Cmd::Serve { db, vault, append, command, query, jwt, webhook, kafka, log } => {
+        Cmd::Serve { db, vault, append, command, query, jwt, webhook, kafka, limits, log } => {
             run(RoleArgs {
                 embedded: true,
+                limits: limits.limits(),
                 command_addr: Some(command.command_addr),
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
@@ -47,8 +48,9 @@ async fn dispatch(command: Cmd) -> Result<()> {
             })
             .await
         }
-        Cmd::CommandApi { db, vault, append, command, jwt, webhook, log } => {
+        Cmd::CommandApi { db, vault, append, command, jwt, webhook, limits, log } => {
             run(RoleArgs {
+                limits: limits.limits(),
                 command_addr: Some(command.command_addr),
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
@@ -56,8 +58,9 @@ async fn dispatch(command: Cmd) -> Result<()> {
             })
             .await
         }
-        Cmd::QueryApi { db, vault, query, jwt, kafka, log } => {
+        Cmd::QueryApi { db, vault, query, jwt, kafka, limits, log } => {
             run(RoleArgs {
+                limits: limits.limits(),
                 query_addr: Some(query.query_addr),
                 jwt_secret: jwt.jwt_secret,
                 kafka: Some(kafka),

@@ -32,6 +32,8 @@ pub struct RoleArgs {
     pub kafka: Option<KafkaArgs>,
     pub log_format: LogFormat,
     pub metrics_addr: Option<SocketAddr>,
+    /// What each API server takes at once.
+    pub limits: edge::serve::Limits,
 }
 
 impl RoleArgs {
@@ -49,6 +51,7 @@ impl RoleArgs {
             kafka: None,
             log_format: log.log_format,
             metrics_addr: log.metrics_addr,
+            limits: edge::serve::Limits::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ pub async fn run(args: RoleArgs) -> Result<()> {
         index_dir: database::index_dir(&args.db.data_dir),
         kafka: args.kafka.as_ref().and_then(KafkaArgs::config),
         event_log: args.event_log,
+        limits: args.limits,
     };
     let result = match App::start(config, pool.clone(), listeners).await {
         Ok(app) => app.run_until(shutdown_signal()).await,

@@ -62,6 +62,7 @@ pub async fn spawn(pool: PgPool, roles: Roles) -> Spawned {
         index_dir: std::env::temp_dir().join(format!("storekeeper-index-{}", Uuid::now_v7().simple())),
         kafka: None,
         event_log: EventLogConfig::default(),
+        limits: edge::serve::Limits::default(),
     };
     let app = App::start(config, pool, listeners).await.expect("start the app");
     Spawned { app, command, query }

@@ -18,12 +18,13 @@ fn main() -> ExitCode {
         ["bench", "write", rest @ ..] => bench::write(rest),
         ["bench", "read", rest @ ..] => bench::read(rest),
         ["bench", "decide", rest @ ..] => bench::decide(rest),
+        ["bench", "overload", rest @ ..] => bench::overload(rest),
         ["bench", "peer", rest @ ..] => bench::peer(rest),
         ["bench", "all", rest @ ..] => bench::all(rest),
         ["schemas"] => schemas::write(),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench all [--quick]          every benchmark above, one after another\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench overload [--quick]     `serve` under ten times the load it carries: shedding, latency, memory, recovery\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench all [--quick]          every benchmark above, one after another\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
             );
             return ExitCode::from(2);
         }

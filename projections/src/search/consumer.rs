@@ -18,6 +18,8 @@ impl SearchIndex {
     /// Keeps the index up to date until `shutdown`, fed by `sources`; the
     /// documents come from `log`.
     pub async fn run(self: Arc<Self>, log: Arc<dyn EventLog>, sources: SourceFactory, shutdown: watch::Receiver<bool>) {
+        // Exported from the first scrape (empty until the first commit).
+        let _ = metrics::histogram!("storekeeper_search_commit_seconds");
         let indexer = Indexer { index: self, log, known: Mutex::new(HashMap::new()), next_commit: Mutex::new(None) };
         eventlog::follow(&indexer, &sources, shutdown).await
     }

@@ -128,3 +128,48 @@ async fn a_read_that_depends_on_a_parked_event_answers_503_projection_degraded()
     let product = app.get_json(&format!("/v1/products/{poisoned}"), None, Some(&held)).await;
     assert_eq!((product["stock"].as_u64(), product["price"]["amount_minor"].as_u64()), (Some(11), Some(666)));
 }
+
+/// Waiting on tokens is bounded: past `MAX_WAITERS` requests waiting at
+/// once, a read that would wait is answered 503 `overloaded` at once,
+/// while reads that need not wait are answered as before; once the
+/// waiters are gone, a read waits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_cap_on_waiting_reads_one_more_is_503_overloaded_at_once() {
+    let mut app = spawn_app().await;
+    let (id, token) = app.add_product("KET-1", "kitchen", 1999, 10).await;
+    app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
+    app.stop_workers().await;
+    let (_, written) = app.write(&format!("/v1/products/{id}/restock"), json!({"quantity": 1})).await;
+    let waiting = |timeout: &'static str| {
+        app.http
+            .get(format!("{}/v1/products/{id}", app.query))
+            .header("x-consistency-token", &written)
+            .header("x-consistency-timeout", timeout)
+            .send()
+    };
+    let waiters: Vec<_> = (0..query_api::consistency::MAX_WAITERS).map(|_| tokio::spawn(waiting("5000"))).collect();
+    let all_waiting = format!("storekeeper_consistency_waiting {}", query_api::consistency::MAX_WAITERS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while !app.http.get(format!("{}/metrics", app.query)).send().await.unwrap().text().await.unwrap().lines().any(|l| l == all_waiting) {
+        assert!(std::time::Instant::now() < deadline, "the waiters never all waited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let refused = waiting("3000").await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded");
+    // A read that need not wait is answered.
+    assert_eq!(app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await["stock"], 10);
+
+    for waiter in waiters {
+        let answer = waiter.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 503);
+        assert_eq!(answer.json::<serde_json::Value>().await.unwrap()["code"], "not_yet_consistent");
+    }
+    let again = waiting("200").await.unwrap();
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap()["code"], "not_yet_consistent", "waited again");
+}

@@ -16,6 +16,29 @@ async fn verify_catches_a_tampered_read_model_and_a_rebuild_mends_it() {
     let http = reqwest::Client::new();
     let mut serve = Serve::start(&dir);
     serve.wait_ready().await;
+    // What dashboards and alert rules read is there from the first scrape
+    // of a fresh server, before any command: at 0, or where it resumed.
+    let wanted = [
+        "storekeeper_command_errors_total{code=\"version_conflict\"} 0",
+        "storekeeper_http_requests_total{",
+        "storekeeper_http_shed_total{reason=\"in_flight\"} 0",
+        "storekeeper_append_group_appends_count",
+        "storekeeper_log_head_position",
+        "storekeeper_projection_position{projection=\"products\"}",
+        "storekeeper_projection_position{projection=\"audit\"}",
+        "storekeeper_projection_parked_total{projection=\"orders\"} 0",
+        "storekeeper_search_commit_seconds_count",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let scraped = http.get(format!("{}/metrics", serve.base)).send().await.unwrap().text().await.unwrap();
+        let missing: Vec<&str> = wanted.iter().copied().filter(|w| !scraped.lines().any(|l| l.starts_with(w))).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing from the scrape of a fresh server: {missing:?}\n{scraped}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let mut products = Vec::new();
     let mut consistency = String::new();
     for i in 0..5 {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench write|read|decide`: benchmarks against a durable throwaway
+//! `cargo xtask bench write|read|decide|overload|peer`: benchmarks against a durable throwaway
 //! PostgreSQL and a release build of `storekeeper`. This module holds what
 //! both share (the release re-run, a database per run, the closed-loop load
 //! generator); `write` and `read` hold the benchmarks themselves, `server`
@@ -6,6 +6,7 @@
 
 mod decide;
 mod history;
+mod overload;
 mod peer;
 mod read;
 mod server;
@@ -23,6 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::workspace_root;
 
 pub use decide::decide;
+pub use overload::overload;
 pub use peer::peer;
 pub use read::read;
 pub use write::write;
@@ -64,7 +66,64 @@ async fn create_database(admin_url: &str, name: &str) -> Result<String> {
 async fn drive<F, Fut>(clients: usize, warmup: Duration, seconds: u64, request: F) -> Result<(f64, Histogram<u64>, u64)>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send,
+    Fut: Future + Send,
+    Fut::Output: Into<Answer>,
+{
+    let driven = drive_answers(clients, warmup, seconds, request).await?;
+    Ok((driven.rate, driven.histogram, driven.failed))
+}
+
+/// What one request of the load got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    /// Refused at once (503 `overloaded`): the client waits `SHED_BACKOFF`
+    /// before its next request.
+    Shed,
+    Failed,
+}
+
+impl From<bool> for Answer {
+    fn from(ok: bool) -> Self {
+        if ok { Answer::Ok } else { Answer::Failed }
+    }
+}
+
+impl Answer {
+    /// What an HTTP request got: 2xx, 503 `overloaded`, or a failure.
+    async fn of(sent: reqwest::Result<reqwest::Response>) -> Answer {
+        match sent {
+            Ok(r) if r.status().is_success() => Answer::Ok,
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => match r.json::<serde_json::Value>().await {
+                Ok(problem) if problem["code"] == "overloaded" => Answer::Shed,
+                _ => Answer::Failed,
+            },
+            _ => Answer::Failed,
+        }
+    }
+}
+
+/// How long a client refused with 503 `overloaded` waits before it asks
+/// again: a tenth of the `Retry-After` it is given, so that the load stays
+/// far above what the server takes.
+const SHED_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What `drive_answers` measured after the warm-up.
+struct Driven {
+    /// Requests answered (taken, whether they succeeded) per second.
+    rate: f64,
+    /// Latency (µs) of the requests answered.
+    histogram: Histogram<u64>,
+    failed: u64,
+    shed: u64,
+}
+
+/// `drive`, telling requests refused at once (not timed) from the others.
+async fn drive_answers<F, Fut>(clients: usize, warmup: Duration, seconds: u64, request: F) -> Result<Driven>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send,
+    Fut::Output: Into<Answer>,
 {
     let request = Arc::new(request);
     let stop = Arc::new(AtomicBool::new(false));
@@ -74,34 +133,43 @@ where
             let (request, stop) = (request.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut histogram = Histogram::<u64>::new(3).expect("histogram");
-                let mut errors = 0u64;
+                let (mut failed, mut shed) = (0u64, 0u64);
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
                 while !stop.load(Ordering::Relaxed) {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let sent = Instant::now();
-                    let ok = request(rng).await;
-                    if started.elapsed() > warmup {
-                        errors += u64::from(!ok);
-                        histogram.record(sent.elapsed().as_micros() as u64).expect("in range");
+                    let answer: Answer = request(rng).await.into();
+                    let measured = started.elapsed() > warmup;
+                    match answer {
+                        Answer::Shed => {
+                            shed += u64::from(measured);
+                            tokio::time::sleep(SHED_BACKOFF).await;
+                        }
+                        _ if measured => {
+                            failed += u64::from(answer == Answer::Failed);
+                            histogram.record(sent.elapsed().as_micros() as u64).expect("in range");
+                        }
+                        _ => {}
                     }
                 }
-                (histogram, errors)
+                (histogram, failed, shed)
             })
         })
         .collect();
     tokio::time::sleep(warmup + Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = (started.elapsed() - warmup).as_secs_f64();
-    let mut histogram = Histogram::<u64>::new(3)?;
-    let mut errors = 0;
+    let mut driven = Driven { rate: 0.0, histogram: Histogram::<u64>::new(3)?, failed: 0, shed: 0 };
     for task in tasks {
-        let (h, e) = task.await?;
-        histogram.add(h)?;
-        errors += e;
+        let (h, failed, shed) = task.await?;
+        driven.histogram.add(h)?;
+        driven.failed += failed;
+        driven.shed += shed;
     }
-    Ok((histogram.len() as f64 / elapsed, histogram, errors))
+    driven.rate = driven.histogram.len() as f64 / elapsed;
+    Ok(driven)
 }
 
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -114,7 +182,7 @@ pub fn all(args: &[&str]) -> Result<()> {
         return Ok(());
     }
     type Bench = fn(&[&str]) -> Result<()>;
-    let benchmarks: [(&str, Bench); 4] = [("decide", decide), ("write", write), ("read", read), ("peer", peer)];
+    let benchmarks: [(&str, Bench); 5] = [("decide", decide), ("write", write), ("read", read), ("overload", overload), ("peer", peer)];
     for (name, run) in benchmarks {
         println!("==== cargo xtask bench {name} {}", args.join(" "));
         run(args)?;

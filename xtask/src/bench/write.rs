@@ -21,7 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::server::{admin_token, build_storekeeper, start};
-use super::{CLIENTS, create_database, drive, ms, num_cpus, rerun_in_release};
+use super::{Answer, CLIENTS, create_database, drive, ms, num_cpus, rerun_in_release};
 use crate::TestDatabase;
 
 const PRODUCTS: usize = 1000;
@@ -127,14 +127,13 @@ pub(super) async fn seed_products(client: &reqwest::Client, base: &str, token: &
 }
 
 /// The command load: single-event restocks and price changes over
-/// `products`, chosen by the load generator's random number; true when
-/// answered 2xx.
+/// `products`, chosen by the load generator's random number.
 pub(super) fn commands(
     client: reqwest::Client,
     base: String,
     token: String,
     products: Arc<Vec<Uuid>>,
-) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync + 'static {
     move |rng| {
         let id = products[(rng % products.len() as u64) as usize];
         let (path, body) = if rng.is_multiple_of(2) {
@@ -143,7 +142,7 @@ pub(super) fn commands(
             ("price", json!({"price": {"amount_minor": 1000 + (rng % 1000) as i64, "currency": "USD"}}))
         };
         let request = client.post(format!("{base}/v1/products/{id}/{path}")).bearer_auth(&token).json(&body).send();
-        Box::pin(async move { request.await.is_ok_and(|r| r.status().is_success()) })
+        Box::pin(async move { Answer::of(request.await).await })
     }
 }
 

@@ -30,7 +30,8 @@ use crate::{ApiError, AppState};
 pub const MAX_WAITERS: usize = 64;
 
 /// A counter that moves on every progress notification. Should the
-/// listening connection fail, it reconnects; waiters poll meanwhile.
+/// listening connection fail, it reconnects; the `Board` is read every
+/// `BOARD_FALLBACK` meanwhile.
 pub(crate) fn listen_for_progress(pool: PgPool) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0u64);
     tokio::spawn(async move {

@@ -65,8 +65,10 @@ impl Default for Limits {
 
 /// Paths never shed: an orchestrator probing an overloaded server must
 /// not take it for a dead one, and its metrics are how overload is seen.
+const NEVER_SHED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 fn never_shed(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    NEVER_SHED.contains(&path)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains.
@@ -153,7 +155,7 @@ async fn beyond_limit(stream: tokio::net::TcpStream, mut builder: http1::Builder
         Ok(Ok(n)) => &start[..n],
         _ => &[][..],
     };
-    let probe = ["/healthz", "/readyz", "/metrics"].iter().any(|path| {
+    let probe = NEVER_SHED.iter().any(|path| {
         peeked
             .strip_prefix(b"GET ")
             .and_then(|rest| rest.strip_prefix(path.as_bytes()))

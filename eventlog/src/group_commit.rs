@@ -46,7 +46,7 @@ pub const MAX_COMMITTERS: usize = 64;
 /// queue that grows under load only makes every append wait longer, and
 /// memory follow. Counted by a permit each append holds until it is
 /// answered, wherever it waits (the channel, or held for a later group).
-/// About 4 s of appends at this machine's group-commit rate, and far more
+/// Under a second of appends at this machine's group-commit rate, and far more
 /// than a server's requests in flight (`edge::serve::Limits`).
 pub const QUEUED: usize = 2048;
 

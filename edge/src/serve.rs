@@ -71,13 +71,9 @@ fn never_shed(path: &str) -> bool {
     NEVER_SHED.contains(&path)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-    serve_within(listener, router, Limits::default(), shutdown).await
-}
-
-/// `serve`, shedding load past `limits`.
-pub async fn serve_within(
+/// Serves `router` on `listener` until `shutdown` resolves, then drains;
+/// sheds load past `limits`.
+pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
@@ -269,7 +265,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Semaphore;
 
-    use super::{Limits, serve_within};
+    use super::{Limits, serve};
 
     /// A server whose `/slow` answers once the test lets it (a permit of
     /// `gate` each); `/healthz` and `/fast` at once.
@@ -291,7 +287,7 @@ mod tests {
             .route("/healthz", get(|| async { "ok" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_within(listener, router, limits, std::future::pending()));
+        tokio::spawn(serve(listener, router, limits, std::future::pending()));
         (addr, gate)
     }
 

@@ -236,7 +236,7 @@ async fn serve_until(
     mut stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> Result<()> {
-    edge::serve::serve_within(listener, router, limits, async move {
+    edge::serve(listener, router, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::service::{CommandService, ServiceError};
 
-pub const NAME: &str = "order-process";
+pub use domain::process::NAME;
 
 /// Tries per step before the batch fails and is resumed from the checkpoint.
 const STEP_ATTEMPTS: u32 = 3;
@@ -45,11 +45,13 @@ pub enum Error {
 }
 
 /// What became of one event.
-enum Handled {
+pub enum Handled {
     Done,
-    /// Could not be handled and never will be (a bug or corrupt data):
-    /// logged and passed over so that the others are not held up.
-    Skipped,
+    /// A step that cannot be taken as things are (an event that cannot
+    /// be decoded, a step the domain refuses, a stream that cannot be
+    /// read): parked with this error, so that its order shows it and a
+    /// retry can take it once the cause is mended; the others go on.
+    Parked(String),
 }
 
 impl ProcessManager {
@@ -106,6 +108,8 @@ impl ProcessManager {
 
     /// Runs until `shutdown` turns true, finishing the batch in hand.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        // Exported from the first scrape, so that "none parked" reads as 0.
+        metrics::counter!("storekeeper_projection_parked_total", "projection" => NAME).increment(0);
         if !self.elect {
             eventlog::follow(&self, &self.sources.clone(), shutdown).await;
             return Ok(());
@@ -121,16 +125,12 @@ impl ProcessManager {
     /// connection); then the batch fails, and `follow` resumes from the
     /// checkpoint after its own backoff, which shutdown interrupts. The
     /// steps are idempotent, so handling the batch's events again is safe.
-    async fn handle_with_retries(&self, event: &RecordedEvent) -> Result<(), ServiceError> {
+    pub async fn handle_with_retries(&self, event: &RecordedEvent) -> Result<Handled, ServiceError> {
         let (mut delay, mut attempt) = (Duration::from_millis(50), 0);
         loop {
             attempt += 1;
             match self.handle(event).await {
-                Ok(Handled::Done) => return Ok(()),
-                Ok(Handled::Skipped) => {
-                    metrics::counter!("storekeeper_process_manager_skipped_total").increment(1);
-                    return Ok(());
-                }
+                Ok(handled) => return Ok(handled),
                 Err(e) if attempt >= STEP_ATTEMPTS => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, position = event.global_position, attempt, "order process step failed; retrying");
@@ -141,16 +141,24 @@ impl ProcessManager {
         }
     }
 
+    /// Parks a step that cannot be taken. The process does not hold the
+    /// event's stream back: one product's events concern many orders, and
+    /// each order's own rules make a late step harmless (a reservation
+    /// that arrives after its order was cancelled is discarded and
+    /// released).
+    async fn park(&self, parked: eventlog::progress::Parked<'_>, error: &str) -> Result<(), sqlx::Error> {
+        tracing::error!(position = parked.position, stream_id = parked.stream_id, %error, "order process: parking a step it cannot take");
+        let mut conn = self.pool.acquire().await?;
+        eventlog::progress::park(&mut conn, NAME, parked, error, 1).await
+    }
+
     async fn handle(&self, event: &RecordedEvent) -> Result<Handled, ServiceError> {
         let decoded = match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
             Ok(decoded) => decoded,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot decode event; skipping it");
-                return Ok(Handled::Skipped);
-            }
+            Err(e) => return Ok(Handled::Parked(format!("cannot decode: {e}"))),
         };
         let Ok(StreamId { id: entity_id, .. }) = StreamId::parse(&event.stream_id) else {
-            return Ok(Handled::Skipped);
+            return Ok(Handled::Parked(format!("not a stream of an entity: {}", event.stream_id)));
         };
         for (i, step) in react(entity_id, &decoded).into_iter().enumerate() {
             let metadata = Metadata {
@@ -162,26 +170,32 @@ impl ProcessManager {
                 idempotency_key: Some(format!("{}/{i}", event.event_id)),
                 traceparent: Some(telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| event.metadata.child_span())),
             };
-            let result = match step {
+            let (target, result) = match step {
                 Step::Product { product_id, command } => {
-                    self.service.execute::<ProductAggregate>(product_id, command, None, &metadata).await
+                    (product_id, self.service.execute::<ProductAggregate>(product_id, command, None, &metadata).await)
                 }
-                Step::Order { order_id, command } => self.service.execute::<OrderAggregate>(order_id, command, None, &metadata).await,
+                Step::Order { order_id, command } => {
+                    (order_id, self.service.execute::<OrderAggregate>(order_id, command, None, &metadata).await)
+                }
             };
             match result {
                 Ok(_) => {}
-                Err(ServiceError::Domain(e)) => {
-                    tracing::error!(error = %e, "the domain refused a process step; skipping it");
-                    return Ok(Handled::Skipped);
-                }
-                Err(e @ ServiceError::Decode { .. }) => {
-                    tracing::error!(error = %e, "a target stream cannot be read; skipping the step");
-                    return Ok(Handled::Skipped);
-                }
+                Err(ServiceError::Domain(e)) => return Ok(Handled::Parked(format!("step {i} (on {target}) refused: {e}"))),
+                Err(e @ ServiceError::Decode { .. }) => return Ok(Handled::Parked(format!("step {i} (on {target}): {e}"))),
                 Err(e) => return Err(e),
             }
         }
         Ok(Handled::Done)
+    }
+
+    /// Takes a parked step again (`projections retry order-process`):
+    /// answers the error it is still parked for, if any. The steps that
+    /// were taken before are idempotent, so only what is missing happens.
+    pub async fn retry(&self, event: &RecordedEvent) -> Result<Option<String>, ServiceError> {
+        Ok(match self.handle_with_retries(event).await? {
+            Handled::Done => None,
+            Handled::Parked(error) => Some(error),
+        })
     }
 }
 
@@ -199,11 +213,16 @@ impl Consumer for ProcessManager {
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        for message in &batch.unreadable {
+            self.park(message.into(), &format!("{} ({})", message.error, message.origin)).await?;
+        }
         for event in batch.events.iter().filter(|e| domain::process::REACTS_TO.contains(&e.event_type.as_str())) {
             // Under the event's trace, when spans are exported.
             let span = tracing::info_span!(target: telemetry::SPANS, "order_process", stream_id = %event.stream_id, position = event.global_position, correlation_id = %event.metadata.correlation_id);
             telemetry::follow(&span, event.metadata.traceparent.as_deref());
-            self.handle_with_retries(event).instrument(span).await?;
+            if let Handled::Parked(error) = self.handle_with_retries(event).instrument(span).await? {
+                self.park(event.into(), &error).await?;
+            }
         }
         Ok(self.save_checkpoint(batch).await?)
     }

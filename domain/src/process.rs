@@ -19,6 +19,10 @@ pub enum Step {
     Order { order_id: Uuid, command: OrderCommand },
 }
 
+/// The order process's name among the consumers of the log: its
+/// checkpoint, its parked steps, its entry beside the projections.
+pub const NAME: &str = "order-process";
+
 /// The stored types of the events [`react`] answers with commands: the
 /// others need not be decoded to know that nothing follows them.
 pub const REACTS_TO: &[&str] =

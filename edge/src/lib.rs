@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+mod refusals;
 pub mod request;
 pub mod serve;
 pub mod stack;

@@ -123,7 +123,7 @@ pub async fn serve(
                     connections.spawn(beyond_limit(stream, builder.clone(), router.clone()));
                     continue;
                 };
-                let connection = builder.serve_connection(TokioIo::new(StallGuard::new(stream)), TowerToHyperService::new(router.clone()));
+                let connection = builder.serve_connection(io(stream), TowerToHyperService::new(router.clone()));
                 let connection = graceful.watch(connection);
                 connections.spawn(async move {
                     if let Err(e) = connection.await {
@@ -159,7 +159,7 @@ async fn beyond_limit(stream: tokio::net::TcpStream, mut builder: http1::Builder
     });
     if probe {
         builder.keep_alive(false);
-        let _ = builder.serve_connection(TokioIo::new(StallGuard::new(stream)), TowerToHyperService::new(router)).await;
+        let _ = builder.serve_connection(io(stream), TowerToHyperService::new(router)).await;
         return;
     }
     metrics::counter!("storekeeper_http_shed_total", "reason" => "connections").increment(1);
@@ -173,17 +173,18 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut request = [0u8; 8192];
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut request)).await;
-    let body = EdgeError::Overloaded.problem().body().to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        crate::problem::PROBLEM_JSON,
-        body.len()
-    );
+    let answer = crate::refusals::raw_answer(&EdgeError::Overloaded);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.shutdown().await
     })
     .await;
+}
+
+/// A connection as hyper is given it: writes that stall fail, and hyper's
+/// own bare refusals go out as problem+json.
+fn io(stream: tokio::net::TcpStream) -> TokioIo<crate::refusals::Refusals<StallGuard<tokio::net::TcpStream>>> {
+    TokioIo::new(crate::refusals::Refusals::new(StallGuard::new(stream)))
 }
 
 /// A connection whose writes fail once the peer has taken nothing for
@@ -353,5 +354,40 @@ mod tests {
         drop(held);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(get_once(addr, "/fast").await.starts_with("HTTP/1.1 200"), "taken again once a connection closed");
+    }
+
+    /// What the client reads back after sending `request` raw.
+    async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // A request too large for hyper is answered before it is all sent.
+        let _ = stream.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_hyper_refuses_itself_is_answered_as_problem_json_and_the_server_goes_on() {
+        let (addr, _gate) = server(Limits::default()).await;
+        let long_target = format!("GET /fast?{} HTTP/1.1\r\nHost: test\r\n\r\n", "a".repeat(100_000));
+        let huge_header = format!("GET /fast HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n", "a".repeat(1_000_000));
+        let many_headers: String = (0..200).map(|i| format!("X-{i}: a\r\n")).collect();
+        for (request, status, code) in [
+            (b"GET /fast HTTP/1.1\r\nHost: test\r\nX-A: a\x01b\r\n\r\n".to_vec(), "400", "validation_failed"),
+            (b"G\x01T /fast HTTP/1.1\r\nHost: test\r\n\r\n".to_vec(), "400", "validation_failed"),
+            (b"GET /fast HTTP/7.1\r\nHost: test\r\n\r\n".to_vec(), "400", "validation_failed"),
+            (long_target.into_bytes(), "414", "uri_too_long"),
+            (huge_header.into_bytes(), "431", "headers_too_large"),
+            (format!("GET /fast HTTP/1.1\r\nHost: test\r\n{many_headers}\r\n").into_bytes(), "431", "headers_too_large"),
+        ] {
+            let answer = raw(addr, &request).await;
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {answer:?}"));
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+            assert!(head.contains("content-type: application/problem+json"), "{answer}");
+            let problem: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+            assert_eq!(problem["code"], code, "{answer}");
+            assert_eq!(problem["status"].as_u64().unwrap().to_string(), status);
+        }
+        assert!(get_once(addr, "/fast").await.ends_with("fast"), "well-formed requests are answered as before");
     }
 }

@@ -38,6 +38,9 @@ impl EventLog for Counted {
     async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
         self.0.snapshot(stream_id).await
     }
+    async fn snapshot_at_most(&self, stream_id: &str, version: u64) -> Result<Option<Snapshot>, EventLogError> {
+        self.0.snapshot_at_most(stream_id, version).await
+    }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
         self.0.save_snapshot(snapshot).await
     }

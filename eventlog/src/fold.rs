@@ -32,6 +32,9 @@ pub enum FoldError {
         #[source]
         source: DecodeError,
     },
+    /// A look into the past that would fold more than its budget.
+    #[error("stream {stream_id}: reaching version {version} would fold more than {budget} events")]
+    TooLong { stream_id: String, version: u64, budget: u64 },
 }
 
 /// Folds `stream_id` from its start for as long as `keep` holds (pass
@@ -93,7 +96,17 @@ pub async fn load<A: Aggregate>(
 /// aggregate's current shape, decodable, and matching the log (the event
 /// at its version is there, at its position).
 async fn from_snapshot<A: Aggregate>(log: &dyn EventLog, stream_id: &str) -> Result<Option<Folded<A::State>>, FoldError> {
-    let Some(snapshot) = log.snapshot(stream_id).await? else { return Ok(None) };
+    from_snapshot_at_most::<A>(log, stream_id, u64::MAX).await
+}
+
+/// The newest stored snapshot at or before `version` as a starting point,
+/// if it can be one (see `from_snapshot`).
+async fn from_snapshot_at_most<A: Aggregate>(
+    log: &dyn EventLog,
+    stream_id: &str,
+    version: u64,
+) -> Result<Option<Folded<A::State>>, FoldError> {
+    let Some(snapshot) = log.snapshot_at_most(stream_id, version).await? else { return Ok(None) };
     if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
         return Ok(None);
     }
@@ -109,6 +122,102 @@ async fn from_snapshot<A: Aggregate>(log: &dyn EventLog, stream_id: &str) -> Res
             Ok(None)
         }
     }
+}
+
+/// Where a look into a stream's past stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// After the event at this stream version.
+    Version(u64),
+    /// After the last event recorded at or before this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// Events a look into the past folds at most, from where it starts.
+pub const PAST_FOLD_BUDGET: u64 = 100_000;
+
+/// A look into the past that folds this many events takes a snapshot on
+/// the way, so that the next look near there starts from it.
+const SNAPSHOT_ON_THE_WAY: u64 = SNAPSHOT_EVERY * 16;
+
+/// `stream_id` as it was at `until` (time travel): folded from the nearest
+/// stored snapshot at or before that point, so that its cost is the events
+/// since that snapshot, not the stream's history. A time is found by
+/// bisecting the stream (its events are recorded in version order), a few
+/// reads however long it is. Long folds leave snapshots on the way; one
+/// that would fold more than `budget` events (`PAST_FOLD_BUDGET` for a
+/// request) fails with `FoldError::TooLong`, having left them for the next
+/// look.
+pub async fn fold_until<A: Aggregate>(
+    log: &dyn EventLog,
+    stream_id: &str,
+    until: Until,
+    budget: u64,
+) -> Result<Folded<A::State>, FoldError> {
+    let empty = || Folded { state: A::State::default(), version: None, position: 0 };
+    let version = match until {
+        Until::Version(version) => Some(version),
+        Until::Time(time) => version_at(log, stream_id, time).await?,
+    };
+    let Some(version) = version else { return Ok(empty()) };
+    let mut folded = from_snapshot_at_most::<A>(log, stream_id, version).await?.unwrap_or_else(empty);
+    let start = folded.version.map_or(0, |v| v + 1);
+    loop {
+        let from = folded.version.map_or(0, |v| v + 1);
+        if from > version {
+            return Ok(folded);
+        }
+        if from - start >= budget {
+            return Err(FoldError::TooLong { stream_id: stream_id.to_owned(), version, budget });
+        }
+        let leg = version.min(from + SNAPSHOT_ON_THE_WAY - 1).min(start + budget - 1);
+        folded = fold_onward::<A>(log, stream_id, folded, |e| e.stream_version <= leg).await?;
+        if folded.version < Some(leg) {
+            return Ok(folded); // the stream ends before `version`
+        }
+        if leg < version
+            && let Ok(state) = serde_json::to_value(&folded.state)
+        {
+            let snapshot = Snapshot {
+                stream_id: stream_id.to_owned(),
+                snapshot_version: A::SNAPSHOT_VERSION,
+                version: leg,
+                position: folded.position,
+                state,
+            };
+            if let Err(error) = log.save_snapshot(&snapshot).await {
+                tracing::warn!(stream_id, %error, "storing a snapshot on the way into the past failed");
+            }
+        }
+    }
+}
+
+/// The version of the last event of `stream_id` recorded at or before
+/// `time` (`None`: none was), by bisection: events of one stream are
+/// recorded one after another, in version order.
+async fn version_at(log: &dyn EventLog, stream_id: &str, time: chrono::DateTime<chrono::Utc>) -> Result<Option<u64>, FoldError> {
+    let recorded_by = |version: u64| async move {
+        let event = log.read_stream(stream_id, version, 1).await?;
+        Ok::<_, FoldError>(event.first().is_some_and(|e| e.stream_version == version && e.recorded_at <= time))
+    };
+    if !recorded_by(0).await? {
+        return Ok(None);
+    }
+    // The first power of two that is past it, then halves between.
+    let (mut known, mut past) = (0u64, 1u64);
+    while recorded_by(past).await? {
+        known = past;
+        past = past.saturating_mul(2);
+    }
+    while past - known > 1 {
+        let middle = known + (past - known) / 2;
+        if recorded_by(middle).await? {
+            known = middle;
+        } else {
+            past = middle;
+        }
+    }
+    Ok(Some(known))
 }
 
 /// Folds the events after `folded` into it, for as long as `keep` holds.

@@ -29,13 +29,15 @@ pub mod vault;
 pub use envelope::{
     AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, validate as validate_append,
 };
-pub use fold::{FoldError, Folded, SNAPSHOT_EVERY, fold_stream, load};
+pub use fold::{FoldError, Folded, PAST_FOLD_BUDGET, SNAPSHOT_EVERY, Until, fold_stream, fold_until, load};
 pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS, QUEUED as APPEND_QUEUE};
 pub use mac::{hmac_sha256, hmac_sha256_matches};
 pub use memory::InMemoryEventLog;
 pub use postgres::{PgEventLog, migrate, purge_receipts};
 pub use shared_tail::SharedTail;
-pub use source::{Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, follow, in_process, partition_for};
+pub use source::{
+    Batch, Consumer, EventSource, InProcessSource, Progress, Resume, SourceFactory, Unreadable, follow, in_process, partition_for,
+};
 pub use subscription::Subscription;
 pub use vault::{Vault, VaultedLog};
 
@@ -107,12 +109,21 @@ pub trait EventLog: Send + Sync + 'static {
     /// 24 hours (see `append_once`).
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError>;
 
-    /// The stored snapshot of `stream_id`, if any.
+    /// The newest stored snapshot of `stream_id`, if any.
     async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError>;
 
-    /// Stores `snapshot` unless one of the same snapshot version and a
-    /// later stream version is stored already. Snapshots are a cache:
-    /// nothing depends on one being kept.
+    /// The newest stored snapshot of `stream_id` at or before stream
+    /// version `version`. Adapters that keep only the newest answer it
+    /// when it is early enough.
+    async fn snapshot_at_most(&self, stream_id: &str, version: u64) -> Result<Option<Snapshot>, EventLogError> {
+        Ok(self.snapshot(stream_id).await?.filter(|s| s.version <= version))
+    }
+
+    /// Stores `snapshot`. A snapshot of another shape (snapshot version)
+    /// replaces the stream's older ones whatever its version; of the same
+    /// shape, adapters that keep a history add it (one taken in the past
+    /// by time travel), the others keep the newest. Snapshots are a
+    /// cache: nothing depends on one being kept.
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError>;
 
     /// A counter that moves after every append this process makes, so that

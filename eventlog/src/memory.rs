@@ -32,7 +32,8 @@ struct Inner {
     /// Appends by (actor, idempotency key). Kept forever: nothing here
     /// lives 24 hours.
     receipts: HashMap<(String, String), AppendResult>,
-    snapshots: HashMap<String, Snapshot>,
+    /// Each stream's snapshots by version.
+    snapshots: HashMap<String, std::collections::BTreeMap<u64, Snapshot>>,
 }
 
 impl InMemoryEventLog {
@@ -124,15 +125,19 @@ impl EventLog for InMemoryEventLog {
     }
 
     async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
-        Ok(self.inner.lock().expect("in-memory log poisoned").snapshots.get(stream_id).cloned())
+        self.snapshot_at_most(stream_id, u64::MAX).await
+    }
+
+    async fn snapshot_at_most(&self, stream_id: &str, version: u64) -> Result<Option<Snapshot>, EventLogError> {
+        let inner = self.inner.lock().expect("in-memory log poisoned");
+        Ok(inner.snapshots.get(stream_id).and_then(|kept| kept.range(..=version).next_back()).map(|(_, s)| s.clone()))
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
         let mut inner = self.inner.lock().expect("in-memory log poisoned");
-        let newer = |old: &Snapshot| old.snapshot_version != snapshot.snapshot_version || old.version < snapshot.version;
-        if inner.snapshots.get(&snapshot.stream_id).is_none_or(newer) {
-            inner.snapshots.insert(snapshot.stream_id.clone(), snapshot.clone());
-        }
+        let kept = inner.snapshots.entry(snapshot.stream_id.clone()).or_default();
+        kept.retain(|_, old| old.snapshot_version == snapshot.snapshot_version);
+        kept.entry(snapshot.version).or_insert_with(|| snapshot.clone());
         Ok(())
     }
 

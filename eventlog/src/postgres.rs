@@ -172,11 +172,18 @@ impl EventLog for PgEventLog {
     }
 
     async fn snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, EventLogError> {
-        let row: Option<(i32, i64, i64, serde_json::Value)> =
-            sqlx::query_as("SELECT snapshot_version, version, position, state FROM snapshots WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        self.snapshot_at_most(stream_id, u64::MAX).await
+    }
+
+    async fn snapshot_at_most(&self, stream_id: &str, version: u64) -> Result<Option<Snapshot>, EventLogError> {
+        let row: Option<(i32, i64, i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT snapshot_version, version, position, state FROM snapshots
+              WHERE stream_id = $1 AND version <= $2 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(stream_id)
+        .bind(version.min(i64::MAX as u64) as i64)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|(snapshot_version, version, position, state)| Snapshot {
             stream_id: stream_id.to_owned(),
             snapshot_version: snapshot_version as u32,
@@ -187,11 +194,15 @@ impl EventLog for PgEventLog {
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
+        // Another shape drops the stream's older ones (the row at this
+        // version is replaced by the insert, not deleted under it); the
+        // same shape at the same version is the same state.
         sqlx::query(
-            "INSERT INTO snapshots (stream_id, snapshot_version, version, position, state) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (stream_id) DO UPDATE SET snapshot_version = EXCLUDED.snapshot_version, version = EXCLUDED.version,
+            "WITH other_shapes AS (DELETE FROM snapshots WHERE stream_id = $1 AND snapshot_version <> $2 AND version <> $3)
+             INSERT INTO snapshots (stream_id, snapshot_version, version, position, state) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_id, version) DO UPDATE SET snapshot_version = EXCLUDED.snapshot_version,
                  position = EXCLUDED.position, state = EXCLUDED.state, taken_at = now()
-             WHERE snapshots.snapshot_version <> EXCLUDED.snapshot_version OR snapshots.version < EXCLUDED.version",
+             WHERE snapshots.snapshot_version <> EXCLUDED.snapshot_version",
         )
         .bind(&snapshot.stream_id)
         .bind(snapshot.snapshot_version as i32)

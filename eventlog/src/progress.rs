@@ -12,6 +12,51 @@ use crate::source::{Batch, Progress};
 /// moved, so readers waiting for a token wake at once.
 pub const PROGRESS_CHANNEL: &str = "storekeeper_progress";
 
+/// An entry a consumer parks: an event of the log, or a message of a
+/// source that claims to be one (`origin`: where it sat).
+#[derive(Debug, Clone, Copy)]
+pub struct Parked<'a> {
+    pub position: i64,
+    pub stream_id: &'a str,
+    pub event_type: &'a str,
+    pub origin: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::RecordedEvent> for Parked<'a> {
+    fn from(event: &'a crate::RecordedEvent) -> Self {
+        Parked { position: event.global_position as i64, stream_id: &event.stream_id, event_type: &event.event_type, origin: None }
+    }
+}
+
+impl<'a> From<&'a crate::Unreadable> for Parked<'a> {
+    fn from(message: &'a crate::Unreadable) -> Self {
+        Parked { position: message.position, stream_id: &message.stream_id, event_type: &message.event_type, origin: Some(&message.origin) }
+    }
+}
+
+/// Parks what `consumer` could not apply in `dead_letters`, the one table
+/// every consumer of the log parks in (a read model, the order process,
+/// the search index; created with the read models, which every database
+/// has). Parking it again counts the attempts.
+pub async fn park(conn: &mut PgConnection, consumer: &str, parked: Parked<'_>, error: &str, attempts: u32) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts, origin)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (projection, global_position) DO UPDATE SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, parked_at = now()",
+    )
+    .bind(consumer)
+    .bind(parked.position)
+    .bind(parked.stream_id)
+    .bind(parked.event_type)
+    .bind(error)
+    .bind(attempts as i32)
+    .bind(parked.origin)
+    .execute(conn)
+    .await?;
+    metrics::counter!("storekeeper_projection_parked_total", "projection" => consumer.to_owned()).increment(1);
+    Ok(())
+}
+
 /// The position a named consumer has recorded (0: none yet).
 pub async fn load_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
     let position: Option<i64> =

@@ -181,6 +181,10 @@ impl EventLog for SharedTail {
         self.log.snapshot(stream_id).await
     }
 
+    async fn snapshot_at_most(&self, stream_id: &str, version: u64) -> Result<Option<Snapshot>, EventLogError> {
+        self.log.snapshot_at_most(stream_id, version).await
+    }
+
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
         self.log.save_snapshot(snapshot).await
     }

@@ -27,6 +27,39 @@ pub struct Batch {
     pub partitions: BTreeMap<i32, u64>,
     /// Partitioned sources: how many partitions the topic has (0: none).
     pub partition_count: i32,
+    /// Messages that are not events of the log (garbage produced to the
+    /// topic, a corrupt copy): each consumer parks them like a poison
+    /// event, so nothing stalls and nothing passes unseen.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Batch {
+    /// Whether there is anything for a consumer to do: events, progress
+    /// to record, or messages to park.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.partitions.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// A message a partitioned source could not read as an event. It never
+/// moves a partition's progress (what it claims is not to be trusted);
+/// it is parked under what it claims to be, so that the stream it names
+/// is held back behind it, and a retry applies the log's own event at
+/// that position, if the log has one of that stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its key, when that is text; else where it sits.
+    pub stream_id: String,
+    /// The log position it claims (its `global_position` header), or,
+    /// with none, a key below zero made of where it sits: unique, never
+    /// a position of the log.
+    pub position: i64,
+    /// Its `event_type` header, or `unreadable`.
+    pub event_type: String,
+    /// Where it sits (topic, partition, offset).
+    pub origin: String,
+    /// Why it cannot be read.
+    pub error: String,
 }
 
 /// How far a consumer has applied the log.
@@ -251,7 +284,7 @@ async fn follow_once(consumer: &dyn Consumer, sources: &SourceFactory, shutdown:
             _ = shutdown.changed() => return Ok(()),
             batch = source.next_batch() => batch?,
         };
-        if !batch.events.is_empty() || !batch.partitions.is_empty() {
+        if !batch.is_empty() {
             let handled = consumer.handle(&batch);
             tokio::pin!(handled);
             tokio::select! {

@@ -439,6 +439,76 @@ async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::Recor
     }
 }
 
+/// A look into the past gives exactly the state of a fold up to that
+/// point, starts from the nearest snapshot at or before it, leaves
+/// snapshots on a long way, and stops at its budget.
+async fn looking_into_the_past_equals_folding_up_to_that_point(log: Arc<dyn EventLog>) {
+    use domain::product::{ProductAdded, ProductAggregate, ProductEvent, ProductRestocked};
+    use eventlog::{FoldError, Until, fold_until};
+    let product = Uuid::now_v7();
+    let id = domain::stream_id::<ProductAggregate>(product);
+    let encode = |events: &[ProductEvent]| NewEvent::encode_all(events, &Metadata::system("contract-test"));
+    let restocks = |from: u32, to: u32| -> Vec<ProductEvent> {
+        (from..=to).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n })).collect()
+    };
+    let added = ProductEvent::Added(ProductAdded {
+        product_id: product,
+        sku: domain::Sku::parse("PAST-1").unwrap(),
+        name: "Past".into(),
+        description: String::new(),
+        category: "c".into(),
+        price: domain::Money::new(100, domain::Currency::usd()),
+        initial_stock: 0,
+    });
+    // Three appends some time apart, so that times fall between them.
+    let mut first = vec![added];
+    first.extend(restocks(1, 2000));
+    for (expected, events) in [
+        (ExpectedVersion::NoStream, first),
+        (ExpectedVersion::Exact(2000), restocks(2001, 4000)),
+        (ExpectedVersion::Exact(4000), restocks(4001, 5000)),
+    ] {
+        log.append(vec![StreamWrite { stream_id: id.clone(), expected, events: encode(&events) }]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let upto = |version: u64| {
+        let (log, id) = (log.clone(), id.clone());
+        async move { eventlog::fold_stream::<ProductAggregate>(&*log, &id, |e| e.stream_version <= version).await.unwrap() }
+    };
+    let fold = |until: Until, budget: u64| {
+        let (log, id) = (log.clone(), id.clone());
+        async move { fold_until::<ProductAggregate>(&*log, &id, until, budget).await }
+    };
+
+    // A long way leaves a snapshot on it.
+    let whole = fold(Until::Version(5000), eventlog::PAST_FOLD_BUDGET).await.unwrap();
+    assert_eq!(whole.version, Some(5000));
+    assert_eq!(log.snapshot_at_most(&id, 5000).await.unwrap().map(|s| s.version), Some(4095));
+    // A budget too small: it stops, and leaves a snapshot where it stopped.
+    let stopped = fold(Until::Version(3000), 1000).await;
+    assert!(matches!(stopped, Err(FoldError::TooLong { budget: 1000, .. })), "{stopped:?}");
+    assert_eq!(log.snapshot_at_most(&id, 3000).await.unwrap().map(|s| s.version), Some(999));
+    assert_eq!(log.snapshot_at_most(&id, 998).await.unwrap(), None);
+    // From wherever it starts, the state is the fold up to that point.
+    for version in [0, 1, 999, 1000, 2000, 3000, 4095, 4500, 5000, 9000] {
+        let past = fold(Until::Version(version), eventlog::PAST_FOLD_BUDGET).await.unwrap();
+        let expected = upto(version).await;
+        assert_eq!((&past.state, past.version, past.position), (&expected.state, expected.version, expected.position), "at {version}");
+    }
+
+    // By time: the events recorded by then.
+    let all = log.read_stream(&id, 0, 6000).await.unwrap();
+    for version in [0, 2000, 4000, 5000] {
+        let time = all[version as usize].recorded_at;
+        let past = fold(Until::Time(time), eventlog::PAST_FOLD_BUDGET).await.unwrap();
+        let expected = eventlog::fold_stream::<ProductAggregate>(&*log, &id, |e| e.recorded_at <= time).await.unwrap();
+        assert_eq!((&past.state, past.version), (&expected.state, expected.version), "by the time of {version}");
+    }
+    let before = all[0].recorded_at - chrono::Duration::seconds(1);
+    let none = fold(Until::Time(before), eventlog::PAST_FOLD_BUDGET).await.unwrap();
+    assert_eq!((none.state, none.version), (None, None), "before the stream began");
+}
+
 /// One test per contract function, each under the test attribute it
 /// needs, plus the adapter's own attributes (an `ignore` without a server).
 macro_rules! contract_tests {
@@ -473,6 +543,7 @@ macro_rules! contract {
                 tokio::test(flavor = "multi_thread", worker_threads = 4) => appends_in_flight_together_each_get_their_own_answer,
                 tokio::test => snapshots_keep_the_newest_of_the_current_shape,
                 tokio::test => loading_through_snapshots_equals_folding_from_the_start,
+                tokio::test => looking_into_the_past_equals_folding_up_to_that_point,
                 tokio::test(flavor = "multi_thread", worker_threads = 4) => concurrent_writers_and_a_tailing_subscriber
             );
         }

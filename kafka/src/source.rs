@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventlog::{Batch, EventLog, EventLogError, EventSource, Progress, RecordedEvent, Resume};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{KafkaError, client};
@@ -56,6 +56,8 @@ impl KafkaSource {
             .set("fetch.wait.max.ms", "10")
             .create()?;
         consumer.subscribe(&[topic])?;
+        // Exported from the first scrape: none is the healthy reading.
+        metrics::counter!("storekeeper_kafka_unreadable_total").increment(0);
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             topic: topic.to_owned(),
@@ -93,6 +95,31 @@ impl KafkaSource {
     }
 }
 
+/// What a message that is not an event claims to be, from its key and
+/// headers, and where it sits.
+fn unreadable(message: &impl Message, topic: &str, error: &serde_json::Error) -> eventlog::Unreadable {
+    let origin = format!("partition {} offset {} of {topic}", message.partition(), message.offset());
+    let header = |name: &str| {
+        message.headers().and_then(|headers| {
+            headers.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned)
+        })
+    };
+    // A position it claims that the log could have; else a key below zero
+    // made of where it sits, unique per message and never the log's.
+    let position = header(crate::headers::GLOBAL_POSITION)
+        .and_then(|p| p.parse::<i64>().ok())
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| -((i64::from(message.partition()) << 40) + message.offset() + 1));
+    let stream_id = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .map_or_else(|| format!("kafka-message-{}-{}", message.partition(), message.offset()), str::to_owned);
+    let event_type =
+        header(crate::headers::EVENT_TYPE).filter(|t| !t.is_empty() && t.len() <= 200).unwrap_or_else(|| "unreadable".to_owned());
+    eventlog::Unreadable { stream_id, position, event_type, origin, error: format!("not an event of the log: {error}") }
+}
+
 fn to_log_error(e: impl std::error::Error + Send + Sync + 'static) -> EventLogError {
     EventLogError::Backend(Box::new(e))
 }
@@ -105,7 +132,7 @@ impl EventSource for KafkaSource {
         let mut passed_over = 0;
         self.pending.clear();
         loop {
-            let message = if batch.events.is_empty() && passed_over == 0 {
+            let message = if batch.events.is_empty() && batch.unreadable.is_empty() && passed_over == 0 {
                 self.consumer.recv().await.map_err(to_log_error)?
             } else {
                 match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
@@ -113,9 +140,23 @@ impl EventSource for KafkaSource {
                     Err(_) => break,
                 }
             };
-            let event: RecordedEvent = serde_json::from_slice(message.payload().unwrap_or_default()).map_err(to_log_error)?;
             let partition = message.partition();
             self.pending.insert(partition, message.offset() + 1);
+            let event: RecordedEvent = match serde_json::from_slice(message.payload().unwrap_or_default()) {
+                Ok(event) => event,
+                Err(error) => {
+                    // Not an event of the log: parked by the consumer, never
+                    // a reason to stall the partition.
+                    let unreadable = unreadable(&message, &self.topic, &error);
+                    tracing::error!(origin = %unreadable.origin, stream_id = %unreadable.stream_id, %error, "an unreadable message on the topic; parking it");
+                    metrics::counter!("storekeeper_kafka_unreadable_total").increment(1);
+                    batch.unreadable.push(unreadable);
+                    if batch.events.len() + batch.unreadable.len() + passed_over >= self.batch_size {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let applied = self.progress.partitions.entry(partition).or_default();
             if event.global_position <= *applied {
                 // Already applied: a redelivery, or the relay publishing again.
@@ -125,7 +166,7 @@ impl EventSource for KafkaSource {
                 batch.partitions.insert(partition, event.global_position);
                 batch.events.push(event);
             }
-            if batch.events.len() + passed_over >= self.batch_size {
+            if batch.events.len() + batch.unreadable.len() + passed_over >= self.batch_size {
                 break;
             }
         }

@@ -61,13 +61,32 @@ pub(crate) fn lock_dead_letters(checkpoint: &str, exclusive: bool) -> String {
 
 /// The streams the projection holds back, each with its first parked
 /// position; the caller holds the dead-letter lock.
-pub(crate) async fn held_back(conn: &mut PgConnection, checkpoint: &str) -> Result<HashMap<String, u64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT stream_id, min(global_position) FROM dead_letters WHERE projection = $1 GROUP BY stream_id")
-            .bind(checkpoint)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(rows.into_iter().map(|(stream, position)| (stream, position as u64)).collect())
+pub(crate) async fn held_back(conn: &mut PgConnection, checkpoint: &str) -> Result<HashMap<String, i64>, sqlx::Error> {
+    sqlx::query_as("SELECT stream_id, min(global_position) FROM dead_letters WHERE projection = $1 GROUP BY stream_id")
+        .bind(checkpoint)
+        .fetch_all(&mut *conn)
+        .await
+        .map(|rows: Vec<(String, i64)>| rows.into_iter().collect())
+}
+
+/// Parks the messages of `batch` that are not events of the log, each
+/// holding back the stream it names; answers the last error, if any.
+pub(crate) async fn park_unreadable(
+    conn: &mut PgConnection,
+    checkpoint: &str,
+    held: &mut HashMap<String, i64>,
+    batch: &eventlog::Batch,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut parked = None;
+    for message in &batch.unreadable {
+        let error = format!("{} ({})", message.error, message.origin);
+        tracing::error!(projection = checkpoint, origin = %message.origin, stream_id = %message.stream_id, %error, "parking an unreadable message");
+        eventlog::progress::park(conn, checkpoint, message.into(), &error, 1).await?;
+        let first = held.entry(message.stream_id.clone()).or_insert(message.position);
+        *first = (*first).min(message.position);
+        parked = Some(error);
+    }
+    Ok(parked)
 }
 
 /// Applies one event with bounded retries inside a savepoint; answers the
@@ -133,7 +152,7 @@ pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     checkpoint: &str,
-    held: &mut HashMap<String, u64>,
+    held: &mut HashMap<String, i64>,
     event: &RecordedEvent,
 ) -> Result<Option<String>, sqlx::Error> {
     if !projection.handles(&event.event_type) {
@@ -150,27 +169,9 @@ pub(crate) async fn apply_or_park(
         },
     };
     tracing::error!(projection = checkpoint, position = event.global_position, stream_id = %event.stream_id, %error, "parking an event");
-    park(conn, checkpoint, event, &error, attempts).await?;
-    held.entry(event.stream_id.clone()).or_insert(event.global_position);
+    eventlog::progress::park(conn, checkpoint, event.into(), &error, attempts).await?;
+    held.entry(event.stream_id.clone()).or_insert(event.global_position as i64);
     Ok(Some(error))
-}
-
-async fn park(conn: &mut PgConnection, projection: &str, event: &RecordedEvent, error: &str, attempts: u32) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (projection, global_position) DO UPDATE SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, parked_at = now()",
-    )
-    .bind(projection)
-    .bind(event.global_position as i64)
-    .bind(&event.stream_id)
-    .bind(&event.event_type)
-    .bind(error)
-    .bind(attempts as i32)
-    .execute(conn)
-    .await?;
-    metrics::counter!("storekeeper_projection_parked_total", "projection" => projection.to_owned()).increment(1);
-    Ok(())
 }
 
 /// What a retry did.
@@ -180,35 +181,36 @@ pub struct Retried {
     pub applied: u64,
     /// Events still parked: failing again, or held back behind one that is.
     pub still_parked: u64,
+    /// Parked messages that were not events of the log (nothing at the
+    /// position they claimed, or an event of another stream): dropped.
+    pub discarded: u64,
 }
 
 /// Applies a projection's parked events again, in log order and in one
 /// transaction; a stream is held back again from its first event that
-/// still fails.
+/// still fails. A parked message that was unreadable is replaced by the
+/// log's own event at the position it claimed, if the log has one of its
+/// stream, and dropped if not.
 pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Projection) -> Result<Retried, RetryError> {
     let name = projection.name();
     let mut tx = pool.begin().await?;
     sqlx::raw_sql(&lock_dead_letters(name, true)).execute(&mut *tx).await?;
-    let parked: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM dead_letters WHERE projection = $1 ORDER BY global_position")
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
     let mut held = HashMap::new();
-    let mut retried = Retried { applied: 0, still_parked: 0 };
-    for position in parked {
-        let position = position as u64;
-        let Some(event) = log.read_all(position - 1, 1).await?.into_iter().find(|e| e.global_position == position) else {
-            return Err(RetryError::Missing(position));
+    let mut retried = Retried { applied: 0, still_parked: 0, discarded: 0 };
+    for parked in parked_in_order(&mut tx, log, name).await? {
+        let event = match parked {
+            ParkedEntry::Event(event) => event,
+            ParkedEntry::NotInTheLog(position) => {
+                forget_parked(&mut tx, name, position).await?;
+                retried.discarded += 1;
+                continue;
+            }
         };
         if apply_or_park(&mut tx, projection, name, &mut held, &event).await?.is_some() {
             retried.still_parked += 1;
             continue;
         }
-        sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND global_position = $2")
-            .bind(name)
-            .bind(position as i64)
-            .execute(&mut *tx)
-            .await?;
+        forget_parked(&mut tx, name, event.global_position as i64).await?;
         retried.applied += 1;
     }
     sqlx::query(
@@ -224,6 +226,48 @@ pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog, projection: &dyn Pr
     Ok(retried)
 }
 
+/// A parked entry, as a retry finds it in the log.
+pub enum ParkedEntry {
+    Event(Box<RecordedEvent>),
+    /// A parked message with no event of its stream at the position it
+    /// claimed (the key it is parked under).
+    NotInTheLog(i64),
+}
+
+/// `consumer`'s parked entries in log order (messages that claimed no
+/// position first), each with the log's event.
+pub async fn parked_in_order(conn: &mut PgConnection, log: &dyn EventLog, consumer: &str) -> Result<Vec<ParkedEntry>, RetryError> {
+    let parked: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT global_position, stream_id, origin FROM dead_letters WHERE projection = $1 ORDER BY global_position")
+            .bind(consumer)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut entries = Vec::with_capacity(parked.len());
+    for (position, stream, origin) in parked {
+        let event = match u64::try_from(position) {
+            Ok(at) if at > 0 => log.read_all(at - 1, 1).await?.into_iter().find(|e| e.global_position == at),
+            _ => None,
+        };
+        entries.push(match (event, origin) {
+            (Some(event), None) => ParkedEntry::Event(Box::new(event)),
+            (Some(event), Some(_)) if event.stream_id == stream => ParkedEntry::Event(Box::new(event)),
+            (_, Some(_)) => ParkedEntry::NotInTheLog(position),
+            (None, None) => return Err(RetryError::Missing(position)),
+        });
+    }
+    Ok(entries)
+}
+
+/// Removes a parked entry once it is applied, or dropped.
+pub async fn forget_parked(conn: &mut PgConnection, consumer: &str, position: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND global_position = $2")
+        .bind(consumer)
+        .bind(position)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     #[error(transparent)]
@@ -231,7 +275,9 @@ pub enum RetryError {
     #[error(transparent)]
     Log(#[from] eventlog::EventLogError),
     #[error("parked event at position {0} is not in the log")]
-    Missing(u64),
+    Missing(i64),
+    #[error("a parked step failed again: {0}")]
+    Step(String),
 }
 
 #[cfg(test)]

@@ -21,11 +21,11 @@ mod target;
 mod together;
 mod verify;
 
-pub use dead_letters::{Retried, RetryError, retry_parked};
+pub use dead_letters::{ParkedEntry, Retried, RetryError, forget_parked, parked_in_order, retry_parked};
 pub use models::{AuditProjection, CustomersProjection, OrdersProjection, ProductsProjection, SalesProjection, all};
 pub use rebuild::{RebuildProgress, rebuild_progress, request_rebuild};
 pub use runner::Runner;
-pub use status::{LAG_COUNTED_UP_TO, ProjectionStatus, ProjectionVersion, eta, lag, progress, status};
+pub use status::{ConsumerKind, LAG_COUNTED_UP_TO, ProjectionStatus, ProjectionVersion, eta, lag, progress, status};
 pub use verify::{Difference, Unapplied, Verification, VerifyError, verify};
 
 use async_trait::async_trait;

@@ -10,3 +10,6 @@ pub const SALES: &str = "sales";
 pub const AUDIT: &str = "audit";
 /// The search index, a consumer of the log beside the projections.
 pub const SEARCH: &str = "search";
+/// The order process, a consumer of the log that parks the steps it
+/// cannot take in the same table as the projections.
+pub const ORDER_PROCESS: &str = domain::process::NAME;

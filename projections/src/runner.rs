@@ -3,6 +3,7 @@
 //! A rebuild runs beside it through the same consumer (see `rebuild`);
 //! events that fail are left to `dead_letters`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::dead_letters::{apply_or_park, held_back, is_transient};
+use crate::dead_letters::{apply_or_park, held_back, is_transient, park_unreadable};
 use crate::rebuild::{rebuild_requested, take_over};
 use crate::status::{Rate, progress};
 use crate::target::{RunError, Target, prepare};
@@ -52,8 +53,9 @@ pub(crate) async fn apply_batch(
     // highest position applied, and each partition's is kept beside it.
     let Some(last) = batch.iter().max_by_key(|e| e.global_position) else {
         // Only partitions to record (a source that passed over
-        // redeliveries), as long as the checkpoint is still this run's.
-        let mut tx = pool.begin().await?;
+        // redeliveries) or unreadable messages to park, as long as the
+        // checkpoint is still this run's.
+        let mut tx = target.begin(pool).await?;
         let ours: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND generation = $2 FOR UPDATE")
                 .bind(&target.checkpoint)
@@ -63,6 +65,9 @@ pub(crate) async fn apply_batch(
         if ours.is_none() {
             return Err(RunError::Superseded(target.checkpoint.clone()));
         }
+        if let Some(error) = park_unreadable(&mut tx, &target.checkpoint, &mut HashMap::new(), whole).await? {
+            degraded(&mut tx, &target.checkpoint, &error).await?;
+        }
         eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
         eventlog::progress::notify_progress(&mut tx, &target.checkpoint).await?;
         tx.commit().await?;
@@ -71,6 +76,8 @@ pub(crate) async fn apply_batch(
     let mine: Vec<&RecordedEvent> = batch.iter().filter(|e| projection.handles(&e.event_type)).collect();
     let mut tx = target.begin(pool).await?;
     let mut held = held_back(&mut tx, &target.checkpoint).await?;
+    // Unreadable messages first: the streams they name are held back.
+    let mut parked = park_unreadable(&mut tx, &target.checkpoint, &mut held, whole).await?;
     // Fast path: the whole batch without savepoints, when no stream of it is
     // held back. Should it fail for the events' sake, the transaction is
     // dropped and the batch is applied event by event; a transient failure
@@ -91,9 +98,9 @@ pub(crate) async fn apply_batch(
             tx.rollback().await?;
             tx = target.begin(pool).await?;
             held = held_back(&mut tx, &target.checkpoint).await?;
+            parked = park_unreadable(&mut tx, &target.checkpoint, &mut held, whole).await?;
         }
     }
-    let mut parked = None;
     for event in mine.iter().filter(|_| !clean) {
         if let Some(error) = apply_or_park(&mut tx, projection, &target.checkpoint, &mut held, event).await? {
             parked = Some(error);
@@ -127,6 +134,17 @@ pub(crate) async fn apply_batch(
     eventlog::progress::save_partitions(&mut tx, &target.checkpoint, whole).await?;
     tx.commit().await?;
     applied(projection, batch, last);
+    Ok(())
+}
+
+/// Marks a projection degraded by a parked entry (the checkpoint's row is
+/// this transaction's to change: its generation was checked).
+async fn degraded(tx: &mut sqlx::PgConnection, checkpoint: &str, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projection_checkpoints SET state = 'degraded', last_error = $2 WHERE projection = $1")
+        .bind(checkpoint)
+        .bind(error)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

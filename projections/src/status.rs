@@ -71,11 +71,13 @@ impl Rate {
 #[schemars(rename = "Projection")]
 pub struct ProjectionStatus {
     pub name: String,
+    /// What follows the log under this name.
+    pub kind: ConsumerKind,
     pub version: ProjectionVersion,
     pub position: u64,
     pub lag_events: u64,
     pub lag_seconds: f64,
-    /// `running`, `rebuilding` or `failed`.
+    /// `running`, `degraded` (events parked), `rebuilding` or `failed`.
     pub state: String,
     pub parked: u64,
     pub last_error: Option<String>,
@@ -84,6 +86,18 @@ pub struct ProjectionStatus {
     /// Seconds left to catch up at that rate: 0 when caught up, null while
     /// there is no rate to go by.
     pub eta_seconds: Option<f64>,
+}
+
+/// The consumers of the log listed beside one another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerKind {
+    /// A read model in PostgreSQL.
+    ReadModel,
+    /// This node's product search index.
+    Index,
+    /// The order process, which turns events into commands.
+    Process,
 }
 
 /// A read model's version number, or the search index's version name.
@@ -158,6 +172,7 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         let (lag_events, lag_seconds) = lag(pool, r.position as u64).await?;
         statuses.push(ProjectionStatus {
             name: r.projection,
+            kind: ConsumerKind::ReadModel,
             version: ProjectionVersion::Number(r.version),
             position: r.position as u64,
             lag_events,
@@ -169,5 +184,36 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
             eta_seconds: eta(lag_events, r.events_per_second),
         });
     }
+    statuses.extend(process_status(pool).await?);
     Ok(statuses)
+}
+
+/// The order process's state, once it has run against this database: its
+/// checkpoint, and the steps it parked (a parked step leaves its order
+/// where it was until a retry takes it).
+async fn process_status(pool: &PgPool) -> Result<Option<ProjectionStatus>, sqlx::Error> {
+    let row: Option<(i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT c.position,
+                (SELECT count(*) FROM dead_letters d WHERE d.projection = c.name),
+                (SELECT d.error FROM dead_letters d WHERE d.projection = c.name ORDER BY d.parked_at DESC LIMIT 1)
+           FROM checkpoints c WHERE c.name = $1",
+    )
+    .bind(crate::names::ORDER_PROCESS)
+    .fetch_optional(pool)
+    .await?;
+    let Some((position, parked, last_error)) = row else { return Ok(None) };
+    let (lag_events, lag_seconds) = lag(pool, position as u64).await?;
+    Ok(Some(ProjectionStatus {
+        name: crate::names::ORDER_PROCESS.to_owned(),
+        kind: ConsumerKind::Process,
+        version: ProjectionVersion::Number(1),
+        position: position as u64,
+        lag_events,
+        lag_seconds,
+        state: if parked > 0 { "degraded" } else { "running" }.to_owned(),
+        parked: parked as u64,
+        last_error,
+        events_per_second: 0.0,
+        eta_seconds: eta(lag_events, 0.0),
+    }))
 }

@@ -189,6 +189,11 @@ impl Consumer for Together {
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        if !batch.unreadable.is_empty() {
+            // Only the log in this process feeds the models together, and
+            // everything it hands out is an event of the log.
+            return Err("an unreadable message reached the read models fed together in process".into());
+        }
         let mut members = self.members();
         if members.is_empty() {
             return Ok(());

@@ -248,32 +248,45 @@ pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections:
     else {
         return Ok(());
     };
-    let newest = tokens.positions.iter().copied().max().unwrap_or(0);
+    refuse_if_parked(state, &tokens.positions, projections).await
+}
+
+/// A write one of whose events is parked (or held back behind a parked
+/// one) in `consumers` is never going to show: the read is refused rather
+/// than answered stale.
+async fn refuse_if_parked(state: &AppState, tokens: &[u64], consumers: &[&str]) -> Result<(), ApiError> {
+    let newest = tokens.iter().copied().max().unwrap_or(0);
     let parked: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT projection, stream_id, min(global_position) FROM dead_letters
           WHERE projection = ANY($1) AND global_position <= $2 GROUP BY projection, stream_id",
     )
-    .bind(projections)
+    .bind(consumers)
     .bind(newest.min(i64::MAX as u64) as i64)
     .fetch_all(&state.pool)
     .await?;
-    for (projection, stream, first) in parked {
-        for &token in tokens.positions.iter().filter(|t| **t >= first as u64) {
+    for (consumer, stream, first) in parked {
+        // A message parked with no position of its own holds its stream
+        // back from below every position.
+        for &token in tokens.iter().filter(|t| i64::try_from(**t).is_ok_and(|t| t >= first)) {
             if eventlog::progress::streams_of_append(&state.pool, token).await?.contains(&stream) {
-                return Err(ApiError::ProjectionDegraded(projection));
+                return Err(ApiError::ProjectionDegraded(consumer));
             }
         }
     }
     Ok(())
 }
 
-/// Waits until this node's search index has applied the request's tokens.
+/// Waits until this node's search index has applied the request's tokens
+/// (refused, as for the read models, when one of them is parked).
 pub async fn wait_for_index(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let index = state.search.clone();
-    wait_until(&state.pool, &*state.log, &state.waiters, headers, state.search.progress(), || {
+    let tokens = wait_until(&state.pool, &*state.log, &state.waiters, headers, state.search.progress(), || {
         let progress = index.progress().borrow().clone();
         async move { Ok(vec![Some(progress)]) }
     })
-    .await
-    .map(|_| ())
+    .await?;
+    match tokens {
+        Some(tokens) => refuse_if_parked(state, &tokens.positions, &[projections::search::NAME]).await,
+        None => Ok(()),
+    }
 }

@@ -19,6 +19,10 @@ pub enum ApiError {
     ProjectionDegraded(String),
     #[error("projection {0} is being verified already; try again when that is done")]
     VerifyInProgress(String),
+    /// Time travel that would fold more than its budget from the nearest
+    /// snapshot; it took snapshots on the way, so asking again goes on.
+    #[error("reaching that point folds more than {0} events from the nearest snapshot; snapshots were taken on the way: ask again")]
+    HistoryTooLong(u64),
     #[error(transparent)]
     Internal(#[from] Internal),
 }
@@ -41,6 +45,7 @@ impl ApiError {
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),
+            ApiError::HistoryTooLong(_) => (StatusCode::SERVICE_UNAVAILABLE, "history_too_long"),
         };
         Problem::new(status, code, self.to_string())
     }

@@ -1,6 +1,9 @@
 //! `/{products|customers|orders}/{id}/at`: an entity folded from its
 //! events up to a version or a time, straight from the log, and answered
-//! in the form the read models' answers take.
+//! in the form the read models' answers take. The fold starts from the
+//! nearest snapshot at or before that point and is bounded
+//! (`eventlog::fold_until`): a public read whose cost anyone could choose
+//! by a product's history must not grow with it.
 
 use chrono::{DateTime, Utc};
 use domain::{Aggregate, StreamId};
@@ -30,12 +33,18 @@ where
     if at.version.is_some() == at.time.is_some() {
         return Err(ApiError::malformed("version", "give exactly one of version or time"));
     }
-    let folded = eventlog::fold_stream::<A>(&*state.log, &StreamId::of::<A>(id).to_string(), |recorded| {
-        let past = at.version.is_some_and(|v| recorded.stream_version > v) || at.time.is_some_and(|t| recorded.recorded_at > t);
-        !past
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let until = match (at.version, at.time) {
+        (Some(version), _) => eventlog::Until::Version(version),
+        (_, Some(time)) => eventlog::Until::Time(time),
+        (None, None) => unreachable!("exactly one was checked above"),
+    };
+    let folded = eventlog::fold_until::<A>(&*state.log, &StreamId::of::<A>(id).to_string(), until, eventlog::PAST_FOLD_BUDGET)
+        .await
+        .map_err(|e| match e {
+            eventlog::FoldError::TooLong { budget, .. } => ApiError::HistoryTooLong(budget),
+            eventlog::FoldError::Log(e) => e.into(),
+            e @ eventlog::FoldError::Decode { .. } => ApiError::internal(e),
+        })?;
     let version = folded.version.ok_or(ApiError::NotFound("entity at that point"))?;
     Ok((folded.state.ok_or(ApiError::NotFound(what))?, version))
 }

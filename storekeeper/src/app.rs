@@ -178,7 +178,7 @@ impl App {
                 .await
                 .with_context(|| format!("open the product index in {}", config.index_dir.display()))?;
             let index_sources = sources.clone().unwrap_or_else(|| eventlog::in_process(log.clone(), 2000));
-            let indexer = search.clone().run(log.clone(), index_sources, stop_rx.clone());
+            let indexer = search.clone().run(pool.clone(), log.clone(), index_sources, stop_rx.clone());
             tasks.spawn(async move {
                 indexer.await;
                 Ok(())

@@ -20,18 +20,22 @@ use crate::{ApplyError, entity_id, names};
 pub struct SalesProjection;
 
 /// An order as the sales remember it: its lines (product, quantity, line
-/// total), the day it was booked on while paid, and its currency.
+/// total), the day it was booked on while paid, its currency, and the
+/// stream version of the last of its events applied (none in rows from
+/// before it was kept).
 struct Remembered {
     lines: Vec<(Uuid, i64, i64)>,
     paid_day: Option<NaiveDate>,
     currency: String,
+    version: Option<i64>,
     changed: bool,
 }
 
 #[async_trait]
 impl ReadModel for SalesProjection {
     const NAME: &'static str = names::SALES;
-    const VERSION: i32 = 1;
+    // 2: each order remembers the version of its last event applied.
+    const VERSION: i32 = 2;
     const TABLES: &'static [&'static str] = &["rm_sales_daily", "rm_sales_by_product", "rm_sales_orders"];
 
     fn handles(event_type: &str) -> bool {
@@ -45,34 +49,35 @@ impl ReadModel for SalesProjection {
         let mut mine = Vec::new();
         for (event, decoded) in events {
             if let DomainEvent::Order(e @ (OrderEvent::Placed(_) | OrderEvent::Paid(_) | OrderEvent::Cancelled(_))) = decoded {
-                mine.push((entity_id(&event.stream_id)?, event.occurred_at.date_naive(), e));
+                mine.push((entity_id(&event.stream_id)?, event.occurred_at.date_naive(), event.stream_version as i64, e));
             }
         }
         if mine.is_empty() {
             return Ok(());
         }
         let ids: Vec<Uuid> = mine.iter().map(|m| m.0).collect();
-        let rows: Vec<(Uuid, serde_json::Value, Option<NaiveDate>, String)> =
-            sqlx::query_as("SELECT order_id, lines, paid_day, currency FROM rm_sales_orders WHERE order_id = ANY($1)")
+        let rows: Vec<(Uuid, serde_json::Value, Option<NaiveDate>, String, Option<i64>)> =
+            sqlx::query_as("SELECT order_id, lines, paid_day, currency, version FROM rm_sales_orders WHERE order_id = ANY($1)")
                 .bind(&ids)
                 .fetch_all(&mut *tx)
                 .await?;
         let mut orders = HashMap::new();
-        for (id, lines, paid_day, currency) in rows {
+        for (id, lines, paid_day, currency, version) in rows {
             let lines = serde_json::from_value(lines).map_err(|e| ApplyError::Invalid(e.to_string()))?;
-            orders.insert(id, Remembered { lines, paid_day, currency, changed: false });
+            orders.insert(id, Remembered { lines, paid_day, currency, version, changed: false });
         }
         // Wider than any one order: a sum of i64 line totals fits in i128,
         // and the columns are numeric.
         let mut daily: BTreeMap<(NaiveDate, String), (i64, i128, i128)> = BTreeMap::new();
         let mut by_product: BTreeMap<(NaiveDate, Uuid, String), (i128, i128)> = BTreeMap::new();
-        for (id, day, e) in mine {
+        for (id, day, version, e) in mine {
             let (sign, day) = match e {
                 OrderEvent::Placed(p) => {
                     orders.entry(id).or_insert_with(|| Remembered {
                         lines: p.lines.iter().map(|l| (l.product_id, i64::from(l.quantity), l.line_total.amount_minor)).collect(),
                         paid_day: None,
                         currency: p.total.currency.as_str().to_owned(),
+                        version: Some(version),
                         changed: true,
                     });
                     continue;
@@ -81,6 +86,12 @@ impl ReadModel for SalesProjection {
                 _ => (-1, day),
             };
             let Some(order) = orders.get_mut(&id) else { continue };
+            // Applied already (an event handed over again): booked once.
+            if order.version.is_some_and(|applied| version <= applied) {
+                continue;
+            }
+            order.version = Some(version);
+            order.changed = true;
             let day = match (sign, order.paid_day) {
                 (1, None) => day,
                 (-1, Some(paid_day)) => paid_day,
@@ -97,21 +108,22 @@ impl ReadModel for SalesProjection {
                 p.1 += total;
             }
             order.paid_day = (sign > 0).then_some(day);
-            order.changed = true;
         }
         let changed: Vec<(&Uuid, &Remembered)> = orders.iter().filter(|(_, o)| o.changed).collect();
         if changed.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO rm_sales_orders (order_id, lines, paid_day, currency)
-             SELECT id, lines::jsonb, paid_day, currency FROM unnest($1::uuid[], $2::text[], $3::date[], $4::text[]) AS t(id, lines, paid_day, currency)
-             ON CONFLICT (order_id) DO UPDATE SET paid_day = EXCLUDED.paid_day",
+            "INSERT INTO rm_sales_orders (order_id, lines, paid_day, currency, version)
+             SELECT id, lines::jsonb, paid_day, currency, version
+               FROM unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::bigint[]) AS t(id, lines, paid_day, currency, version)
+             ON CONFLICT (order_id) DO UPDATE SET paid_day = EXCLUDED.paid_day, version = EXCLUDED.version",
         )
         .bind(column(&changed, |(id, _)| **id))
         .bind(column(&changed, |(_, o)| json!(o.lines).to_string()))
         .bind(column(&changed, |(_, o)| o.paid_day))
         .bind(column(&changed, |(_, o)| o.currency.as_str()))
+        .bind(column(&changed, |(_, o)| o.version))
         .execute(&mut *tx)
         .await?;
         if !daily.is_empty() {

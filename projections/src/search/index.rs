@@ -1,6 +1,7 @@
 //! The index itself: its schema, the documents it holds of products, and
 //! the commit that records how far it has applied the log beside them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +75,10 @@ pub struct SearchIndex {
     pub(super) generation: String,
     pub(super) progress: watch::Sender<Progress>,
     last: Mutex<Option<(u64, uuid::Uuid)>>,
+    /// The streams held back by a parked event, with its position: their
+    /// documents stay as they were until a retry releases them, and are
+    /// then read again from the log.
+    pub(super) held: Mutex<BTreeMap<String, i64>>,
     rate: Mutex<Rate>,
 }
 
@@ -87,11 +92,21 @@ struct Payload {
     /// was built from (none in indexes from before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<(u64, uuid::Uuid)>,
+    /// The streams held back, so that a retry made while the node was
+    /// down still has their documents read again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    held: BTreeMap<String, i64>,
 }
 
-fn payload(generation: &str, progress: &Progress, last: Option<(u64, uuid::Uuid)>) -> String {
-    serde_json::to_string(&Payload { index: INDEX_VERSION.into(), generation: generation.into(), progress: progress.clone(), last })
-        .expect("a payload serializes")
+fn payload(generation: &str, progress: &Progress, last: Option<(u64, uuid::Uuid)>, held: &BTreeMap<String, i64>) -> String {
+    serde_json::to_string(&Payload {
+        index: INDEX_VERSION.into(),
+        generation: generation.into(),
+        progress: progress.clone(),
+        last,
+        held: held.clone(),
+    })
+    .expect("a payload serializes")
 }
 
 /// Empties `dir` as one step: it is renamed aside, then deleted. A crash
@@ -145,12 +160,12 @@ impl SearchIndex {
                 let index = Index::create_in_dir(dir, schema)?;
                 let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
                 let mut commit = writer.prepare_commit()?;
-                commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default(), None));
+                commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default(), None, &BTreeMap::new()));
                 commit.commit()?;
                 index
             }
         };
-        let Payload { generation, progress, last, .. } =
+        let Payload { generation, progress, last, held, .. } =
             parse_payload(index.load_metas()?.payload.as_deref()).expect("the index was just checked or created with a payload");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
@@ -164,6 +179,7 @@ impl SearchIndex {
             generation,
             progress: watch::Sender::new(progress),
             last: Mutex::new(last),
+            held: Mutex::new(held),
             rate,
         }))
     }
@@ -235,7 +251,12 @@ impl SearchIndex {
 
     /// Replaces the documents of `products` (`None` or discontinued: gone)
     /// and commits with the progress after `batch`.
-    pub(super) fn apply(&self, products: Vec<(uuid::Uuid, Option<Product>)>, batch: &Batch) -> Result<(), SearchError> {
+    pub(super) fn apply(
+        &self,
+        products: Vec<(uuid::Uuid, Option<Product>)>,
+        batch: &Batch,
+        held: BTreeMap<String, i64>,
+    ) -> Result<(), SearchError> {
         let mut writer = self.writer.lock().expect("index writer poisoned");
         for (id, product) in products {
             writer.delete_term(Term::from_field_text(self.fields.id, &id.to_string()));
@@ -251,9 +272,10 @@ impl SearchIndex {
         }
         let started = std::time::Instant::now();
         let mut commit = writer.prepare_commit()?;
-        commit.set_payload(&payload(&self.generation, &progress, *last));
+        commit.set_payload(&payload(&self.generation, &progress, *last, &held));
         drop(last);
         commit.commit()?;
+        *self.held.lock().expect("held streams poisoned") = held;
         metrics::histogram!("storekeeper_search_commit_seconds").record(started.elapsed().as_secs_f64());
         drop(writer);
         self.reader.reload()?;

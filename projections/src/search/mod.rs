@@ -14,6 +14,7 @@ mod consumer;
 mod index;
 mod query;
 
+pub use consumer::retry_parked;
 pub use index::{INDEX_VERSION, SearchError, SearchIndex};
 pub use query::{Hit, SearchRequest, SearchResults, Sort};
 
@@ -22,20 +23,29 @@ pub const NAME: &str = crate::names::SEARCH;
 
 impl SearchIndex {
     /// The index's state, shown beside the projections'. It lives with this
-    /// node's query API rather than in PostgreSQL: it parks nothing and is
-    /// built again in place, so it is always running.
+    /// node's query API rather than in PostgreSQL and is built again in
+    /// place; what it could not apply is parked in PostgreSQL with the
+    /// projections' (`consumer`), shared by every node's index.
     pub async fn status(&self, pool: &sqlx::PgPool) -> Result<crate::ProjectionStatus, sqlx::Error> {
         let position = self.position();
         let (lag_events, lag_seconds) = crate::lag(pool, position).await?;
+        let (parked, last_error): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(*), (SELECT error FROM dead_letters WHERE projection = $1 ORDER BY parked_at DESC LIMIT 1)
+               FROM dead_letters WHERE projection = $1",
+        )
+        .bind(NAME)
+        .fetch_one(pool)
+        .await?;
         Ok(crate::ProjectionStatus {
             name: NAME.to_owned(),
+            kind: crate::ConsumerKind::Index,
             version: crate::ProjectionVersion::Name(INDEX_VERSION.to_owned()),
             position,
             lag_events,
             lag_seconds,
-            state: "running".to_owned(),
-            parked: 0,
-            last_error: None,
+            state: if parked > 0 { "degraded" } else { "running" }.to_owned(),
+            parked: parked as u64,
+            last_error,
             events_per_second: self.events_per_second(),
             eta_seconds: crate::eta(lag_events, self.events_per_second()),
         })

@@ -186,13 +186,16 @@ async fn a_poison_event_is_parked_the_others_go_on_and_retry_applies_it_later() 
     .execute(&pool)
     .await
     .unwrap();
-    assert_eq!(projections::retry_parked(&pool, &*log, &customers).await.unwrap(), projections::Retried { applied: 1, still_parked: 0 });
+    assert_eq!(
+        projections::retry_parked(&pool, &*log, &customers).await.unwrap(),
+        projections::Retried { applied: 1, still_parked: 0, discarded: 0 }
+    );
 
     sqlx::query("UPDATE flaky_switch SET failing = false").execute(&pool).await.unwrap();
     let retried = projections::retry_parked(&pool, &*log, &*flaky).await.unwrap();
     assert_eq!(
         retried,
-        projections::Retried { applied: 2, still_parked: 1 },
+        projections::Retried { applied: 2, still_parked: 1, discarded: 0 },
         "the restock and the discontinuation apply now, in order; the undecodable event stays parked"
     );
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM flaky_seen").fetch_one(&pool).await.unwrap();
@@ -258,10 +261,10 @@ async fn a_parked_event_holds_back_its_stream_and_a_retry_applies_them_in_order(
 
     // Still broken: a retry applies nothing and says so.
     let retried = projections::retry_parked(&pool, &*log, &projections::ProductsProjection).await.unwrap();
-    assert_eq!(retried, projections::Retried { applied: 0, still_parked: 3 });
+    assert_eq!(retried, projections::Retried { applied: 0, still_parked: 3, discarded: 0 });
     sqlx::query("ALTER TABLE rm_products DROP CONSTRAINT poison_price").execute(&pool).await.unwrap();
     let retried = projections::retry_parked(&pool, &*log, &projections::ProductsProjection).await.unwrap();
-    assert_eq!(retried, projections::Retried { applied: 3, still_parked: 0 });
+    assert_eq!(retried, projections::Retried { applied: 3, still_parked: 0, discarded: 0 });
     let rows = products_table(&pool).await;
     let fixed = rows.iter().find(|r| r.0 == poisoned).unwrap();
     assert_eq!((fixed.1, fixed.2), (17, 666), "every held event landed: {fixed:?}");

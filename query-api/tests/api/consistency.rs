@@ -124,7 +124,7 @@ async fn a_read_that_depends_on_a_parked_event_answers_503_projection_degraded()
     sqlx::query("ALTER TABLE rm_products DROP CONSTRAINT poison_price").execute(&app.pool).await.unwrap();
     let log = eventlog::PgEventLog::new(app.pool.clone());
     let retried = projections::retry_parked(&app.pool, &log, &projections::ProductsProjection).await.unwrap();
-    assert_eq!(retried, projections::Retried { applied: 2, still_parked: 0 });
+    assert_eq!(retried, projections::Retried { applied: 2, still_parked: 0, discarded: 0 });
     let product = app.get_json(&format!("/v1/products/{poisoned}"), None, Some(&held)).await;
     assert_eq!((product["stock"].as_u64(), product["price"]["amount_minor"].as_u64()), (Some(11), Some(666)));
 }

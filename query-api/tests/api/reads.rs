@@ -187,7 +187,7 @@ async fn projections_report_their_positions_and_health_endpoints_answer() {
     let listed = loop {
         let listed = app.get_json("/v1/projections", Some(&app.admin), None).await;
         let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        if names == ["audit", "customers", "orders", "products", "sales", "search"] {
+        if names == ["audit", "customers", "orders", "products", "sales", "order-process", "search"] {
             break listed;
         }
         assert!(tokio::time::Instant::now() < deadline, "projections listed: {names:?}");
@@ -196,6 +196,8 @@ async fn projections_report_their_positions_and_health_endpoints_answer() {
     let products = listed["items"].as_array().unwrap().iter().find(|p| p["name"] == "products").unwrap();
     assert!(products["position"].as_u64().unwrap() >= token.parse::<u64>().unwrap());
     assert_eq!(products["state"], "running");
+    let kinds: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["read_model", "read_model", "read_model", "read_model", "read_model", "process", "index"]);
     for field in ["version", "lag_events", "lag_seconds", "parked"] {
         assert!(products.get(field).is_some());
     }

@@ -83,11 +83,14 @@ async fn updates_replace_documents_and_discontinued_products_leave_the_results()
 }
 
 /// A log in a fresh database, and the command service on it.
-async fn fresh_log() -> (std::sync::Arc<dyn eventlog::EventLog>, commands::CommandService) {
-    let pool = eventlog::testing::fresh_event_log_database().await;
+async fn fresh_log() -> (Fed, commands::CommandService) {
+    let pool = test_support::migrated_database().await;
     let (log, vault) = eventlog::vault::postgres_log(&pool);
-    (log.clone(), commands::CommandService::new(log, vault))
+    ((pool, log.clone()), commands::CommandService::new(log, vault))
 }
+
+/// A database and its log, for an indexer to follow.
+type Fed = (sqlx::PgPool, std::sync::Arc<dyn eventlog::EventLog>);
 
 /// Adds a product through `service`; answers its position in the log.
 async fn add(service: &commands::CommandService, sku: &str, name: &str) -> u64 {
@@ -105,13 +108,9 @@ async fn add(service: &commands::CommandService, sku: &str, name: &str) -> u64 {
 }
 
 /// Runs the index's indexer on `log` until it has applied `position`.
-async fn index_until(
-    index: &std::sync::Arc<projections::search::SearchIndex>,
-    log: &std::sync::Arc<dyn eventlog::EventLog>,
-    position: u64,
-) {
+async fn index_until(index: &std::sync::Arc<projections::search::SearchIndex>, (pool, log): &Fed, position: u64) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let indexer = tokio::spawn(index.clone().run(log.clone(), eventlog::in_process(log.clone(), 100), stop));
+    let indexer = tokio::spawn(index.clone().run(pool.clone(), log.clone(), eventlog::in_process(log.clone(), 100), stop));
     let mut positions = index.progress();
     tokio::time::timeout(std::time::Duration::from_secs(10), positions.wait_for(|p| p.position >= position)).await.unwrap().unwrap();
     stop_tx.send(true).unwrap();
@@ -145,7 +144,7 @@ async fn the_index_keeps_its_position_in_its_commits() {
     assert_eq!(reopened.position(), position, "the position comes back from the commit payload");
     assert_eq!(reopened.search(&query("kettle")).unwrap().total, 1);
     drop(reopened);
-    let same = projections::search::SearchIndex::open_for(&dir, &*log).await.unwrap();
+    let same = projections::search::SearchIndex::open_for(&dir, &*log.1).await.unwrap();
     assert_eq!((same.position(), same.search(&query("kettle")).unwrap().total), (position, 1), "kept for the log it was built from");
     drop(same);
 
@@ -153,7 +152,7 @@ async fn the_index_keeps_its_position_in_its_commits() {
     // index is dropped and built from that log.
     let (other_log, other_service) = fresh_log().await;
     let written = add(&other_service, "TEA-1", "Teapot").await;
-    let fresh = projections::search::SearchIndex::open_for(&dir, &*other_log).await.unwrap();
+    let fresh = projections::search::SearchIndex::open_for(&dir, &*other_log.1).await.unwrap();
     assert_eq!((fresh.position(), fresh.search(&query("kettle")).unwrap().total), (0, 0), "the other log's index starts over");
     index_until(&fresh, &other_log, written).await;
     assert_eq!(fresh.search(&query("teapot")).unwrap().total, 1);
@@ -167,7 +166,7 @@ async fn the_index_keeps_its_position_in_its_commits() {
             std::fs::remove_file(&path).unwrap();
         }
     }
-    let rebuilt = projections::search::SearchIndex::open_for(&dir, &*other_log).await.unwrap();
+    let rebuilt = projections::search::SearchIndex::open_for(&dir, &*other_log.1).await.unwrap();
     assert_eq!(rebuilt.position(), 0);
     index_until(&rebuilt, &other_log, written).await;
     assert_eq!(rebuilt.search(&query("teapot")).unwrap().total, 1);

@@ -18,11 +18,24 @@ pub async fn run(action: ProjectionsAction) -> Result<()> {
         }
         ProjectionsAction::Retry { name, db, vault } => {
             let (_cluster, pool) = db.open(false).await?;
-            let projection =
-                projections::all().into_iter().find(|p| p.name() == name).with_context(|| format!("no projection is called {name}"))?;
-            let (log, _) = vaulted_log(&pool, &crate::cli::event_log(&db, &vault, None)).await?;
-            let retried = projections::retry_parked(&pool, &*log, &*projection).await.context("retry parked events")?;
-            println!("{} parked event(s) of {name} applied, {} still parked", retried.applied, retried.still_parked);
+            let projection = projections::all().into_iter().find(|p| p.name() == name);
+            if projection.is_none() && name != projections::names::SEARCH && name != projections::names::ORDER_PROCESS {
+                bail!("no projection is called {name}");
+            }
+            let (log, vault) = vaulted_log(&pool, &crate::cli::event_log(&db, &vault, None)).await?;
+            let retried = match projection {
+                Some(projection) => projections::retry_parked(&pool, &*log, &*projection).await,
+                None if name == projections::names::SEARCH => projections::search::retry_parked(&pool, &*log).await,
+                None => retry_process(&pool, log, vault).await,
+            }
+            .context("retry parked events")?;
+            println!(
+                "{} parked event(s) of {name} applied, {} still parked, {} dropped (not events of the log)",
+                retried.applied, retried.still_parked, retried.discarded
+            );
+            if name == projections::names::SEARCH && retried.applied > 0 {
+                println!("each query node's index reads the released products again from the log with its next batch");
+            }
             if retried.still_parked > 0 {
                 bail!("{} event(s) of {name} are still parked: see `storekeeper projections list`", retried.still_parked);
             }
@@ -69,6 +82,39 @@ pub async fn run(action: ProjectionsAction) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Takes the order process's parked steps again, in log order; each
+/// step is idempotent, so only what is missing happens.
+async fn retry_process(
+    pool: &PgPool,
+    log: std::sync::Arc<dyn eventlog::EventLog>,
+    vault: std::sync::Arc<eventlog::Vault>,
+) -> Result<projections::Retried, projections::RetryError> {
+    let manager = commands::ProcessManager::new(commands::CommandService::new(log.clone(), vault), pool.clone());
+    let mut conn = pool.acquire().await?;
+    let mut retried = projections::Retried { applied: 0, still_parked: 0, discarded: 0 };
+    for entry in projections::parked_in_order(&mut conn, &*log, projections::names::ORDER_PROCESS).await? {
+        match entry {
+            projections::ParkedEntry::Event(event) => {
+                match manager.retry(&event).await.map_err(|e| projections::RetryError::Step(e.to_string()))? {
+                    None => {
+                        projections::forget_parked(&mut conn, projections::names::ORDER_PROCESS, event.global_position as i64).await?;
+                        retried.applied += 1;
+                    }
+                    Some(error) => {
+                        eventlog::progress::park(&mut conn, projections::names::ORDER_PROCESS, (&*event).into(), &error, 1).await?;
+                        retried.still_parked += 1;
+                    }
+                }
+            }
+            projections::ParkedEntry::NotInTheLog(position) => {
+                projections::forget_parked(&mut conn, projections::names::ORDER_PROCESS, position).await?;
+                retried.discarded += 1;
+            }
+        }
+    }
+    Ok(retried)
 }
 
 /// One line per projection that has run against this database.

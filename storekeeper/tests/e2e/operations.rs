@@ -127,43 +127,36 @@ async fn idempotency_keys_apply_once_across_a_sigkill() {
 /// and restored into another cluster (the test cluster, far behind): old
 /// reads and old tokens still answer, new writes are projected and read
 /// with their tokens, and the order process runs on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dump_restored_into_another_cluster_keeps_positions_progress_and_tokens() {
-    let dir = crate::temp_dir("restore");
-    let mut options = pgcluster::Options::new(dir.join("source"));
-    options.durable = false;
-    options.first_xid = Some(1_000_000);
-    let source = tokio::task::spawn_blocking(move || pgcluster::Cluster::start(&options)).await.unwrap().unwrap();
-    let admin = sqlx::PgPool::connect(&source.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE shop").execute(&admin).await.unwrap();
-    admin.close().await;
+/// What a deployment holds before an operation moves its database: a
+/// product, a customer, the product's token and the product as read then.
+struct Before {
+    product: Uuid,
+    customer: Uuid,
+    added: String,
+    old: serde_json::Value,
+}
 
-    let mut d = Deployment::new(source.url("shop"), None);
-    d.start("serve", &["serve"]);
-    d.wait_ready().await;
+async fn before_the_move(d: &Deployment) -> Before {
     let (product, customer) = (Uuid::now_v7(), Uuid::now_v7());
     let (_, added) = d
         .write(
             "/v1/products",
             json!({"id": product, "sku": format!("RST-{}", &product.simple().to_string()[20..]), "name": "Restored",
-                   "description": "survives a dump", "category": "test",
+                   "description": "survives a move", "category": "test",
                    "price": {"amount_minor": 250, "currency": "EUR"}, "initial_stock": 5}),
         )
         .await;
     d.write("/v1/customers", json!({"id": customer, "email": format!("{}@example.com", customer.simple()), "name": "Old"})).await;
     let old = d.read(&format!("/v1/products/{product}"), &[&added]).await;
-    d.kill("serve");
+    Before { product, customer, added, old }
+}
 
-    let dump = dir.join("shop.dump");
-    source.run_tool("pg_dump", &["-Fc", "-f", dump.to_str().unwrap(), &source.url("shop")]).unwrap();
-    let target = eventlog::testing::fresh_database_url().await;
-    source.run_tool("pg_restore", &["--no-owner", "--no-acl", "-d", &target, dump.to_str().unwrap()]).unwrap();
-    drop(source);
-
-    let mut d = Deployment::new(target.clone(), None);
-    d.start("serve", &["serve"]);
-    d.wait_ready().await;
-    assert_eq!(d.read(&format!("/v1/products/{product}"), &[&added]).await, old, "an old token still answers");
+/// On the moved database, old tokens still answer and everything goes on:
+/// new positions above the old ones, read models, the order process and
+/// the search index, with nothing parked.
+async fn carries_on(d: &Deployment, before: &Before) {
+    let Before { product, customer, added, old } = before;
+    assert_eq!(&d.read(&format!("/v1/products/{product}"), &[added]).await, old, "an old token still answers");
     let (_, restocked) = d.write(&format!("/v1/products/{product}/restock"), json!({"quantity": 3})).await;
     assert!(restocked.parse::<u64>().unwrap() > added.parse::<u64>().unwrap(), "new positions continue above the old ones");
     let read = d.read(&format!("/v1/products/{product}"), &[&restocked]).await;
@@ -183,6 +176,112 @@ async fn a_dump_restored_into_another_cluster_keeps_positions_progress_and_token
     assert!(found["hits"].as_array().unwrap().iter().any(|h| h["id"] == product.to_string()), "{found}");
     let projections = d.read("/v1/projections", &[]).await;
     assert!(projections["items"].as_array().unwrap().iter().all(|p| p["parked"] == 0), "{projections}");
+}
+
+/// A cluster of its own under `dir`, with a database `shop`.
+async fn cluster_with_shop(dir: std::path::PathBuf) -> pgcluster::Cluster {
+    let mut options = pgcluster::Options::new(dir);
+    options.durable = false;
+    options.first_xid = Some(1_000_000);
+    let cluster = tokio::task::spawn_blocking(move || pgcluster::Cluster::start(&options)).await.unwrap().unwrap();
+    let admin = sqlx::PgPool::connect(&cluster.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE shop").execute(&admin).await.unwrap();
+    admin.close().await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_restored_into_another_cluster_keeps_positions_progress_and_tokens() {
+    let dir = crate::temp_dir("restore");
+    let source = cluster_with_shop(dir.join("source")).await;
+    let mut d = Deployment::new(source.url("shop"), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    let before = before_the_move(&d).await;
+    d.kill("serve");
+
+    let dump = dir.join("shop.dump");
+    source.run_tool("pg_dump", &["-Fc", "-f", dump.to_str().unwrap(), &source.url("shop")]).unwrap();
+    let target = eventlog::testing::fresh_database_url().await;
+    source.run_tool("pg_restore", &["--no-owner", "--no-acl", "-d", &target, dump.to_str().unwrap()]).unwrap();
+    drop(source);
+
+    let mut d = Deployment::new(target.clone(), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    carries_on(&d, &before).await;
+}
+
+/// A streaming replica, started from a base backup of the primary while
+/// `serve` writes to it, then promoted: `serve` on the promoted replica
+/// goes on where the primary stopped. (pg_upgrade is not tested: only one
+/// PostgreSQL major version is installable here, Debian 12's 15.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_streaming_replica_keeps_positions_progress_and_tokens() {
+    let dir = crate::temp_dir("replica");
+    let mut primary = cluster_with_shop(dir.join("primary")).await;
+    let mut d = Deployment::new(primary.url("shop"), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+
+    // The replica: a base backup with its standby settings (-R), owned by
+    // the account the server runs as, and the primary's password file.
+    let standby_dir = dir.join("standby");
+    std::fs::create_dir_all(standby_dir.join("pgdata")).unwrap();
+    std::fs::copy(dir.join("primary/pg-password"), standby_dir.join("pg-password")).unwrap();
+    let pgdata = standby_dir.join("pgdata");
+    primary
+        .run_tool("pg_basebackup", &["-D", pgdata.to_str().unwrap(), "-R", "-X", "stream", "-c", "fast", "-d", &primary.url("postgres")])
+        .unwrap();
+    let owner = std::fs::metadata(dir.join("primary/pgdata"))
+        .map(|m| (std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)))
+        .unwrap();
+    for entry in walk(&standby_dir) {
+        std::os::unix::fs::chown(&entry, Some(owner.0), Some(owner.1)).unwrap();
+    }
+    std::fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let options = pgcluster::Options { durable: false, ..pgcluster::Options::new(&standby_dir) };
+    let mut standby = tokio::task::spawn_blocking(move || pgcluster::Cluster::start(&options)).await.unwrap().unwrap();
+
+    // Written while the replica streams.
+    let before = before_the_move(&d).await;
+    d.kill("serve");
+    let primary_pool = sqlx::PgPool::connect(&primary.url("shop")).await.unwrap();
+    let flushed: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&primary_pool).await.unwrap();
+    primary_pool.close().await;
+    let replica = sqlx::PgPool::connect(&standby.url("shop")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up: bool =
+            sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn").bind(&flushed).fetch_one(&replica).await.unwrap();
+        if caught_up {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replica did not catch up with the primary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    primary.stop().unwrap();
+    let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 30)").fetch_one(&replica).await.unwrap();
+    assert!(promoted);
+    replica.close().await;
+
+    let mut d = Deployment::new(standby.url("shop"), None);
+    d.start("serve", &["serve"]);
+    d.wait_ready().await;
+    carries_on(&d, &before).await;
+    d.kill("serve");
+    standby.stop().unwrap();
+}
+
+/// Every file and directory under `dir`, `dir` included.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            found.extend(walk(&entry.unwrap().path()));
+        }
+    }
+    found
 }
 
 /// `events verify` against the binary: a log written by `serve` is sealed

@@ -17,6 +17,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod redelivery;
+
 fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS is not set: run the tests with `cargo xtask test`, which starts a test broker")
 }

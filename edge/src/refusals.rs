@@ -37,6 +37,10 @@ pub(crate) fn raw_answer(error: &EdgeError) -> Vec<u8> {
 /// writes it: a status line, `connection: close`, `content-length: 0`,
 /// `date`, and nothing else), if `head` is one.
 fn hypers_refusal(head: &[u8]) -> Option<EdgeError> {
+    // Most writes are answers of ours: told apart by their first bytes.
+    if !head.starts_with(b"HTTP/1.1 4") || head.len() > 512 {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let rest = text.strip_prefix("HTTP/1.1 ")?;
     let bare = text.ends_with("\r\n\r\n")

@@ -100,25 +100,41 @@ async fn from_snapshot<A: Aggregate>(log: &dyn EventLog, stream_id: &str) -> Res
 }
 
 /// The newest stored snapshot at or before `version` as a starting point,
-/// if it can be one (see `from_snapshot`).
+/// if it can be one (see `from_snapshot`); one that cannot is passed over
+/// for the one before it, a few times, so that one bad snapshot never
+/// sends every look near it back to the start.
 async fn from_snapshot_at_most<A: Aggregate>(
     log: &dyn EventLog,
     stream_id: &str,
-    version: u64,
+    mut version: u64,
 ) -> Result<Option<Folded<A::State>>, FoldError> {
-    let Some(snapshot) = log.snapshot_at_most(stream_id, version).await? else { return Ok(None) };
+    for _ in 0..4 {
+        let Some(snapshot) = log.snapshot_at_most(stream_id, version).await? else { return Ok(None) };
+        let Some(earlier) = snapshot.version.checked_sub(1) else { return usable::<A>(log, snapshot).await };
+        if let Some(start) = usable::<A>(log, snapshot).await? {
+            return Ok(Some(start));
+        }
+        version = earlier;
+    }
+    Ok(None)
+}
+
+/// `snapshot` as a starting point, if it is of the aggregate's current
+/// shape, decodes, and the log bears it out.
+async fn usable<A: Aggregate>(log: &dyn EventLog, snapshot: Snapshot) -> Result<Option<Folded<A::State>>, FoldError> {
+    let stream_id = snapshot.stream_id.as_str();
     if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
         return Ok(None);
     }
     let at = log.read_stream(stream_id, snapshot.version, 1).await?;
     if !at.first().is_some_and(|e| e.stream_version == snapshot.version && e.global_position == snapshot.position) {
-        tracing::warn!(stream_id, version = snapshot.version, "a stored snapshot does not match the log; folding from the start");
+        tracing::warn!(stream_id, version = snapshot.version, "a stored snapshot does not match the log; passing it over");
         return Ok(None);
     }
     match serde_json::from_value::<A::State>(snapshot.state) {
         Ok(state) => Ok(Some(Folded { state, version: Some(snapshot.version), position: snapshot.position })),
         Err(error) => {
-            tracing::warn!(stream_id, %error, "a stored snapshot does not decode; folding from the start");
+            tracing::warn!(stream_id, %error, "a stored snapshot does not decode; passing it over");
             Ok(None)
         }
     }
@@ -137,8 +153,16 @@ pub enum Until {
 pub const PAST_FOLD_BUDGET: u64 = 100_000;
 
 /// A look into the past that folds this many events takes a snapshot on
-/// the way, so that the next look near there starts from it.
-const SNAPSHOT_ON_THE_WAY: u64 = SNAPSHOT_EVERY * 16;
+/// the way, so that the next look near there starts from it. Adapters
+/// that keep snapshots along a stream's history keep the newest of each
+/// run of this many versions (`SNAPSHOT_BLOCK`), so a look never folds
+/// more than about two of them from its start.
+const SNAPSHOT_ON_THE_WAY: u64 = SNAPSHOT_BLOCK;
+
+/// Snapshots kept along a stream's history: the newest of each run of
+/// this many versions (version / SNAPSHOT_BLOCK), so they stay few
+/// however often a stream is loaded.
+pub const SNAPSHOT_BLOCK: u64 = SNAPSHOT_EVERY * 16;
 
 /// `stream_id` as it was at `until` (time travel): folded from the nearest
 /// stored snapshot at or before that point, so that its cost is the events

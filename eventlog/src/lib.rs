@@ -29,7 +29,7 @@ pub mod vault;
 pub use envelope::{
     AppendResult, ExpectedVersion, Metadata, NewEvent, Receipt, RecordedEvent, StreamAppended, StreamWrite, validate as validate_append,
 };
-pub use fold::{FoldError, Folded, PAST_FOLD_BUDGET, SNAPSHOT_EVERY, Until, fold_stream, fold_until, load};
+pub use fold::{FoldError, Folded, PAST_FOLD_BUDGET, SNAPSHOT_BLOCK, SNAPSHOT_EVERY, Until, fold_stream, fold_until, load};
 pub use group_commit::{DEFAULT_COMMITTERS as DEFAULT_APPEND_COMMITTERS, MAX_COMMITTERS as MAX_APPEND_COMMITTERS, QUEUED as APPEND_QUEUE};
 pub use mac::{hmac_sha256, hmac_sha256_matches};
 pub use memory::InMemoryEventLog;

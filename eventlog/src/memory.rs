@@ -136,7 +136,13 @@ impl EventLog for InMemoryEventLog {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
         let mut inner = self.inner.lock().expect("in-memory log poisoned");
         let kept = inner.snapshots.entry(snapshot.stream_id.clone()).or_default();
+        // As PostgreSQL keeps them: one shape, the newest of each block.
+        let block = |version: u64| version / crate::SNAPSHOT_BLOCK;
         kept.retain(|_, old| old.snapshot_version == snapshot.snapshot_version);
+        if kept.keys().any(|&v| block(v) == block(snapshot.version) && v > snapshot.version) {
+            return Ok(());
+        }
+        kept.retain(|&v, _| block(v) != block(snapshot.version) || v >= snapshot.version);
         kept.entry(snapshot.version).or_insert_with(|| snapshot.clone());
         Ok(())
     }

@@ -195,11 +195,18 @@ impl EventLog for PgEventLog {
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), EventLogError> {
         // Another shape drops the stream's older ones (the row at this
-        // version is replaced by the insert, not deleted under it); the
-        // same shape at the same version is the same state.
+        // version is replaced by the insert, not deleted under it). Of the
+        // same shape, the newest of each block of versions is kept: an
+        // older one in its block goes, and one older than the block's is
+        // not added.
         sqlx::query(
-            "WITH other_shapes AS (DELETE FROM snapshots WHERE stream_id = $1 AND snapshot_version <> $2 AND version <> $3)
-             INSERT INTO snapshots (stream_id, snapshot_version, version, position, state) VALUES ($1, $2, $3, $4, $5)
+            "WITH other_shapes AS (DELETE FROM snapshots WHERE stream_id = $1 AND snapshot_version <> $2 AND version <> $3),
+                  superseded AS (DELETE FROM snapshots WHERE stream_id = $1 AND snapshot_version = $2
+                                    AND version / $6 = $3 / $6 AND version < $3)
+             INSERT INTO snapshots (stream_id, snapshot_version, version, position, state)
+             SELECT $1, $2, $3, $4, $5
+              WHERE NOT EXISTS (SELECT FROM snapshots WHERE stream_id = $1 AND snapshot_version = $2
+                                   AND version / $6 = $3 / $6 AND version > $3)
              ON CONFLICT (stream_id, version) DO UPDATE SET snapshot_version = EXCLUDED.snapshot_version,
                  position = EXCLUDED.position, state = EXCLUDED.state, taken_at = now()
              WHERE snapshots.snapshot_version <> EXCLUDED.snapshot_version",
@@ -209,6 +216,7 @@ impl EventLog for PgEventLog {
         .bind(snapshot.version.min(i64::MAX as u64) as i64)
         .bind(snapshot.position.min(i64::MAX as u64) as i64)
         .bind(&snapshot.state)
+        .bind(crate::SNAPSHOT_BLOCK as i64)
         .execute(&self.pool)
         .await?;
         Ok(())

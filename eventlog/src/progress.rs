@@ -42,7 +42,13 @@ pub async fn park(conn: &mut PgConnection, consumer: &str, parked: Parked<'_>, e
     sqlx::query(
         "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts, origin)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (projection, global_position) DO UPDATE SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, parked_at = now()",
+         ON CONFLICT (projection, global_position) DO UPDATE SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts,
+             parked_at = now(),
+             -- The log's own event parked where a message claimed to be
+             -- it: what the row names is the event's, not the claim's.
+             stream_id = CASE WHEN EXCLUDED.origin IS NULL THEN EXCLUDED.stream_id ELSE dead_letters.stream_id END,
+             event_type = CASE WHEN EXCLUDED.origin IS NULL THEN EXCLUDED.event_type ELSE dead_letters.event_type END,
+             origin = CASE WHEN EXCLUDED.origin IS NULL THEN NULL ELSE dead_letters.origin END",
     )
     .bind(consumer)
     .bind(parked.position)

@@ -466,7 +466,7 @@ async fn looking_into_the_past_equals_folding_up_to_that_point(log: Arc<dyn Even
     for (expected, events) in [
         (ExpectedVersion::NoStream, first),
         (ExpectedVersion::Exact(2000), restocks(2001, 4000)),
-        (ExpectedVersion::Exact(4000), restocks(4001, 5000)),
+        (ExpectedVersion::Exact(4000), restocks(4001, 10000)),
     ] {
         log.append(vec![StreamWrite { stream_id: id.clone(), expected, events: encode(&events) }]).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -480,24 +480,39 @@ async fn looking_into_the_past_equals_folding_up_to_that_point(log: Arc<dyn Even
         async move { fold_until::<ProductAggregate>(&*log, &id, until, budget).await }
     };
 
-    // A long way leaves a snapshot on it.
-    let whole = fold(Until::Version(5000), eventlog::PAST_FOLD_BUDGET).await.unwrap();
-    assert_eq!(whole.version, Some(5000));
-    assert_eq!(log.snapshot_at_most(&id, 5000).await.unwrap().map(|s| s.version), Some(4095));
     // A budget too small: it stops, and leaves a snapshot where it stopped.
     let stopped = fold(Until::Version(3000), 1000).await;
     assert!(matches!(stopped, Err(FoldError::TooLong { budget: 1000, .. })), "{stopped:?}");
     assert_eq!(log.snapshot_at_most(&id, 3000).await.unwrap().map(|s| s.version), Some(999));
     assert_eq!(log.snapshot_at_most(&id, 998).await.unwrap(), None);
+    // Asked again, it goes on from there; the long way leaves snapshots on
+    // it, one per block of versions.
+    let whole = fold(Until::Version(10000), eventlog::PAST_FOLD_BUDGET).await.unwrap();
+    assert_eq!(whole.version, Some(10000));
+    let block = eventlog::SNAPSHOT_BLOCK;
+    for (at_most, nearest) in [(3000, 999), (999 + block, 999 + block), (9000, 999 + block), (10000, 999 + 2 * block)] {
+        assert_eq!(log.snapshot_at_most(&id, at_most).await.unwrap().map(|s| s.version), Some(nearest), "at most {at_most}");
+    }
     // From wherever it starts, the state is the fold up to that point.
-    for version in [0, 1, 999, 1000, 2000, 3000, 4095, 4500, 5000, 9000] {
+    for version in [0, 1, 999, 1000, 2000, 3000, 4095, 4500, 5000, 9191, 10000, 12000] {
         let past = fold(Until::Version(version), eventlog::PAST_FOLD_BUDGET).await.unwrap();
         let expected = upto(version).await;
         assert_eq!((&past.state, past.version, past.position), (&expected.state, expected.version, expected.position), "at {version}");
     }
+    // Loads keep the newest snapshot of each block, not every one.
+    for n in 1..=3u32 {
+        let more = encode(&restocks(10000 + n * 300 - 299, 10000 + n * 300));
+        let expected = ExpectedVersion::Exact(u64::from(10000 + n * 300 - 300));
+        log.append(vec![StreamWrite { stream_id: id.clone(), expected, events: more }]).await.unwrap();
+        eventlog::load::<ProductAggregate>(&*log, &id, None).await.unwrap();
+    }
+    let newest = log.snapshot(&id).await.unwrap().map(|s| s.version);
+    assert_eq!(newest, Some(10900));
+    let before_it = log.snapshot_at_most(&id, 10899).await.unwrap().map(|s| s.version);
+    assert_eq!(before_it, Some(999 + block), "the block's older snapshots are gone, the one of the block before stays");
 
     // By time: the events recorded by then.
-    let all = log.read_stream(&id, 0, 6000).await.unwrap();
+    let all = log.read_stream(&id, 0, 20000).await.unwrap();
     for version in [0, 2000, 4000, 5000] {
         let time = all[version as usize].recorded_at;
         let past = fold(Until::Time(time), eventlog::PAST_FOLD_BUDGET).await.unwrap();

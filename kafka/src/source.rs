@@ -35,6 +35,9 @@ pub struct KafkaSource {
     /// from reading the log in order has applied everything up to its
     /// position, in every partition.
     carried: BTreeMap<i32, u64>,
+    /// Per partition, the offset below which an unreadable message came
+    /// before the log was read to its head (`covering`).
+    covered: BTreeMap<i32, i64>,
 }
 
 impl KafkaSource {
@@ -66,6 +69,7 @@ impl KafkaSource {
             progress: resume.progress.clone(),
             pending: BTreeMap::new(),
             carried: BTreeMap::new(),
+            covered: BTreeMap::new(),
         })
     }
 
@@ -87,6 +91,29 @@ impl KafkaSource {
         }
         self.partition_count = Some(count);
         Ok(count)
+    }
+
+    /// Unreadable messages below these offsets (per partition) came before
+    /// the consumer read the log itself to its head, which holds whatever
+    /// they could have been: passed over, never parked.
+    pub fn covering(mut self, below: BTreeMap<i32, i64>) -> Self {
+        self.covered = below;
+        self
+    }
+
+    /// Whether an unreadable message is of what this consumer has applied
+    /// already: it came before the log was read to its head (`covered`),
+    /// or it is a copy of an event this partition has applied (it claims a
+    /// stream of this partition and a position the partition is past:
+    /// within a partition, events come in position order, so the event
+    /// itself came before it).
+    fn covers(&self, message: &eventlog::Unreadable, partition: i32, offset: i64, partitions: i32) -> bool {
+        if self.covered.get(&partition).is_some_and(|below| offset < *below) {
+            return true;
+        }
+        message.position > 0
+            && eventlog::partition_for(&message.stream_id, partitions) == partition
+            && self.progress.partitions.get(&partition).is_some_and(|applied| *applied >= message.position as u64)
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
@@ -148,9 +175,14 @@ impl EventSource for KafkaSource {
                     // Not an event of the log: parked by the consumer, never
                     // a reason to stall the partition.
                     let unreadable = unreadable(&message, &self.topic, &error);
-                    tracing::error!(origin = %unreadable.origin, stream_id = %unreadable.stream_id, %error, "an unreadable message on the topic; parking it");
                     metrics::counter!("storekeeper_kafka_unreadable_total").increment(1);
-                    batch.unreadable.push(unreadable);
+                    if self.covers(&unreadable, partition, message.offset(), partition_count) {
+                        tracing::warn!(origin = %unreadable.origin, %error, "an unreadable message of what this consumer has applied already; passing it over");
+                        passed_over += 1;
+                    } else {
+                        tracing::error!(origin = %unreadable.origin, stream_id = %unreadable.stream_id, %error, "an unreadable message on the topic; parking it");
+                        batch.unreadable.push(unreadable);
+                    }
                     if batch.events.len() + batch.unreadable.len() + passed_over >= self.batch_size {
                         break;
                     }
@@ -221,20 +253,39 @@ impl CatchUpSource {
     }
 }
 
+/// The high watermark of each of `topic`'s partitions: every message
+/// below it is in the topic now (blocking).
+fn watermarks(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer = client(brokers).create()?;
+    let count = crate::partition_count(consumer.client(), topic)?;
+    (0..count).map(|p| Ok((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))).collect()
+}
+
 #[async_trait]
 impl EventSource for CatchUpSource {
     async fn next_batch(&mut self) -> Result<Batch, EventLogError> {
         if let Some(kafka) = &mut self.kafka {
             return kafka.next_batch().await;
         }
-        let events = self.log.read_all(self.resume.progress.position, CATCH_UP_BATCH).await?;
+        // Near the head, the read may be the last: what the topic holds
+        // before it is what the log holds up to its end, so an unreadable
+        // message among it is passed over once this consumer joins.
+        let position = self.resume.progress.position;
+        let near_head = self.log.head().await?.is_none_or(|head| head.saturating_sub(position) <= CATCH_UP_BATCH as u64);
+        let covered = if near_head {
+            let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+            tokio::task::spawn_blocking(move || watermarks(&brokers, &topic)).await.map_err(to_log_error)?.map_err(to_log_error)?
+        } else {
+            BTreeMap::new()
+        };
+        let events = self.log.read_all(position, CATCH_UP_BATCH).await?;
         if events.len() < CATCH_UP_BATCH {
-            tracing::info!(consumer = %self.resume.consumer, position = self.resume.progress.position, "caught up from the log; joining the consumer group");
+            tracing::info!(consumer = %self.resume.consumer, position, "caught up from the log; joining the consumer group");
             let mut resume = self.resume.clone();
             if let Some(last) = events.last() {
                 resume.progress.position = last.global_position;
             }
-            self.kafka = Some(KafkaSource::new(&self.brokers, &self.topic, &resume).map_err(to_log_error)?);
+            self.kafka = Some(KafkaSource::new(&self.brokers, &self.topic, &resume).map_err(to_log_error)?.covering(covered));
         }
         if let Some(last) = events.last() {
             self.resume.progress.position = last.global_position;

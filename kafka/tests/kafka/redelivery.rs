@@ -27,14 +27,15 @@ fn event(event_type: &str, data: serde_json::Value) -> NewEvent {
     }
 }
 
-/// Produces one message to `topic` as another client would.
-async fn produce(topic: &str, key: Option<&str>, position: Option<u64>, payload: &[u8]) {
+/// Produces one message to `topic` as another client would; keyed, to
+/// the partition the relay puts the key's stream in, or the one after it.
+async fn produce(topic: &str, key: Option<&str>, elsewhere: bool, position: Option<u64>, payload: &[u8]) {
     let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
     let position = position.map(|p| p.to_string());
     let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
     if let Some(key) = key {
-        // Where the relay puts the stream's events.
-        record = record.key(key).partition(eventlog::partition_for(key, PARTITIONS));
+        let partition = (eventlog::partition_for(key, PARTITIONS) + i32::from(elsewhere)) % PARTITIONS;
+        record = record.key(key).partition(partition);
     }
     if let Some(position) = &position {
         record = record.headers(
@@ -101,12 +102,16 @@ async fn a_payment_handed_over_again_after_its_cancellation_is_booked_once_and_g
     assert_eq!(booked(&pool).await, (0, "0".into()), "paid, then cancelled: nothing booked");
 
     // The payment's event again, as the relay published it (a producer's
-    // retry, a relay publishing again), then a message claiming to be it
-    // that cannot be read, then one that claims nothing at all.
+    // retry, a relay publishing again), and a corrupt copy of it, both in
+    // its stream's partition, which is past it: passed over. Then a
+    // message claiming to be it from another partition, which cannot be
+    // read (nothing says it is a copy: parked), and one that claims
+    // nothing at all.
     let stored = log.read_all(paid_at - 1, 1).await.unwrap().remove(0);
-    produce(&topic, Some(&stream), Some(paid_at), &serde_json::to_vec(&stored).unwrap()).await;
-    produce(&topic, Some(&stream), Some(paid_at), b"\xff not an event").await;
-    produce(&topic, None, None, b"garbage from another client").await;
+    produce(&topic, Some(&stream), false, Some(paid_at), &serde_json::to_vec(&stored).unwrap()).await;
+    produce(&topic, Some(&stream), false, Some(paid_at), b"\xff a corrupt copy").await;
+    produce(&topic, Some(&stream), true, Some(paid_at), b"\xff not an event").await;
+    produce(&topic, None, false, None, b"garbage from another client").await;
     let parked = || {
         let pool = pool.clone();
         async move {
@@ -119,7 +124,7 @@ async fn a_payment_handed_over_again_after_its_cancellation_is_booked_once_and_g
     let sales = status.iter().find(|s| s.name == "sales").unwrap();
     assert_eq!((sales.state.as_str(), sales.parked), ("degraded", 2), "{sales:?}");
     assert!(sales.last_error.as_deref().unwrap_or_default().contains("not an event of the log"), "{sales:?}");
-    assert_eq!(booked(&pool).await, (0, "0".into()), "the copy was passed over");
+    assert_eq!(booked(&pool).await, (0, "0".into()), "the copies were passed over");
 
     // A retry applies the log's own event where the message claimed to be
     // (booked once: the order remembers it), and drops what claims nothing.

@@ -90,13 +90,23 @@ impl Parking {
         self.held.contains_key(stream_id)
     }
 
-    /// Writes what was parked, in one transaction.
+    /// Writes what was parked, in one transaction, under the index's
+    /// dead-letter lock (shared; a retry takes it exclusively). A stream a
+    /// retry released since the batch began is not held back behind what
+    /// is gone: its product is read again from the log with the next batch.
     async fn write(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         if self.entries.is_empty() {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
+        sqlx::query(&crate::dead_letters::lock_dead_letters(NAME, false)).execute(&mut *tx).await?;
+        let still = parked_streams(&mut tx).await?;
+        let failing_now: std::collections::BTreeSet<String> =
+            self.entries.iter().filter(|(_, error)| error.is_some()).map(|(e, _)| e.stream_id.clone()).collect();
         for (entry, error) in &self.entries {
+            if error.is_none() && !still.contains_key(&entry.stream_id) && !failing_now.contains(&entry.stream_id) {
+                continue;
+            }
             let error = match error {
                 Some(error) => error.clone(),
                 None => format!("held back behind the parked event at position {} of this stream", self.held[&entry.stream_id]),
@@ -116,10 +126,10 @@ impl Parking {
 
 /// The streams the index's parked events hold back, as PostgreSQL has
 /// them now (a retry deletes them).
-async fn parked_streams(pool: &PgPool) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+async fn parked_streams(conn: &mut sqlx::PgConnection) -> Result<BTreeMap<String, i64>, sqlx::Error> {
     sqlx::query_as("SELECT stream_id, min(global_position) FROM dead_letters WHERE projection = $1 GROUP BY stream_id")
         .bind(NAME)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await
         .map(|rows: Vec<(String, i64)>| rows.into_iter().collect())
 }
@@ -135,7 +145,10 @@ impl Consumer for Indexer {
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
-        let mut parking = Parking { held: parked_streams(&self.pool).await?, ..Parking::default() };
+        let mut conn = self.pool.acquire().await?;
+        let held = parked_streams(&mut conn).await?;
+        drop(conn);
+        let mut parking = Parking { held, ..Parking::default() };
         // Streams this index held back that a retry has released since:
         // their products are read again from the log.
         let released: Vec<String> =
@@ -190,8 +203,10 @@ impl Consumer for Indexer {
                 Folding::FromTheLog => match load_product(&*self.log, id).await {
                     Ok(loaded) => Folding::Folded(loaded.0, loaded.1),
                     Err(eventlog::FoldError::Decode { stream_id, version, source }) => {
+                        // The event that fails, wherever it is in the stream.
+                        let failing = self.log.read_stream(&stream_id, version, 1).await?.into_iter().next();
                         let error = format!("cannot decode: stream {stream_id}, version {version}: {source}");
-                        Folding::Failed(events.first().map(|e| e.global_position), error)
+                        Folding::Failed(failing.map(Box::new), error)
                     }
                     Err(e) => return Err(e.into()),
                 },
@@ -204,19 +219,16 @@ impl Consumer for Indexer {
                 }
                 // The product's document stays as it was; the event that
                 // failed holds its stream back, and so do the rest.
-                Folding::Failed(at, error) => {
-                    let stream = domain::stream_id::<ProductAggregate>(id);
-                    let at = at.map(|p| p as i64).or_else(|| self.index.held.lock().expect("held streams poisoned").get(&stream).copied());
-                    for e in events.iter().filter(|e| at.is_some_and(|at| e.global_position as i64 >= at)) {
-                        let first = e.global_position as i64 == at.unwrap_or_default();
-                        parking.event(e, first.then(|| error.clone()));
+                Folding::Failed(failing, error) => {
+                    // Parked: the event that fails (an event of the log, so
+                    // that a retry finds it), and the batch's events of
+                    // the product after it, behind it.
+                    let at = failing.as_ref().map_or(0, |e| e.global_position);
+                    if let Some(failing) = &failing {
+                        parking.event(failing, Some(error.clone()));
                     }
-                    if events.is_empty()
-                        && let Some(at) = at
-                    {
-                        // Released and still failing: held again where it was.
-                        let entry = Entry { stream_id: stream, position: at, event_type: "(product)".into(), origin: None };
-                        parking.park(entry, Some(error));
+                    for e in events.iter().filter(|e| e.global_position > at) {
+                        parking.event(e, None);
                     }
                 }
                 Folding::FromTheLog => unreachable!("read from the log above"),
@@ -247,8 +259,8 @@ enum Folding {
     Folded(Option<Product>, u64),
     /// A gap, or nothing remembered: the log has it.
     FromTheLog,
-    /// An event that cannot be decoded (its position), and why.
-    Failed(Option<u64>, String),
+    /// The event that cannot be decoded (if the log still has it), and why.
+    Failed(Option<Box<RecordedEvent>>, String),
 }
 
 /// Folds `events` (in stream order) onto what is remembered of a product.
@@ -263,7 +275,7 @@ fn fold((mut state, mut version): (Option<Product>, Option<u64>), events: &[&Rec
         }
         match ProductEvent::decode(&e.event_type, e.schema_version, &e.data) {
             Ok(event) => state = ProductAggregate::evolve(state, &event),
-            Err(error) => return Folding::Failed(Some(e.global_position), format!("cannot decode: {error}")),
+            Err(error) => return Folding::Failed(Some(Box::new((*e).clone())), format!("cannot decode: {error}")),
         }
         version = Some(next);
     }
@@ -287,7 +299,8 @@ async fn load_product(log: &dyn EventLog, id: uuid::Uuid) -> Result<(Option<Prod
 /// that still fails stays parked. A parked message that was not an event
 /// of the log is dropped.
 pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog) -> Result<crate::Retried, crate::RetryError> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = pool.begin().await?;
+    sqlx::raw_sql(&crate::dead_letters::lock_dead_letters(NAME, true)).execute(&mut *conn).await?;
     let mut retried = crate::Retried { applied: 0, still_parked: 0, discarded: 0 };
     let mut streams: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for entry in crate::parked_in_order(&mut conn, log, NAME).await? {
@@ -319,5 +332,6 @@ pub async fn retry_parked(pool: &PgPool, log: &dyn EventLog) -> Result<crate::Re
             retried.applied += 1;
         }
     }
+    conn.commit().await?;
     Ok(retried)
 }

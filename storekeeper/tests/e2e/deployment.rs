@@ -22,7 +22,7 @@ use crate::{brokers, free_port, storekeeper, temp_dir};
 
 const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef";
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret-0123456789abcdef";
-const PARTITIONS: i32 = 3;
+pub(crate) const PARTITIONS: i32 = 3;
 
 /// A running deployment; its processes are killed when it is dropped.
 pub(crate) struct Deployment {

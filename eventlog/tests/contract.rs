@@ -369,26 +369,39 @@ async fn snapshots_keep_the_newest_of_the_current_shape(log: Arc<dyn EventLog>) 
     assert_eq!(log.snapshot(&id).await.unwrap(), Some(snapshot(2, 30)), "a new shape replaces the old whatever its version");
 }
 
-/// Loading through snapshots gives exactly the state of a fold from the
-/// start, whatever is stored beside the log.
-async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn EventLog>) {
-    use domain::Aggregate;
-    use domain::product::{ProductAdded, ProductAggregate, ProductEvent, ProductRestocked};
+/// A new product's stream id and its first event, for tests of long
+/// streams; `restocks` and `encode` make the rest.
+fn long_product(sku: &str) -> (String, domain::product::ProductEvent) {
+    use domain::product::{ProductAdded, ProductAggregate, ProductEvent};
     let product = Uuid::now_v7();
-    let id = domain::stream_id::<ProductAggregate>(product);
-    let encode = |events: &[ProductEvent]| NewEvent::encode_all(events, &Metadata::system("contract-test"));
-    let restocks = |from: u32, to: u32| -> Vec<ProductEvent> {
-        (from..=to).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n })).collect()
-    };
     let added = ProductEvent::Added(ProductAdded {
         product_id: product,
-        sku: domain::Sku::parse("SNAP-1").unwrap(),
-        name: "Snap".into(),
+        sku: domain::Sku::parse(sku).unwrap(),
+        name: "Long".into(),
         description: String::new(),
         category: "c".into(),
         price: domain::Money::new(100, domain::Currency::usd()),
         initial_stock: 0,
     });
+    (domain::stream_id::<ProductAggregate>(product), added)
+}
+
+/// Restocks to `from`..=`to` units, one at a time.
+fn restocks(from: u32, to: u32) -> Vec<domain::product::ProductEvent> {
+    use domain::product::{ProductEvent, ProductRestocked};
+    (from..=to).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n })).collect()
+}
+
+fn encode(events: &[domain::product::ProductEvent]) -> Vec<NewEvent> {
+    NewEvent::encode_all(events, &Metadata::system("contract-test"))
+}
+
+/// Loading through snapshots gives exactly the state of a fold from the
+/// start, whatever is stored beside the log.
+async fn loading_through_snapshots_equals_folding_from_the_start(log: Arc<dyn EventLog>) {
+    use domain::Aggregate;
+    use domain::product::ProductAggregate;
+    let (id, added) = long_product("SNAP-1");
     let mut history = vec![added];
     history.extend(restocks(1, 600));
     let events = encode(&history);
@@ -443,23 +456,9 @@ async fn read_all_until(log: &dyn EventLog, count: usize) -> Vec<eventlog::Recor
 /// point, starts from the nearest snapshot at or before it, leaves
 /// snapshots on a long way, and stops at its budget.
 async fn looking_into_the_past_equals_folding_up_to_that_point(log: Arc<dyn EventLog>) {
-    use domain::product::{ProductAdded, ProductAggregate, ProductEvent, ProductRestocked};
+    use domain::product::ProductAggregate;
     use eventlog::{FoldError, Until, fold_until};
-    let product = Uuid::now_v7();
-    let id = domain::stream_id::<ProductAggregate>(product);
-    let encode = |events: &[ProductEvent]| NewEvent::encode_all(events, &Metadata::system("contract-test"));
-    let restocks = |from: u32, to: u32| -> Vec<ProductEvent> {
-        (from..=to).map(|n| ProductEvent::Restocked(ProductRestocked { quantity: 1, stock_after: n })).collect()
-    };
-    let added = ProductEvent::Added(ProductAdded {
-        product_id: product,
-        sku: domain::Sku::parse("PAST-1").unwrap(),
-        name: "Past".into(),
-        description: String::new(),
-        category: "c".into(),
-        price: domain::Money::new(100, domain::Currency::usd()),
-        initial_stock: 0,
-    });
+    let (id, added) = long_product("PAST-1");
     // Three appends some time apart, so that times fall between them.
     let mut first = vec![added];
     first.extend(restocks(1, 2000));

@@ -106,3 +106,17 @@ pub async fn problem(response: Response, status: u16, code: &str) -> Value {
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// An event in its stored form (version 1 of its type), as another writer
+/// would append it straight to the log: for tests of what consumers do
+/// with events the command side would never write.
+pub fn stored_event(event_type: &str, data: Value) -> eventlog::NewEvent {
+    eventlog::NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        occurred_at: chrono::Utc::now(),
+        metadata: eventlog::Metadata::system("test"),
+        data,
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventlog::{ExpectedVersion, Metadata, NewEvent, StreamWrite};
+use eventlog::{ExpectedVersion, StreamWrite};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -16,16 +16,7 @@ use super::{brokers, ensure_topic, setup, start_relay, stop, topic};
 
 const PARTITIONS: i32 = 3;
 
-fn event(event_type: &str, data: serde_json::Value) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        schema_version: 1,
-        occurred_at: chrono::Utc::now(),
-        metadata: Metadata::system("test"),
-        data,
-    }
-}
+use test_support::stored_event as event;
 
 /// Produces one message to `topic` as another client would; keyed, to
 /// the partition the relay puts the key's stream in, or the one after it.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use eventlog::{ExpectedVersion, Metadata, NewEvent, StreamWrite};
+use eventlog::{ExpectedVersion, StreamWrite};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -144,14 +144,7 @@ async fn in_process_a_step_the_order_process_cannot_take_and_an_event_the_index_
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let (log, _vault) = eventlog::vault::postgres_log(&pool);
     let usd = |amount: i64| json!({"amount_minor": amount, "currency": "EUR"});
-    let raw = |event_type: &str, data: Value| NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        schema_version: 1,
-        occurred_at: chrono::Utc::now(),
-        metadata: Metadata::system("test"),
-        data,
-    };
+    let raw = test_support::stored_event;
     let placed = raw(
         "OrderPlaced",
         json!({"order_id": order, "customer_id": customer, "total": usd(2000),

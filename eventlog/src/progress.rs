@@ -39,6 +39,10 @@ impl<'a> From<&'a crate::Unreadable> for Parked<'a> {
 /// the search index; created with the read models, which every database
 /// has). Parking it again counts the attempts.
 pub async fn park(conn: &mut PgConnection, consumer: &str, parked: Parked<'_>, error: &str, attempts: u32) -> Result<(), sqlx::Error> {
+    // Text from outside (a message's key or headers, an error quoting its
+    // bytes) may hold NUL, which PostgreSQL's text refuses: a park that
+    // failed would fail its batch for good.
+    let text = |s: &str| s.replace('\0', "\u{fffd}");
     sqlx::query(
         "INSERT INTO dead_letters (projection, global_position, stream_id, event_type, error, attempts, origin)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -52,11 +56,11 @@ pub async fn park(conn: &mut PgConnection, consumer: &str, parked: Parked<'_>, e
     )
     .bind(consumer)
     .bind(parked.position)
-    .bind(parked.stream_id)
-    .bind(parked.event_type)
-    .bind(error)
+    .bind(text(parked.stream_id))
+    .bind(text(parked.event_type))
+    .bind(text(error))
     .bind(attempts as i32)
-    .bind(parked.origin)
+    .bind(parked.origin.map(text))
     .execute(conn)
     .await?;
     metrics::counter!("storekeeper_projection_parked_total", "projection" => consumer.to_owned()).increment(1);

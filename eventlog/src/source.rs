@@ -244,6 +244,9 @@ pub trait Consumer: Send + Sync {
 /// progress after a backoff, so nothing is skipped.
 pub async fn follow(consumer: &dyn Consumer, sources: &SourceFactory, mut shutdown: watch::Receiver<bool>) {
     let name = consumer.name().to_owned();
+    // Exported from the first scrape: a consumer that keeps failing is
+    // what `StorekeeperConsumerFailing` watches for.
+    metrics::counter!("storekeeper_consumer_restarts_total", "consumer" => name.clone()).increment(0);
     let mut delay = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {

@@ -137,13 +137,15 @@ fn unreadable(message: &impl Message, topic: &str, error: &serde_json::Error) ->
         .and_then(|p| p.parse::<i64>().ok())
         .filter(|p| *p > 0)
         .unwrap_or_else(|| -((i64::from(message.partition()) << 40) + message.offset() + 1));
+    // A key or type that no stream or event type could have (empty, long,
+    // or with control characters) claims nothing.
+    let plausible = |s: &str| !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
     let stream_id = message
         .key()
         .and_then(|k| std::str::from_utf8(k).ok())
-        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .filter(|k| plausible(k))
         .map_or_else(|| format!("kafka-message-{}-{}", message.partition(), message.offset()), str::to_owned);
-    let event_type =
-        header(crate::headers::EVENT_TYPE).filter(|t| !t.is_empty() && t.len() <= 200).unwrap_or_else(|| "unreadable".to_owned());
+    let event_type = header(crate::headers::EVENT_TYPE).filter(|t| plausible(t)).unwrap_or_else(|| "unreadable".to_owned());
     eventlog::Unreadable { stream_id, position, event_type, origin, error: format!("not an event of the log: {error}") }
 }
 

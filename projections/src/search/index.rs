@@ -15,6 +15,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 use tokio::sync::watch;
 
 use super::NAME;
+use super::directory::Unsynced;
 use crate::status::Rate;
 
 /// Bumped when the schema or what is indexed changes: the index is then
@@ -150,14 +151,18 @@ impl SearchIndex {
     fn open_as_is(dir: &Path) -> Result<Arc<SearchIndex>, SearchError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
-        let existing = Index::open_in_dir(dir).ok().filter(|index| {
-            index.schema() == schema && parse_payload(index.load_metas().ok().and_then(|m| m.payload).as_deref()).is_some()
+        // Written without waiting for the disk (`directory`): an index whose
+        // files do not all check out is built again, never served.
+        let existing = Index::open(Unsynced::open(dir)?).ok().filter(|index| {
+            index.schema() == schema
+                && parse_payload(index.load_metas().ok().and_then(|m| m.payload).as_deref()).is_some()
+                && index.validate_checksum().is_ok_and(|damaged| damaged.is_empty())
         });
         let index = match existing {
             Some(index) => index,
             None => {
                 wipe(dir)?;
-                let index = Index::create_in_dir(dir, schema)?;
+                let index = Index::create(Unsynced::open(dir)?, schema, tantivy::IndexSettings::default())?;
                 let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
                 let mut commit = writer.prepare_commit()?;
                 commit.set_payload(&payload(&uuid::Uuid::new_v4().to_string(), &Progress::default(), None, &BTreeMap::new()));

@@ -11,6 +11,7 @@
 //! searches and is reloaded after each commit.
 
 mod consumer;
+mod directory;
 mod index;
 mod query;
 

@@ -158,6 +158,24 @@ async fn the_index_keeps_its_position_in_its_commits() {
     assert_eq!(fresh.search(&query("teapot")).unwrap().total, 1);
     drop(fresh);
 
+    // An index whose files were not all written whole (a machine crash:
+    // they are written without waiting for the disk) fails its checksums
+    // and is built again rather than served.
+    let largest = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x != "json" && x != "lock"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&largest).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&largest, bytes).unwrap();
+    let checked = projections::search::SearchIndex::open_for(&dir, &*other_log.1).await.unwrap();
+    assert_eq!(checked.position(), 0, "a damaged index starts over");
+    index_until(&checked, &other_log, written).await;
+    assert_eq!(checked.search(&query("teapot")).unwrap().total, 1);
+    drop(checked);
+
     // An index whose segment files are lost (its meta.json left) is built
     // again rather than stopping the node.
     for entry in std::fs::read_dir(&dir).unwrap() {

@@ -188,20 +188,35 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
     Ok(statuses)
 }
 
+/// How many entries `consumer` has parked, and the newest one's error: for
+/// the consumers whose state is not a row of `projection_checkpoints` (the
+/// index, the order process), whose state is `degraded` while any is.
+pub(crate) async fn parked(pool: &PgPool, consumer: &str) -> Result<(u64, Option<String>), sqlx::Error> {
+    let (count, last_error): (i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*), (SELECT error FROM dead_letters WHERE projection = $1 ORDER BY parked_at DESC LIMIT 1)
+           FROM dead_letters WHERE projection = $1",
+    )
+    .bind(consumer)
+    .fetch_one(pool)
+    .await?;
+    Ok((count as u64, last_error))
+}
+
+/// `running`, or `degraded` while anything is parked.
+pub(crate) fn state_with(parked: u64) -> String {
+    if parked > 0 { "degraded" } else { "running" }.to_owned()
+}
+
 /// The order process's state, once it has run against this database: its
 /// checkpoint, and the steps it parked (a parked step leaves its order
 /// where it was until a retry takes it).
 async fn process_status(pool: &PgPool) -> Result<Option<ProjectionStatus>, sqlx::Error> {
-    let row: Option<(i64, i64, Option<String>)> = sqlx::query_as(
-        "SELECT c.position,
-                (SELECT count(*) FROM dead_letters d WHERE d.projection = c.name),
-                (SELECT d.error FROM dead_letters d WHERE d.projection = c.name ORDER BY d.parked_at DESC LIMIT 1)
-           FROM checkpoints c WHERE c.name = $1",
-    )
-    .bind(crate::names::ORDER_PROCESS)
-    .fetch_optional(pool)
-    .await?;
-    let Some((position, parked, last_error)) = row else { return Ok(None) };
+    let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+        .bind(crate::names::ORDER_PROCESS)
+        .fetch_optional(pool)
+        .await?;
+    let Some(position) = position else { return Ok(None) };
+    let (parked, last_error) = parked(pool, crate::names::ORDER_PROCESS).await?;
     let (lag_events, lag_seconds) = lag(pool, position as u64).await?;
     Ok(Some(ProjectionStatus {
         name: crate::names::ORDER_PROCESS.to_owned(),
@@ -210,8 +225,8 @@ async fn process_status(pool: &PgPool) -> Result<Option<ProjectionStatus>, sqlx:
         position: position as u64,
         lag_events,
         lag_seconds,
-        state: if parked > 0 { "degraded" } else { "running" }.to_owned(),
-        parked: parked as u64,
+        state: state_with(parked),
+        parked,
         last_error,
         events_per_second: 0.0,
         eta_seconds: eta(lag_events, 0.0),

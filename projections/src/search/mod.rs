@@ -30,13 +30,7 @@ impl SearchIndex {
     pub async fn status(&self, pool: &sqlx::PgPool) -> Result<crate::ProjectionStatus, sqlx::Error> {
         let position = self.position();
         let (lag_events, lag_seconds) = crate::lag(pool, position).await?;
-        let (parked, last_error): (i64, Option<String>) = sqlx::query_as(
-            "SELECT count(*), (SELECT error FROM dead_letters WHERE projection = $1 ORDER BY parked_at DESC LIMIT 1)
-               FROM dead_letters WHERE projection = $1",
-        )
-        .bind(NAME)
-        .fetch_one(pool)
-        .await?;
+        let (parked, last_error) = crate::status::parked(pool, NAME).await?;
         Ok(crate::ProjectionStatus {
             name: NAME.to_owned(),
             kind: crate::ConsumerKind::Index,
@@ -44,8 +38,8 @@ impl SearchIndex {
             position,
             lag_events,
             lag_seconds,
-            state: if parked > 0 { "degraded" } else { "running" }.to_owned(),
-            parked: parked as u64,
+            state: crate::status::state_with(parked),
+            parked,
             last_error,
             events_per_second: self.events_per_second(),
             eta_seconds: crate::eta(lag_events, self.events_per_second()),

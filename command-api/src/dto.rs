@@ -5,6 +5,7 @@
 use domain::customer::CustomerCommand;
 use domain::order::OrderCommand;
 use domain::product::ProductCommand;
+use domain::values::patterns;
 use domain::{Address, Currency, DomainError, Email, Money, Sku};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -61,10 +62,23 @@ pub struct MoneyDto {
     /// Amount in minor units (cents).
     pub amount_minor: i64,
     /// ISO 4217 code, e.g. USD.
+    #[schemars(length(equal = 3), pattern(patterns::CURRENCY))]
     pub currency: String,
 }
 
-impl MoneyDto {
+/// A price: money that is never negative.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceDto {
+    /// Amount in minor units (cents).
+    #[schemars(range(min = 0))]
+    pub amount_minor: i64,
+    /// ISO 4217 code, e.g. USD.
+    #[schemars(length(equal = 3), pattern(patterns::CURRENCY))]
+    pub currency: String,
+}
+
+impl PriceDto {
     fn to_money(&self, check: &mut Check, field: &str) -> Option<Money> {
         let currency = check.at(&format!("{field}.currency"), Currency::parse(&self.currency))?;
         check.at(&format!("{field}.amount_minor"), Money::price(self.amount_minor, currency))
@@ -74,12 +88,17 @@ impl MoneyDto {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressDto {
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub line1: String,
     #[serde(default)]
+    #[schemars(length(max = 200), pattern(patterns::FREE_TEXT))]
     pub line2: Option<String>,
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub city: String,
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 code.
+    #[schemars(length(equal = 2), pattern(patterns::COUNTRY))]
     pub country: String,
 }
 
@@ -101,13 +120,16 @@ impl AddressDto {
 pub struct RegisterCustomer {
     #[serde(default)]
     pub id: Option<Uuid>,
+    #[schemars(length(max = 254), pattern(patterns::EMAIL))]
     pub email: String,
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub name: String,
     #[serde(default)]
     pub shipping_address: Option<AddressDto>,
     /// Sets the customer's sign-in password (8 to 128 characters); kept
     /// as an argon2id hash outside the event log.
     #[serde(default)]
+    #[schemars(length(min = 8, max = 128), pattern(edge::openapi::NO_CONTROL_PATTERN))]
     pub password: Option<String>,
 }
 
@@ -127,13 +149,17 @@ pub fn checked_password(password: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPassword {
+    /// 8 to 128 characters, none of them a control character.
+    #[schemars(length(min = 8, max = 128), pattern(edge::openapi::NO_CONTROL_PATTERN))]
     pub password: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
+    #[schemars(pattern(patterns::FREE_TEXT))]
     pub email: String,
+    #[schemars(pattern(patterns::FREE_TEXT))]
     pub password: String,
 }
 
@@ -160,6 +186,7 @@ impl TryFrom<WithId<RegisterCustomer>> for CustomerCommand {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeEmail {
+    #[schemars(length(max = 254), pattern(patterns::EMAIL))]
     pub email: String,
 }
 
@@ -190,6 +217,7 @@ impl TryFrom<UpdateAddress> for CustomerCommand {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
+    #[schemars(length(max = 1000), pattern(patterns::TEXT))]
     pub reason: String,
 }
 
@@ -220,11 +248,17 @@ impl TryFrom<Reason> for OrderCommand {
 pub struct AddProduct {
     #[serde(default)]
     pub id: Option<Uuid>,
+    /// 1 to 64 visible ASCII characters, unique case-insensitively.
+    #[schemars(length(max = 64), pattern(patterns::SKU))]
     pub sku: String,
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub name: String,
+    #[schemars(length(max = 10_000), pattern(patterns::FREE_TEXT))]
     pub description: String,
+    #[schemars(length(max = 100), pattern(patterns::TEXT))]
     pub category: String,
-    pub price: MoneyDto,
+    pub price: PriceDto,
+    #[schemars(range(max = u32::MAX))]
     pub initial_stock: u32,
 }
 
@@ -255,12 +289,20 @@ impl TryFrom<WithId<AddProduct>> for ProductCommand {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    { "required": ["name"], "properties": { "name": { "type": "string" } } },
+    { "required": ["description"], "properties": { "description": { "type": "string" } } },
+    { "required": ["category"], "properties": { "category": { "type": "string" } } }
+]))]
 pub struct UpdateDetails {
     #[serde(default)]
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = 10_000), pattern(patterns::FREE_TEXT))]
     pub description: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = 100), pattern(patterns::TEXT))]
     pub category: Option<String>,
 }
 
@@ -280,7 +322,7 @@ impl TryFrom<UpdateDetails> for ProductCommand {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePrice {
-    pub price: MoneyDto,
+    pub price: PriceDto,
 }
 
 impl TryFrom<ChangePrice> for ProductCommand {
@@ -295,6 +337,7 @@ impl TryFrom<ChangePrice> for ProductCommand {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Restock {
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub quantity: u32,
 }
 
@@ -317,6 +360,7 @@ pub struct Empty {}
 #[serde(deny_unknown_fields)]
 pub struct OrderLineDto {
     pub product_id: Uuid,
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub quantity: u32,
 }
 
@@ -326,6 +370,8 @@ pub struct PlaceOrder {
     #[serde(default)]
     pub id: Option<Uuid>,
     pub customer_id: Uuid,
+    /// 1 to 100 lines, each naming a different product.
+    #[schemars(length(min = 1, max = 100))]
     pub lines: Vec<OrderLineDto>,
     pub shipping_address: AddressDto,
 }
@@ -368,7 +414,9 @@ impl TryFrom<PlaceOrder> for PlaceOrderRequest {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipOrder {
+    #[schemars(length(max = 100), pattern(patterns::TEXT))]
     pub carrier: String,
+    #[schemars(length(max = 100), pattern(patterns::TEXT))]
     pub tracking_number: String,
 }
 
@@ -392,6 +440,7 @@ pub enum PaymentStatus {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentWebhook {
+    #[schemars(length(max = 200), pattern(patterns::TEXT))]
     pub provider_event_id: String,
     pub order_id: Uuid,
     pub amount: MoneyDto,

@@ -62,7 +62,7 @@ impl ApiError {
                 DomainError::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
                 DomainError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
                 DomainError::SkuTaken => (StatusCode::CONFLICT, "sku_taken"),
-                DomainError::CustomerInactive => (StatusCode::UNPROCESSABLE_ENTITY, "customer_inactive"),
+                DomainError::CustomerInactive => (StatusCode::CONFLICT, "customer_inactive"),
                 DomainError::PaymentMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "payment_mismatch"),
                 DomainError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             },

@@ -33,10 +33,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let headers = &parts.headers;
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let correlation_id = match text("x-correlation-id") {
-            Some(raw) => Uuid::parse_str(&raw).map_err(|_| ApiError::malformed("X-Correlation-Id", "must be a UUID"))?,
-            None => Uuid::now_v7(),
-        };
+        let correlation_id =
+            match headers.get("x-correlation-id") {
+                Some(raw) => raw.to_str().ok().and_then(edge::request::parse_uuid).ok_or_else(|| {
+                    ApiError::malformed("X-Correlation-Id", "must be a UUID such as 0190f3c4-0000-7000-8000-00000000a001")
+                })?,
+                None => Uuid::now_v7(),
+            };
         let if_match = match headers.get(header::IF_MATCH) {
             None => None,
             Some(raw) => parse_if_match(raw)?,
@@ -67,16 +70,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     }
 }
 
+/// `*`, or the stream version as an entity tag, `"3"` or `W/"3"`: the
+/// OpenAPI document's `IF_MATCH_PATTERN`, exactly.
 fn parse_if_match(raw: &HeaderValue) -> Result<Option<u64>, ApiError> {
-    let bad = || ApiError::malformed("If-Match", "must be an entity tag such as \"3\" (the stream version)");
-    let raw = raw.to_str().map_err(|_| bad())?.trim();
-    if raw == "*" {
+    let bad = || ApiError::malformed("If-Match", "must be * or an entity tag such as \"3\" (the stream version, at most 19 digits)");
+    let raw = raw.to_str().map_err(|_| bad())?;
+    // An empty value is as if the header were absent (RFC 9110 5.5).
+    if raw == "*" || raw.is_empty() {
         return Ok(None);
     }
     let tag = raw.strip_prefix("W/").unwrap_or(raw);
     let version = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(bad)?;
+    if !(1..=19).contains(&version.len()) || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     version.parse().map(Some).map_err(|_| bad())
 }
+
+/// What `parse_if_match` takes.
+pub const IF_MATCH_PATTERN: &str = r#"^(\*|(W/)?"[0-9]{1,19}")?$"#;
 
 impl Ctx {
     fn principal(&self) -> &Principal {
@@ -147,13 +159,28 @@ pub async fn set_password(
     Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
 }
 
-/// Signs a customer in: a short-lived access token for its email and
-/// password. An unknown email and a wrong password get the same answer in
-/// about the same time.
+/// Signs an operator (an admin token) or a customer in: a short-lived
+/// access token for an email and password. An unknown email and a wrong
+/// password get the same answer in about the same time: each sign-in checks
+/// one password hash, or a decoy.
 pub async fn sign_in(State(state): State<AppState>, JsonBody(body): JsonBody<dto::SignIn>) -> Result<Response, ApiError> {
-    let Some(id) = state.accounts.sign_in(&body.email, body.password).await? else { return Err(ApiError::InvalidCredentials) };
-    let token = state.jwt.mint(&id.to_string(), Role::Customer, chrono::Duration::seconds(ACCESS_TOKEN_SECONDS));
+    let (subject, role) = match state.operators.sign_in(&body.email, body.password.clone()).await.map_err(operator_error)? {
+        Some(Some(operator)) => (commands::Operator::subject(operator), Role::Admin),
+        Some(None) => return Err(ApiError::InvalidCredentials),
+        None => match state.accounts.sign_in(&body.email, body.password).await? {
+            Some(customer) => (customer.to_string(), Role::Customer),
+            None => return Err(ApiError::InvalidCredentials),
+        },
+    };
+    let token = state.jwt.mint(&subject, role, chrono::Duration::seconds(ACCESS_TOKEN_SECONDS));
     Ok(Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECONDS })).into_response())
+}
+
+fn operator_error(e: commands::OperatorError) -> ApiError {
+    match e {
+        commands::OperatorError::Password(commands::PasswordError::Busy) => ApiError::Edge(edge::EdgeError::Unavailable),
+        other => ApiError::internal(other),
+    }
 }
 
 /// How long a signed-in customer's access token lasts.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use commands::{Accounts, CommandService, IdempotencyStore, PasswordStore};
+use commands::{Accounts, CommandService, IdempotencyStore, Operators, PasswordStore};
 use edge::JwtKeys;
 use sqlx::PgPool;
 
@@ -26,6 +26,7 @@ pub struct AppState {
     pub service: CommandService,
     pub idempotency: IdempotencyStore,
     pub accounts: Accounts,
+    pub operators: Operators,
     pub pool: PgPool,
     pub jwt: JwtKeys,
     pub webhook_secret: Arc<str>,
@@ -37,6 +38,7 @@ impl AppState {
     pub fn new(service: CommandService, passwords: PasswordStore, pool: PgPool, jwt: JwtKeys, webhook_secret: &str) -> Self {
         AppState {
             idempotency: IdempotencyStore::new(pool.clone()),
+            operators: Operators::new(pool.clone(), passwords.clone()),
             accounts: Accounts::new(service.clone(), passwords),
             service,
             pool,
@@ -82,5 +84,5 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state.clone())
         .merge(edge::health::routes(move || eventlog::database::answers(pool.clone())));
-    edge::stack(routes, "command", jwt)
+    edge::stack(routes, "command", jwt, &openapi::document())
 }

@@ -15,6 +15,7 @@
 pub mod accounts;
 mod claims;
 pub mod idempotency;
+pub mod operators;
 mod orders;
 pub mod passwords;
 pub mod process_manager;
@@ -22,6 +23,7 @@ pub mod service;
 
 pub use accounts::Accounts;
 pub use idempotency::{Begin, IdempotencyStore};
+pub use operators::{Operator, OperatorError, Operators};
 pub use passwords::{PasswordError, PasswordStore};
 pub use process_manager::ProcessManager;
 pub use service::{CommandService, Outcome, ServiceError};

@@ -25,10 +25,10 @@ impl CommandService {
             return Ok(outcome);
         }
         let mut priced = Vec::with_capacity(lines.len());
-        for (i, (product_id, quantity)) in lines.into_iter().enumerate() {
+        for (product_id, quantity) in lines {
             let product = self.load::<ProductAggregate>(&stream_id::<ProductAggregate>(product_id)).await?;
             let Some(product) = product.state else {
-                return Err(DomainError::invalid(format!("lines[{i}].product_id"), "no such product").into());
+                return Err(DomainError::NotFound("a product of the order").into());
             };
             priced.push(PricedLine { product_id, quantity, unit_price: product.price });
         }
@@ -39,7 +39,7 @@ impl CommandService {
             let customer = self.load::<CustomerAggregate>(customer_stream).await?;
             let customer_active = match &customer.state {
                 Some(c) => c.active,
-                None => return Err(DomainError::invalid("customer_id", "no such customer").into()),
+                None => return Err(DomainError::NotFound("the order's customer").into()),
             };
             let loaded = self.state::<OrderAggregate>(stream, cached).await?;
             let command = OrderCommand::Place {

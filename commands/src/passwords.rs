@@ -188,6 +188,12 @@ impl PasswordStore {
             }
             None => None,
         };
+        self.verify(stored, password).await
+    }
+
+    /// Whether `password` is the one `stored` is the hash of; no hash
+    /// costs the same as a wrong password.
+    pub async fn verify(&self, stored: Option<String>, password: String) -> Result<bool, PasswordError> {
         self.blocking(move || match stored {
             Some(phc) => matches(&phc, &password),
             None => {

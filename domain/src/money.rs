@@ -64,17 +64,17 @@ impl Money {
         self.amount_minor
             .checked_mul(i64::from(quantity))
             .map(|amount_minor| Money { amount_minor, currency: self.currency.clone() })
-            .ok_or_else(|| DomainError::invalid("lines", "order total is too large"))
+            .ok_or_else(|| DomainError::state("the order's total is too large"))
     }
 
     pub fn checked_add(&self, other: &Money) -> Result<Money, DomainError> {
         if self.currency != other.currency {
-            return Err(DomainError::invalid("lines", "all lines of an order must share one currency"));
+            return Err(DomainError::state("the products of an order must be priced in one currency"));
         }
         self.amount_minor
             .checked_add(other.amount_minor)
             .map(|amount_minor| Money { amount_minor, currency: self.currency.clone() })
-            .ok_or_else(|| DomainError::invalid("lines", "order total is too large"))
+            .ok_or_else(|| DomainError::state("the order's total is too large"))
     }
 }
 

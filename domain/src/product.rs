@@ -173,9 +173,7 @@ pub struct ProductAggregate;
 
 fn details(name: &str, description: &str, category: &str) -> Result<(), DomainError> {
     text("name", name, 200)?;
-    if description.chars().count() > 10_000 {
-        return Err(DomainError::invalid("description", "must be at most 10000 characters"));
-    }
+    crate::values::free_text("description", description, 10_000)?;
     text("category", category, 100)
 }
 
@@ -244,7 +242,7 @@ impl Aggregate for ProductAggregate {
                     .stock
                     .checked_add(quantity)
                     .filter(|after| u64::from(*after) + p.reserved() <= u64::from(u32::MAX))
-                    .ok_or_else(|| DomainError::invalid("quantity", "stock and reserved units would exceed 4294967295"))?;
+                    .ok_or_else(|| DomainError::state("stock and reserved units would exceed 4294967295"))?;
                 Ok(vec![ProductEvent::Restocked(ProductRestocked { quantity, stock_after })])
             }
             (p, C::Discontinue) if p.discontinued => Ok(vec![]),

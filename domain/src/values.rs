@@ -13,14 +13,16 @@ use crate::DomainError;
 pub struct Email(String);
 
 impl Email {
+    /// At most 254 characters, no white space or control characters, one
+    /// `@` with something before it and a host after it that holds a dot,
+    /// neither first nor last: `patterns::EMAIL`, exactly.
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        let email = raw.trim();
-        let valid = email.len() <= 254
-            && !email.chars().any(char::is_whitespace)
-            && matches!(email.split_once('@'), Some((local, host))
+        let valid = raw.chars().count() <= 254
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
+            && matches!(raw.split_once('@'), Some((local, host))
                 if !local.is_empty() && host.contains('.') && !host.starts_with('.') && !host.ends_with('.') && !host.contains('@'));
         if valid {
-            Ok(Email(email.to_owned()))
+            Ok(Email(raw.to_owned()))
         } else {
             Err(DomainError::invalid("email", "must be an email address such as ada@example.com"))
         }
@@ -56,10 +58,10 @@ impl From<Email> for String {
 pub struct Sku(String);
 
 impl Sku {
+    /// `patterns::SKU`, exactly.
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        let sku = raw.trim();
-        if !sku.is_empty() && sku.len() <= 64 && sku.bytes().all(|b| b.is_ascii_graphic()) {
-            Ok(Sku(sku.to_owned()))
+        if !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(Sku(raw.to_owned()))
         } else {
             Err(DomainError::invalid("sku", "must be 1 to 64 visible ASCII characters"))
         }
@@ -95,10 +97,8 @@ impl Address {
         for (name, value) in [("line1", &self.line1), ("city", &self.city), ("postal_code", &self.postal_code)] {
             text(&format!("{field}.{name}"), value, 200)?;
         }
-        if let Some(line2) = &self.line2
-            && line2.chars().count() > 200
-        {
-            return Err(DomainError::invalid(format!("{field}.line2"), "must be at most 200 characters"));
+        if let Some(line2) = &self.line2 {
+            free_text(&format!("{field}.line2"), line2, 200)?;
         }
         if !(self.country.len() == 2 && self.country.bytes().all(|b| b.is_ascii_uppercase())) {
             return Err(DomainError::invalid(format!("{field}.country"), "must be an ISO 3166-1 alpha-2 code such as DE"));
@@ -107,15 +107,78 @@ impl Address {
     }
 }
 
-/// A required, trimmed-non-empty text of at most `max` characters.
+/// A required text of at most `max` characters: not only white space, no
+/// control characters but tab and line breaks (`patterns::TEXT`).
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
-    if value.trim().is_empty() {
-        Err(DomainError::invalid(field, "must not be empty"))
-    } else if value.chars().count() > max {
+    if value.trim().is_empty() { Err(DomainError::invalid(field, "must not be empty")) } else { free_text(field, value, max) }
+}
+
+/// An optional text (it may be empty) of at most `max` characters, no
+/// control characters but tab and line breaks (`patterns::FREE_TEXT`).
+pub fn free_text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
+    if value.chars().count() > max {
         Err(DomainError::invalid(field, format!("must be at most {max} characters")))
+    } else if value.chars().any(forbidden) {
+        Err(DomainError::invalid(field, "must not contain control characters other than tab and line breaks"))
     } else {
         Ok(())
     }
+}
+
+/// Control characters, but tab, line feed and carriage return.
+pub fn forbidden(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// The rules above as the regular expressions (ECMA 262, explicit classes
+/// only, so that every common engine reads them alike; Python's `re` alone
+/// also lets `$` match before a final newline, which schemathesis corrects)
+/// that the API documents state, so that a client can check a value before
+/// sending it. Lengths are stated beside them
+/// (`maxLength` counts characters, as the rules do).
+pub mod patterns {
+    /// Control characters but tab, line feed and carriage return.
+    macro_rules! ctl {
+        () => {
+            "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f"
+        };
+    }
+    /// What Rust's `char::is_whitespace` (Unicode White_Space) holds, but
+    /// the control characters `ctl!` has already.
+    macro_rules! ws {
+        () => {
+            "\\u0009\\u000a\\u000d\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+        };
+    }
+    /// `free_text`: anything without control characters.
+    pub const FREE_TEXT: &str = concat!("^[^", ctl!(), "]*$");
+    /// `text`: that, and something other than white space.
+    pub const TEXT: &str = concat!("^[^", ctl!(), "]*[^", ctl!(), ws!(), "][^", ctl!(), "]*$");
+    /// `Email::parse`, with `maxLength` 254.
+    pub const EMAIL: &str = concat!(
+        "^[^@",
+        ctl!(),
+        ws!(),
+        "]+@[^@.",
+        ctl!(),
+        ws!(),
+        "][^@",
+        ctl!(),
+        ws!(),
+        "]*\\.[^@",
+        ctl!(),
+        ws!(),
+        "]*[^@.",
+        ctl!(),
+        ws!(),
+        "]$"
+    );
+    /// `Sku::parse`, with `maxLength` 64.
+    pub const SKU: &str = "^[!-~]+$";
+    /// `Currency::parse`.
+    pub const CURRENCY: &str = "^[A-Z]{3}$";
+    /// `Address::validate`'s country.
+    pub const COUNTRY: &str = "^[A-Z]{2}$";
 }
 
 /// Read back as recorded: the rules apply when a command makes one

@@ -45,13 +45,30 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EdgeError> {
         None => return Err(EdgeError::malformed("", "the body is empty; it must be one JSON object")),
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        let inner = e.into_inner();
-        EdgeError::malformed(field, describe(&inner))
-    })?;
-    de.end().map_err(|_| EdgeError::malformed("", "trailing data after the JSON object"))?;
+    let value: T = match serde_path_to_error::deserialize(&mut *de) {
+        Ok(value) => {
+            de.end().map_err(|_| EdgeError::malformed("", "trailing data after the JSON object"))?;
+            value
+        }
+        // JSON has one number type: `2.0` is the integer 2 (as JSON Schema
+        // says too). Only a body that has such a number pays for a second
+        // parse, with those numbers written as integers.
+        Err(e) if e.inner().to_string().starts_with("invalid type: floating point") => {
+            // One value and nothing after it, or this fails.
+            let mut tree: Value = serde_json::from_slice(bytes).map_err(|e| EdgeError::malformed("", describe(&e)))?;
+            integral_floats_as_integers(&mut tree);
+            serde_path_to_error::deserialize(tree).map_err(|e| {
+                let path = e.path().to_string();
+                EdgeError::malformed(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+            })?
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            return Err(EdgeError::malformed(field, describe(&inner)));
+        }
+    };
     // Raw control characters are a syntax error already; escaped ones
     // (`\u0000`) are only possible where the body has a `\u` escape.
     if bytes.windows(2).any(|w| w == b"\\u") {
@@ -75,6 +92,24 @@ fn describe(e: &serde_json::Error) -> String {
             let message = e.to_string();
             message.split(" at line ").next().unwrap_or(&message).to_owned()
         }
+    }
+}
+
+/// Every number with no fraction (`3.0`, `1e3`) in `value` as the integer it
+/// is, where an integer type holds it exactly.
+fn integral_floats_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Up to 2^53 every integer is a float exactly; past it a float
+            // may stand for several integers, so it is refused, not rounded.
+            if f.fract() == 0.0 && f.abs() <= 2f64.powi(53) {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(members) => members.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 
@@ -126,5 +161,20 @@ mod tests {
         let Err(EdgeError::Malformed(errors)) = parse::<Body>(br#"{"name":"a","tags":["x","\u001b"]}"#) else { panic!("ESC accepted") };
         assert_eq!(errors[0].field, "tags[1]");
         assert!(parse::<Body>(br#"{"name":"line\nbreak \u00e9"}"#).is_ok());
+    }
+
+    #[test]
+    fn integral_numbers_are_integers_however_written() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Counted {
+            n: u32,
+            m: i64,
+        }
+        let counted: Counted = parse(br#"{"n": 3.0, "m": -1e3}"#).expect("integral floats are integers");
+        assert_eq!((counted.n, counted.m), (3, -1000));
+        let Err(EdgeError::Malformed(errors)) = parse::<Counted>(br#"{"n": 3.5, "m": 1}"#) else { panic!("3.5 taken as an integer") };
+        assert_eq!(errors[0].field, "n");
+        assert!(parse::<Counted>(br#"{"n": 4294967296.0, "m": 1}"#).is_err(), "out of range for u32");
+        assert!(parse::<Counted>(br#"{"n": 1, "m": 9007199254740993.0}"#).is_err(), "not rounded to a neighbour");
     }
 }

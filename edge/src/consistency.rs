@@ -25,6 +25,17 @@ pub fn header_value(position: u64) -> HeaderValue {
     HeaderValue::from_str(&encode(position)).expect("a number is a valid header")
 }
 
+/// What `decode` takes in one `X-Consistency-Token` header: 1 to 64
+/// numbers, comma-separated, spaces around the commas allowed.
+pub const TOKENS_PATTERN: &str = "^[0-9]{1,19}( *, *[0-9]{1,19}){0,63}$";
+/// What `decode` takes in `X-Consistency-Timeout`.
+pub const TIMEOUT_PATTERN: &str = "^[0-9]{1,19}$";
+
+/// 1 to 19 decimal digits (always a u64), nothing else.
+fn number(text: &str) -> Option<u64> {
+    ((1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
+}
+
 /// What a read asked to see before answering.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
@@ -39,28 +50,29 @@ pub fn decode(headers: &HeaderMap) -> Result<Option<Wanted>, EdgeError> {
     let mut positions = Vec::new();
     for value in headers.get_all(TOKEN_HEADER) {
         let text = value.to_str().map_err(|_| bad())?;
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            positions.push(part.parse::<u64>().map_err(|_| bad())?);
+        for part in text.split(',').map(|p| p.trim_matches(' ')) {
+            positions.push(number(part).ok_or_else(bad)?);
             if positions.len() > MAX_TOKENS {
                 return Err(EdgeError::malformed("X-Consistency-Token", format!("at most {MAX_TOKENS} tokens per request")));
             }
         }
     }
-    if positions.is_empty() {
-        return Ok(None);
-    }
-    positions.sort_unstable();
-    positions.dedup();
+    // Checked even without a token: a malformed header is refused, used or not.
     let timeout = match headers.get(TIMEOUT_HEADER) {
         None => DEFAULT_WAIT,
         Some(v) => Duration::from_millis(
             v.to_str()
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| EdgeError::malformed("X-Consistency-Timeout", "must be a number of milliseconds"))?,
+                .and_then(number)
+                .ok_or_else(|| EdgeError::malformed("X-Consistency-Timeout", "must be a number of milliseconds (1 to 19 digits)"))?,
         )
         .min(MAX_WAIT),
     };
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    positions.sort_unstable();
+    positions.dedup();
     Ok(Some(Wanted { positions, timeout }))
 }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod consistency;
 pub mod health;
+pub mod methods;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

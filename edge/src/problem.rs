@@ -85,8 +85,17 @@ pub fn openapi_schema() -> Value {
             "status": { "type": "integer" },
             "detail": { "type": "string" },
             "code": { "type": "string" },
-            "errors": { "type": "array", "items": { "type": "object", "properties": { "field": { "type": "string" }, "message": { "type": "string" } } } },
-            "current_version": { "type": ["integer", "null"] }
+            "errors": {
+                "description": "What was wrong, field by field (validation_failed)",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": { "field": { "type": "string" }, "message": { "type": "string" } }
+                }
+            },
+            "expected_version": { "description": "The version If-Match named (version_conflict)", "type": "integer", "minimum": 0 },
+            "current_version": { "description": "The stream's version, null if it does not exist (version_conflict)", "type": ["integer", "null"], "minimum": 0 }
         }
     })
 }

@@ -9,7 +9,17 @@ use crate::EdgeError;
 
 /// An id in a path.
 pub fn parse_id(raw: &str) -> Result<Uuid, EdgeError> {
-    Uuid::parse_str(raw).map_err(|_| EdgeError::malformed("id", "must be a UUID"))
+    parse_uuid(raw).ok_or_else(|| EdgeError::malformed("id", "must be a UUID"))
+}
+
+/// A UUID in its one documented form (`format: uuid`, RFC 9562's
+/// hyphenated 8-4-4-4-12 hex digits), not the braced, URN or bare forms
+/// the parser also knows.
+pub fn parse_uuid(raw: &str) -> Option<Uuid> {
+    if raw.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(raw).ok()
 }
 
 /// A query string, parsed strictly (unknown parameters and wrong types are

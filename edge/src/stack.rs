@@ -27,8 +27,10 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `X-Request-Id` taken from a client (longer ones are replaced).
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
-/// Wraps an API's routes in the shared stack. `api` labels its metrics.
-pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
+/// Wraps an API's routes in the shared stack. `api` labels its metrics;
+/// `openapi` is the document it serves, which says which methods each path
+/// has.
+pub fn stack(router: Router, api: &'static str, jwt: JwtKeys, openapi: &serde_json::Value) -> Router {
     crate::metrics::prometheus();
     crate::metrics::export_from_start(api);
     router
@@ -37,6 +39,7 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(buffer_body))
         .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(crate::methods::Methods::from_openapi(openapi), crate::methods::refuse_undeclared))
         .layer(middleware::from_fn(problemify))
         .layer(middleware::from_fn(move |request, next| crate::metrics::track_requests(api, request, next)))
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -147,6 +147,8 @@ pub enum Until {
     Version(u64),
     /// After the last event recorded at or before this time.
     Time(chrono::DateTime<chrono::Utc>),
+    /// Whichever of the two comes first.
+    Both(u64, chrono::DateTime<chrono::Utc>),
 }
 
 /// Events a look into the past folds at most, from where it starts.
@@ -182,6 +184,7 @@ pub async fn fold_until<A: Aggregate>(
     let version = match until {
         Until::Version(version) => Some(version),
         Until::Time(time) => version_at(log, stream_id, time).await?,
+        Until::Both(version, time) => version_at(log, stream_id, time).await?.map(|at| at.min(version)),
     };
     let Some(version) = version else { return Ok(empty()) };
     let mut folded = from_snapshot_at_most::<A>(log, stream_id, version).await?.unwrap_or_else(empty);

@@ -9,8 +9,13 @@
 //! exactly once in effect (per-partition progress stored with their
 //! effects, version-guarded applies).
 
+pub mod asyncapi;
+pub mod cloudevents;
 mod relay;
 mod source;
+
+/// The topic `serve` publishes to unless told otherwise.
+pub const DEFAULT_TOPIC: &str = "storekeeper.events";
 
 pub use relay::{Relay, ensure_topic};
 pub use source::{CatchUpSource, KafkaSource};

@@ -89,11 +89,14 @@ impl Relay {
             let traceparent = telemetry::traceparent(&span)
                 .unwrap_or_else(|| telemetry::w3c::format(&trace_id, &event.event_id.simple().to_string()[16..], flags.unwrap_or(1)));
             tracing::debug!(parent: &span, trace_id, position = event.global_position, stream_id = %event.stream_id, "relayed");
-            let record_headers = OwnedHeaders::new()
+            let mut record_headers = OwnedHeaders::new_with_capacity(12)
                 .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_str()) })
                 .insert(Header { key: headers::SCHEMA_VERSION, value: Some(schema_version.as_str()) })
                 .insert(Header { key: headers::GLOBAL_POSITION, value: Some(position.as_str()) })
                 .insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_str()) });
+            for (key, value) in crate::cloudevents::headers(event) {
+                record_headers = record_headers.insert(Header { key, value: Some(value.as_str()) });
+            }
             let mut record = FutureRecord::to(&self.topic)
                 .key(event.stream_id.as_str())
                 .partition(eventlog::partition_for(&event.stream_id, partitions))

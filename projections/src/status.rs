@@ -77,7 +77,7 @@ pub struct ProjectionStatus {
     pub position: u64,
     pub lag_events: u64,
     pub lag_seconds: f64,
-    /// `running`, `degraded` (events parked), `rebuilding` or `failed`.
+    #[schemars(with = "ProjectionState")]
     pub state: String,
     pub parked: u64,
     pub last_error: Option<String>,
@@ -86,6 +86,21 @@ pub struct ProjectionStatus {
     /// Seconds left to catch up at that rate: 0 when caught up, null while
     /// there is no rate to go by.
     pub eta_seconds: Option<f64>,
+}
+
+/// What a projection is doing.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ProjectionState {
+    /// Following the log.
+    Running,
+    /// Following the log with events parked (`parked` says how many).
+    Degraded,
+    /// Building a new version beside the live one.
+    Rebuilding,
+    /// Stopped on an error (`last_error`).
+    Failed,
 }
 
 /// The consumers of the log listed beside one another.

@@ -55,8 +55,25 @@ impl Verification {
 pub struct Difference {
     pub table: String,
     /// `live`: only in the live view; `log`: only in the fold of the log.
+    #[schemars(with = "OnlyIn")]
     pub only_in: String,
+    /// The row, column by column (each column as the table holds it).
+    #[schemars(schema_with = "row_schema")]
     pub row: serde_json::Value,
+}
+
+/// A table's row as a JSON object, one member per column.
+fn row_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "description": "One member per column of the table" })
+}
+
+/// Which side of a comparison a row is on.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum OnlyIn {
+    Live,
+    Log,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

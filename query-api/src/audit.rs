@@ -18,13 +18,22 @@ use crate::{ApiError, AppState, wait_for_tokens};
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    #[schemars(pattern(edge::openapi::NO_CONTROL_PATTERN))]
     actor: Option<String>,
     correlation_id: Option<Uuid>,
+    #[schemars(pattern(edge::openapi::NO_CONTROL_PATTERN))]
     stream_id: Option<String>,
+    #[schemars(pattern(edge::openapi::NO_CONTROL_PATTERN))]
     event_type: Option<String>,
+    /// Recorded at or after (RFC 3339, years 0 to 9999).
     from: Option<DateTime<Utc>>,
+    /// Recorded before.
     to: Option<DateTime<Utc>>,
+    /// Items per page (default 50).
+    #[schemars(range(min = 1, max = crate::params::MAX_LIMIT))]
     limit: Option<i64>,
+    /// `next_cursor` of the page before.
+    #[schemars(regex(pattern = "^[0-9]{1,18}$"))]
     cursor: Option<String>,
 }
 
@@ -40,7 +49,12 @@ pub async fn audit(
     let after: Option<i64> = q
         .cursor
         .as_deref()
-        .map(|c| c.parse().map_err(|_| ApiError::malformed("cursor", "is not a cursor from an earlier page")))
+        .map(|c| {
+            c.parse()
+                .ok()
+                .filter(|_| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| ApiError::malformed("cursor", "is not a cursor from an earlier page"))
+        })
         .transpose()?;
     wait_for_tokens(&state, &headers, &[AUDIT]).await?;
     let items: Vec<AuditEntry> = sqlx::query_as(

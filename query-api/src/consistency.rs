@@ -235,6 +235,8 @@ where
 /// the read is refused rather than answered stale.
 pub async fn wait_for_tokens(state: &AppState, headers: &HeaderMap, projections: &[&str]) -> Result<(), ApiError> {
     if headers.get(edge::consistency::TOKEN_HEADER).is_none() {
+        // Nothing to wait for; a malformed timeout is refused all the same.
+        edge::consistency::decode(headers)?;
         return Ok(());
     }
     let _waiting = state.board.wait();

@@ -14,7 +14,11 @@ use crate::{ApiError, AppState};
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// The first stream version to read (default 0).
+    #[schemars(range(max = u64::MAX))]
     from_version: Option<u64>,
+    /// Items per page (default 50).
+    #[schemars(range(min = 1, max = crate::params::MAX_LIMIT))]
     limit: Option<i64>,
 }
 

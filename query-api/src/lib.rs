@@ -75,5 +75,5 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(state.clone())
         .merge(edge::health::routes(move || eventlog::database::answers(state.pool.clone())));
-    edge::stack(routes, "query", jwt)
+    edge::stack(routes, "query", jwt, &openapi::document())
 }

@@ -86,7 +86,7 @@ fn query_parameters(schema: &Schema) -> Vec<Value> {
     properties
         .iter()
         .map(|(name, property)| {
-            let mut property = property.clone();
+            let mut property = never_null(property.clone());
             let description = property.as_object_mut().and_then(|p| p.remove("description"));
             let mut parameter = json!({ "name": name, "in": "query", "required": false, "schema": property });
             if let Some(description) = description {
@@ -97,34 +97,86 @@ fn query_parameters(schema: &Schema) -> Vec<Value> {
         .collect()
 }
 
+/// A query parameter's schema without the `null` its `Option` brings: a
+/// parameter is absent, never null.
+fn never_null(mut schema: Value) -> Value {
+    if let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            schema["type"] = types[0].clone();
+        }
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema.get_mut(key).and_then(Value::as_array_mut) {
+            options.retain(|o| o.get("type").and_then(Value::as_str) != Some("null"));
+            if options.len() == 1 {
+                let only = options[0].clone();
+                let object = schema.as_object_mut().expect("a schema with anyOf is an object");
+                object.remove(key);
+                if let Value::Object(members) = only {
+                    object.extend(members);
+                }
+            }
+        }
+    }
+    if let Some(values) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        values.retain(|v| !v.is_null());
+    }
+    schema.as_object_mut().map(|o| o.remove("default"));
+    schema
+}
+
+/// From a list to its first item's reads.
+fn links(path: &str) -> Option<Value> {
+    let prefix = format!("{path}/{{id}}");
+    let operations = operations();
+    let lists = path.matches('/').count() == 2;
+    let targets = operations.iter().filter(|target| lists && target.path.starts_with(&prefix)).map(|target| ("get", target.path));
+    edge::openapi::links(targets, "$response.body#/items/0/id")
+}
+
+/// Problems a read may answer with beside the edge's.
+const PROBLEMS: &[(u16, &[&str])] = &[
+    (400, &["invalid_consistency_token"]),
+    (409, &["verify_in_progress"]),
+    (503, &["not_yet_consistent", "projection_degraded", "history_too_long"]),
+];
+
 pub fn document() -> Value {
     let mut generator = edge::openapi::generator();
     let mut paths = serde_json::Map::new();
     for op in operations() {
         let mut parameters = edge::openapi::path_parameters(op.path);
         if let Some(query) = op.query {
-            parameters.extend(query_parameters(&query(&mut generator)));
+            // A customer's orders are the path's customer's.
+            let path_names: Vec<Value> = parameters.iter().map(|p| p["name"].clone()).collect();
+            let own = op.path.starts_with("/v1/customers/");
+            parameters.extend(
+                query_parameters(&query(&mut generator))
+                    .into_iter()
+                    .filter(|p| !(path_names.contains(&p["name"]) || own && p["name"] == "customer_id")),
+            );
         }
         if op.consistent {
-            parameters.push(json!({ "name": "X-Consistency-Token", "in": "header", "required": false,
-                "description": "Token from a write: the read waits until it is visible (503 not_yet_consistent after X-Consistency-Timeout ms, default 2000; 503 projection_degraded when one of its events is parked in a read model the answer comes from; 400 invalid_consistency_token, at once, for a token beyond the head of the log)",
-                "schema": { "type": "string" } }));
-            parameters.push(json!({ "name": "X-Consistency-Timeout", "in": "header", "required": false,
-                "description": "How long to wait for the tokens, in ms (larger values are taken as 10000)", "schema": { "type": "string" } }));
+            parameters.extend(edge::openapi::consistency_headers());
         }
         let security = if op.auth == "public" { json!([]) } else { json!([{ "bearer": [] }]) };
         let response = (op.response)(&mut generator);
+        let mut responses = edge::openapi::problem_responses(PROBLEMS);
+        let mut ok = json!({ "description": "OK", "content": { "application/json": { "schema": response } } });
+        if let Some(links) = links(op.path) {
+            ok["links"] = links;
+        }
+        responses.insert("200".into(), ok);
         paths.insert(
             op.path.to_owned(),
             json!({ "get": {
+                "operationId": edge::openapi::operation_id("get", op.path),
                 "summary": op.summary,
                 "description": format!("Allowed: {}.", op.auth),
                 "security": security,
                 "parameters": parameters,
-                "responses": {
-                    "200": { "description": "OK", "content": { "application/json": { "schema": response } } },
-                    "default": edge::openapi::problem_response()
-                }
+                "responses": responses
             }}),
         );
     }

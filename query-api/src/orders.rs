@@ -68,14 +68,27 @@ pub async fn get_order(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderFilter {
+    #[schemars(with = "Option<domain::order::OrderStatus>")]
     status: Option<String>,
     pub(crate) customer_id: Option<Uuid>,
+    /// Items per page (default 50).
+    #[schemars(range(min = 1, max = crate::params::MAX_LIMIT))]
     limit: Option<i64>,
+    /// `next_cursor` of the page before.
+    #[schemars(with = "Option<uuid::Uuid>")]
     cursor: Option<String>,
 }
 
 pub(crate) async fn orders_page(state: &AppState, headers: &HeaderMap, filter: OrderFilter) -> Result<Json<Page<Order>>, ApiError> {
     let limit = limit(filter.limit)?;
+    if let Some(status) = &filter.status
+        && serde_json::from_value::<domain::order::OrderStatus>(serde_json::Value::String(status.clone())).is_err()
+    {
+        return Err(ApiError::malformed(
+            "status",
+            "must be an order's status: placed, confirmed, rejected, paid, shipped, delivered or cancelled",
+        ));
+    }
     let after = cursor_id(filter.cursor.as_deref())?;
     wait_for_tokens(state, headers, &[ORDERS]).await?;
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(

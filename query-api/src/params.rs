@@ -17,14 +17,16 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
 
 /// A keyset cursor over ids, as handed out in `next_cursor`.
 pub fn cursor_id(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    cursor.map(|c| Uuid::parse_str(c).map_err(|_| ApiError::malformed("cursor", "is not a cursor from an earlier page"))).transpose()
+    cursor
+        .map(|c| edge::request::parse_uuid(c).ok_or_else(|| ApiError::malformed("cursor", "is not a cursor from an earlier page")))
+        .transpose()
 }
 
-/// Dates a filter may name: PostgreSQL's range is narrower than chrono's,
-/// and no sale or event lies outside these years anyway.
+/// Dates a filter may name: the four-digit years RFC 3339 writes
+/// (PostgreSQL's range is wider, chrono's wider still).
 pub fn check_year(field: &str, year: Option<i32>) -> Result<(), ApiError> {
     match year {
-        Some(y) if !(1..=9999).contains(&y) => Err(ApiError::malformed(field, "must be a date between the years 1 and 9999")),
+        Some(y) if !(0..=9999).contains(&y) => Err(ApiError::malformed(field, "must be a date between the years 0 and 9999")),
         _ => Ok(()),
     }
 }

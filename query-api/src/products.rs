@@ -60,12 +60,17 @@ pub async fn get_product(State(state): State<AppState>, Path(id): Path<String>, 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductFilter {
+    #[schemars(pattern(edge::openapi::NO_CONTROL_PATTERN))]
     category: Option<String>,
-    /// `active` or `discontinued`.
+    #[schemars(with = "Option<crate::responses::ProductStatus>")]
     status: Option<String>,
     min_price: Option<i64>,
     max_price: Option<i64>,
+    /// Items per page (default 50).
+    #[schemars(range(min = 1, max = crate::params::MAX_LIMIT))]
     limit: Option<i64>,
+    /// `next_cursor` of the page before.
+    #[schemars(with = "Option<uuid::Uuid>")]
     cursor: Option<String>,
 }
 
@@ -110,32 +115,58 @@ const MAX_OFFSET: usize = 10_000;
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
-    /// Words to find in name, description and SKU (at most 32 words and
-    /// 256 characters).
+    /// Words to find in name, description and SKU (words past the 32nd
+    /// are left out).
+    #[schemars(length(max = MAX_QUERY_CHARS), pattern(edge::openapi::NO_CONTROL_PATTERN))]
     q: Option<String>,
+    #[schemars(length(max = MAX_QUERY_CHARS), pattern(edge::openapi::NO_CONTROL_PATTERN))]
     category: Option<String>,
     in_stock: Option<bool>,
     min_price: Option<i64>,
     max_price: Option<i64>,
-    /// `relevance` (default), `price_asc` or `price_desc`.
+    /// Relevance unless told.
+    #[schemars(with = "Option<SortBy>")]
     sort: Option<String>,
+    /// Items per page (default 50).
+    #[schemars(range(min = 1, max = crate::params::MAX_LIMIT))]
     limit: Option<i64>,
+    #[schemars(range(max = MAX_OFFSET))]
     offset: Option<usize>,
 }
 
-/// The query text with whitespace collapsed, refused when over the bounds.
-/// Terms are counted as the index's tokenizer splits them (runs of
-/// letters and digits), so `a-b-c` is three.
+/// Orders of search hits.
+#[derive(JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum SortBy {
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+}
+
+/// The query text with whitespace collapsed, refused past
+/// `MAX_QUERY_CHARS`, and cut after its 32nd term, as search engines do
+/// (a bound on the work that the document can state). Terms are counted as
+/// the index's tokenizer splits them (runs of letters and digits), so
+/// `a-b-c` is three.
 pub fn normalise_query(q: &str) -> Result<String, ApiError> {
-    let terms = q.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).count();
-    if terms > MAX_QUERY_TERMS {
-        return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_TERMS} terms")));
-    }
-    let normalised = q.split_whitespace().collect::<Vec<_>>().join(" ");
-    if normalised.chars().count() > MAX_QUERY_CHARS {
+    if q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::malformed("q", format!("at most {MAX_QUERY_CHARS} characters")));
     }
-    Ok(normalised)
+    let (mut terms, mut in_term, mut end) = (0, false, q.len());
+    for (i, c) in q.char_indices() {
+        let alphanumeric = c.is_alphanumeric();
+        if alphanumeric && !in_term {
+            terms += 1;
+            if terms > MAX_QUERY_TERMS {
+                end = i;
+                break;
+            }
+        }
+        in_term = alphanumeric;
+    }
+    Ok(q[..end].split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 pub async fn search_products(

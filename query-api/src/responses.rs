@@ -28,9 +28,31 @@ pub struct Product {
     pub category: String,
     pub price: Money,
     pub stock: i64,
-    /// `active` or `discontinued`.
+    #[schemars(with = "ProductStatus")]
     pub status: String,
     pub version: i64,
+}
+
+/// The states of a product, as the products view keeps them.
+#[derive(JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum ProductStatus {
+    Active,
+    Discontinued,
+}
+
+/// The states of a customer; a forgotten customer's personal fields all
+/// read `[redacted]`.
+#[derive(JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum CustomerStatus {
+    Active,
+    Deactivated,
+    Forgotten,
 }
 
 #[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]
@@ -38,8 +60,9 @@ pub struct Customer {
     pub id: Uuid,
     pub email: String,
     pub name: String,
+    #[schemars(with = "Option<domain::Address>")]
     pub shipping_address: Option<Value>,
-    /// `active`, `deactivated` or `forgotten` (every personal field then reads `[redacted]`).
+    #[schemars(with = "CustomerStatus")]
     pub status: String,
     pub version: i64,
 }
@@ -62,10 +85,11 @@ impl From<&domain::order::OrderLine> for OrderLine {
 pub struct Order {
     pub id: Uuid,
     pub customer_id: Uuid,
-    /// `placed`, `confirmed`, `rejected`, `paid`, `shipped`, `delivered` or `cancelled`.
+    #[schemars(with = "domain::order::OrderStatus")]
     pub status: String,
     pub lines: Vec<OrderLine>,
     pub total: Money,
+    #[schemars(with = "domain::Address")]
     pub shipping_address: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placed_at: Option<DateTime<Utc>>,
@@ -109,11 +133,53 @@ pub struct Total {
 /// A stream's history, from the log, with metadata.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct History {
-    /// Envelopes: `event_id`, `stream_id`, `stream_version`,
-    /// `global_position`, `event_type`, `schema_version`, `occurred_at`,
-    /// `recorded_at`, `metadata`, `data`.
+    #[schemars(with = "Vec<Envelope>")]
     pub events: Vec<Value>,
     pub next_from_version: Option<u64>,
+}
+
+/// An event as the log keeps it (`eventlog::RecordedEvent`), personal
+/// fields opened (or `[redacted]` once forgotten).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Envelope {
+    event_id: Uuid,
+    stream_id: String,
+    /// Its place in the stream, from 0.
+    stream_version: u64,
+    /// Its place in the log, from 1.
+    global_position: u64,
+    /// Never renamed once stored; `data` has the schema
+    /// `schemas/events/<event_type>.v<schema_version>.json`.
+    event_type: String,
+    schema_version: u32,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    metadata: EnvelopeMetadata,
+    #[schemars(schema_with = "event_data")]
+    data: Value,
+}
+
+/// An event's data: its schema is `schemas/events/<event_type>.v<schema_version>.json`.
+fn event_data(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "The event's data, as schemas/events/<event_type>.v<schema_version>.json gives it (personal fields opened, or [redacted])"
+    })
+}
+
+/// `eventlog::Metadata`.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct EnvelopeMetadata {
+    /// A token's subject, or `system:<process>`.
+    actor: String,
+    role: Option<String>,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    request_id: Option<String>,
+    idempotency_key: Option<String>,
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]

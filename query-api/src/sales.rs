@@ -20,8 +20,19 @@ use crate::{ApiError, AppState, wait_for_tokens};
 pub struct SalesQuery {
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
-    /// `day` (default) or `product`.
+    /// Per day unless told.
+    #[schemars(with = "Option<GroupBy>")]
     group_by: Option<String>,
+}
+
+/// What a sales report sums over.
+#[derive(JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum GroupBy {
+    Day,
+    Product,
 }
 
 pub async fn sales_report(

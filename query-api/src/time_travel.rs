@@ -18,9 +18,11 @@ use crate::{ApiError, AppState};
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AtQuery {
-    /// Fold up to and including this stream version.
+    /// Fold up to and including this stream version (with `time` too,
+    /// whichever comes first; with neither, all of it).
+    #[schemars(range(max = u64::MAX))]
     pub version: Option<u64>,
-    /// Fold the events recorded up to this time (RFC 3339).
+    /// Fold the events recorded up to this time (RFC 3339, years 0 to 9999).
     pub time: Option<DateTime<Utc>>,
 }
 
@@ -30,13 +32,12 @@ pub async fn entity_at<A, T>(state: &AppState, id: Uuid, at: &AtQuery, what: &'s
 where
     A: Aggregate<State = Option<T>>,
 {
-    if at.version.is_some() == at.time.is_some() {
-        return Err(ApiError::malformed("version", "give exactly one of version or time"));
-    }
+    crate::params::check_year("time", at.time.map(|t| chrono::Datelike::year(&t)))?;
     let until = match (at.version, at.time) {
-        (Some(version), _) => eventlog::Until::Version(version),
-        (_, Some(time)) => eventlog::Until::Time(time),
-        (None, None) => unreachable!("exactly one was checked above"),
+        (Some(version), Some(time)) => eventlog::Until::Both(version, time),
+        (Some(version), None) => eventlog::Until::Version(version),
+        (None, Some(time)) => eventlog::Until::Time(time),
+        (None, None) => eventlog::Until::Version(u64::MAX),
     };
     let folded = eventlog::fold_until::<A>(&*state.log, &StreamId::of::<A>(id).to_string(), until, eventlog::PAST_FOLD_BUDGET)
         .await

@@ -137,6 +137,34 @@ pub enum Cmd {
     },
     /// Mints a JWT signed with the configured secret and prints it alone.
     Token(TokenArgs),
+    /// The people who sign in for an admin token (`POST /v1/auth/token`):
+    /// `add` (password from STOREKEEPER_OPERATOR_PASSWORD or a line on
+    /// stdin), `remove`, `list`.
+    Operators {
+        #[command(subcommand)]
+        action: OperatorsAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorsAction {
+    /// Adds an operator (argon2id hash outside the log).
+    Add {
+        email: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Removes an operator.
+    Remove {
+        email: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Every operator, with the subject its actions carry.
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -380,7 +408,7 @@ pub struct KafkaArgs {
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// The topic the relay publishes the log to.
-    #[arg(long, env = "STOREKEEPER_KAFKA_TOPIC", default_value = "storekeeper.events")]
+    #[arg(long, env = "STOREKEEPER_KAFKA_TOPIC", default_value = kafka::DEFAULT_TOPIC)]
     pub kafka_topic: String,
     /// Partitions of that topic when the relay creates it.
     #[arg(long, env = "STOREKEEPER_KAFKA_PARTITIONS", default_value_t = 6)]

@@ -82,5 +82,6 @@ async fn dispatch(command: Cmd) -> Result<()> {
             storekeeper::seed::run(&db, &vault, &append, storekeeper::seed::Sizes { products, customers, orders }).await
         }
         Cmd::Token(args) => storekeeper::admin::token::mint(args),
+        Cmd::Operators { action } => storekeeper::admin::operators::run(action).await,
     }
 }

@@ -120,3 +120,13 @@ pub fn stored_event(event_type: &str, data: Value) -> eventlog::NewEvent {
         data,
     }
 }
+
+/// Asserts that the document checked in at `path` (from the workspace
+/// root) is `generated`, pretty-printed: the contracts under `schemas/`
+/// are generated from the code and must not drift from it.
+pub fn assert_checked_in(path: &str, generated: &Value) {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    let generated = serde_json::to_string_pretty(generated).expect("documents serialize") + "\n";
+    let checked_in = std::fs::read_to_string(&full).unwrap_or_default();
+    assert!(checked_in == generated, "{path} differs from the generated document: run `cargo xtask schemas` and commit the result");
+}

@@ -3,6 +3,7 @@
 //! write path. Nothing here is needed at run time.
 
 mod bench;
+mod contract;
 mod deps;
 mod schemas;
 
@@ -20,11 +21,14 @@ fn main() -> ExitCode {
         ["bench", "decide", rest @ ..] => bench::decide(rest),
         ["bench", "overload", rest @ ..] => bench::overload(rest),
         ["bench", "peer", rest @ ..] => bench::peer(rest),
+        ["bench", "scale", rest @ ..] => bench::scale(rest),
         ["bench", "all", rest @ ..] => bench::all(rest),
+        ["contract"] => contract::standalone(),
         ["schemas"] => schemas::write(),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench overload [--quick]     `serve` under ten times the load it carries: shedding, latency, memory, recovery\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench all [--quick]          every benchmark above, one after another\n  cargo xtask schemas                      regenerate schemas/events and schemas/openapi"
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench overload [--quick]     `serve` under ten times the load it carries: shedding, latency, memory, recovery\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench scale [--quick|--events N]  an empty log against 10M events (1M quick): commands, catch-up, memory\n  cargo xtask bench all [--quick]          every benchmark above but scale, one after another\n  cargo xtask contract                     the OpenAPI, AsyncAPI and CloudEvents contract, checked by schemathesis and a Kafka client
+  cargo xtask schemas                      regenerate schemas/events, schemas/openapi and schemas/asyncapi"
             );
             return ExitCode::from(2);
         }
@@ -218,5 +222,13 @@ fn test(rest: &[&str]) -> Result<()> {
         tests.args(if nextest { ["--run-ignored", "all"] } else { ["--", "--include-ignored"] });
     }
     tests.args(rest.iter().skip_while(|a| **a == "--")).env("DATABASE_URL", &db.url).env("KAFKA_BROKERS", &broker.brokers);
-    run(tests)
+    run(tests)?;
+    // A filtered run (`-- <filter>`) is someone after a few tests.
+    if rest.iter().all(|a| *a == "--") {
+        let mut build = cargo();
+        build.args(["build", "--quiet", "--package", "storekeeper"]);
+        run(build).context("build storekeeper")?;
+        contract::check(&db.url, &broker.brokers)?;
+    }
+    Ok(())
 }

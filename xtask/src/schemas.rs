@@ -1,5 +1,6 @@
 //! `cargo xtask schemas`: regenerates the checked-in JSON Schemas of every
-//! event type and version, and the OpenAPI documents.
+//! event type and version, the OpenAPI documents and the topic's AsyncAPI
+//! document.
 
 use std::fs;
 
@@ -36,6 +37,10 @@ pub fn write() -> Result<()> {
     fs::write(openapi.join("command-api.json"), document).context("write command-api.json")?;
     let document = serde_json::to_string_pretty(&query_api::openapi::document())? + "\n";
     fs::write(openapi.join("query-api.json"), document).context("write query-api.json")?;
-    println!("wrote schemas/events/*.json and schemas/openapi/{{command,query}}-api.json");
+    let asyncapi = workspace_root().join("schemas/asyncapi");
+    fs::create_dir_all(&asyncapi).context("create schemas/asyncapi")?;
+    let document = serde_json::to_string_pretty(&kafka::asyncapi::document())? + "\n";
+    fs::write(asyncapi.join("events.json"), document).context("write events.json")?;
+    println!("wrote schemas/events/*.json, schemas/openapi/{{command,query}}-api.json and schemas/asyncapi/events.json");
     Ok(())
 }

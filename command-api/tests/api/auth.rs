@@ -194,3 +194,45 @@ async fn a_flood_of_sign_ins_is_turned_away_with_503_rather_than_hashed_all_at_o
     assert!(codes.contains(&503), "200 sign-ins at once all hashed: {codes:?}");
     assert!(codes.contains(&401));
 }
+
+#[tokio::test]
+async fn operators_sign_in_for_an_admin_token_and_what_they_do_carries_their_identity() {
+    let app = spawn_app().await;
+    let operators = commands::Operators::new(app.pool.clone(), commands::PasswordStore::new(app.pool.clone()));
+    let id = operators.add("Ops@Example.com", "Night-Shift-2026".into()).await.unwrap();
+    assert!(matches!(operators.add("ops@example.COM", "Another-Password".into()).await, Err(commands::OperatorError::Exists)));
+    assert!(matches!(operators.add("ops2@example.com", "short".into()).await, Err(commands::OperatorError::Invalid(_))));
+    assert_eq!(operators.list().await.unwrap().iter().map(|o| o.email.as_str()).collect::<Vec<_>>(), ["Ops@Example.com"]);
+
+    let answer = app
+        .http
+        .post(format!("{}/v1/auth/token", app.base))
+        .json(&json!({"email": "ops@example.com", "password": "Night-Shift-2026"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let token = answer.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    // An admin's token: it adds a product, and the product's event names the operator.
+    let added = app
+        .post_json(
+            "/v1/products",
+            &token,
+            json!({"sku": "OPS-1", "name": "Lamp", "description": "", "category": "c", "price": {"amount_minor": 100, "currency": "EUR"}, "initial_stock": 1}),
+        )
+        .await;
+    assert_eq!(added.status(), 201);
+    let product = id_of(added).await;
+    let actor: String = sqlx::query_scalar("SELECT metadata->>'actor' FROM events WHERE stream_id = $1")
+        .bind(format!("product-{product}"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(actor, format!("operator:{id}"));
+
+    // A wrong password is refused like a customer's; a removed operator signs in no more.
+    refused_in(&app, [json!({"email": "ops@example.com", "password": "not-the-password"})], 1).await;
+    assert!(operators.remove("OPS@example.com").await.unwrap());
+    assert!(!operators.remove("ops@example.com").await.unwrap());
+    refused_in(&app, [json!({"email": "ops@example.com", "password": "Night-Shift-2026"})], 1).await;
+}

@@ -86,9 +86,10 @@ async fn cancelling_releases_the_stock_and_inactive_customers_cannot_order() {
 
     app.post_json(format!("/v1/customers/{customer}/deactivate"), &app.admin, json!({"reason": "left"})).await;
     let body = json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}], "shipping_address": address()});
-    problem(app.post_json("/v1/orders", &app.admin, body).await, 422, "customer_inactive").await;
+    problem(app.post_json("/v1/orders", &app.admin, body).await, 409, "customer_inactive").await;
     let unknown = json!({"customer_id": customer, "lines": [{"product_id": Uuid::now_v7(), "quantity": 1}], "shipping_address": address()});
-    problem(app.post_json("/v1/orders", &app.admin, unknown).await, 422, "validation_failed").await;
+    // A product or customer that does not exist is not there to be ordered, whatever the request's shape.
+    problem(app.post_json("/v1/orders", &app.admin, unknown).await, 404, "not_found").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

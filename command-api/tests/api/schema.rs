@@ -1,16 +1,7 @@
 //! The OpenAPI document is generated from the request types; the copy
 //! checked in under `schemas/openapi/` must match it.
 
-use std::path::PathBuf;
-
 #[test]
 fn the_checked_in_openapi_document_matches_the_code() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi/command-api.json");
-    let generated = serde_json::to_string_pretty(&command_api::openapi::document()).unwrap() + "\n";
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "{} differs from the generated document: run `cargo xtask schemas` and commit the result",
-        path.display()
-    );
+    test_support::assert_checked_in("schemas/openapi/command-api.json", &command_api::openapi::document());
 }

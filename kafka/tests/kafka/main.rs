@@ -488,3 +488,10 @@ fn topic_sources(brokers: &str, topic: &str) -> eventlog::SourceFactory {
             .map_err(|e| eventlog::EventLogError::Backend(Box::new(e)))
     })
 }
+
+/// The AsyncAPI document is generated from the event schemas; the copy
+/// checked in under `schemas/asyncapi/` must match it.
+#[test]
+fn the_checked_in_asyncapi_document_matches_the_code() {
+    test_support::assert_checked_in("schemas/asyncapi/events.json", &kafka::asyncapi::document());
+}

@@ -28,6 +28,13 @@ pub struct SearchRequest {
     pub offset: usize,
 }
 
+/// A hit's price.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Price {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
 /// One search hit, as the query API answers it.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Hit {
@@ -35,7 +42,7 @@ pub struct Hit {
     pub sku: String,
     pub name: String,
     pub category: String,
-    pub price: serde_json::Value,
+    pub price: Price,
     pub in_stock: bool,
     pub score: Option<f32>,
 }
@@ -45,6 +52,7 @@ pub struct SearchResults {
     pub hits: Vec<Hit>,
     pub total: usize,
     /// `{"category": {"<category>": count}}`.
+    #[schemars(with = "std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>")]
     pub facets: serde_json::Value,
 }
 
@@ -142,7 +150,7 @@ impl SearchIndex {
                 sku: text(f.sku),
                 name: text(f.name),
                 category: text(f.category),
-                price: serde_json::json!({"amount_minor": price, "currency": text(f.currency)}),
+                price: Price { amount_minor: price, currency: text(f.currency) },
                 in_stock: doc.get_first(f.in_stock).and_then(|v| v.as_u64()) == Some(1),
                 score,
             });

@@ -132,7 +132,17 @@ async fn history_audit_and_time_travel_come_from_the_log() {
     assert_eq!((then["stock"].as_i64(), then["price"]["amount_minor"].as_i64()), (Some(15), Some(1000)));
     let now = app.get_json(&format!("/v1/products/{id}"), None, Some(&token)).await;
     assert_eq!(now["price"]["amount_minor"], 1500);
-    assert_eq!(app.get(&format!("/v1/products/{id}/at"), None, None).await.status(), 400);
+    // With neither a version nor a time, as it is now; with both, whichever comes first.
+    let latest = app.get_json(&format!("/v1/products/{id}/at"), None, None).await;
+    assert_eq!(latest["price"]["amount_minor"], 1500);
+    let both = app
+        .get_json(
+            &format!("/v1/products/{id}/at?version=0&time={}", after_restock.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(both["version"], 0);
 }
 
 #[tokio::test]

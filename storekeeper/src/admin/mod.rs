@@ -4,5 +4,6 @@
 //! hold still), so `main` only parses and dispatches.
 
 pub mod events;
+pub mod operators;
 pub mod projections;
 pub mod token;

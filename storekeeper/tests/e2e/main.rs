@@ -6,6 +6,7 @@ mod deploy;
 mod deployment;
 mod lifecycle;
 mod operations;
+mod operators;
 mod poison;
 mod relay;
 mod shutdown;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench write|read|decide|overload|peer`: benchmarks against a durable throwaway
+//! `cargo xtask bench write|read|decide|overload|peer|scale`: benchmarks against a durable throwaway
 //! PostgreSQL and a release build of `storekeeper`. This module holds what
 //! both share (the release re-run, a database per run, the closed-loop load
 //! generator); `write` and `read` hold the benchmarks themselves, `server`
@@ -9,7 +9,8 @@ mod history;
 mod overload;
 mod peer;
 mod read;
-mod server;
+mod scale;
+pub(crate) mod server;
 mod write;
 
 use std::process::Command;
@@ -27,6 +28,7 @@ pub use decide::decide;
 pub use overload::overload;
 pub use peer::peer;
 pub use read::read;
+pub use scale::scale;
 pub use write::write;
 
 /// Concurrent clients of a saturating HTTP load.
@@ -51,7 +53,7 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+pub(crate) async fn create_database(admin_url: &str, name: &str) -> Result<String> {
     let admin = PgPoolOptions::new().max_connections(1).connect(admin_url).await.context("connect to the bench cluster")?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&admin).await?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;

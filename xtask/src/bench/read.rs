@@ -66,22 +66,7 @@ pub fn read(args: &[&str]) -> Result<()> {
         let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build()?;
         let started = Instant::now();
         let server = serve(&url, &client, None).await?;
-        let mut done: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-        while done.len() < 6 {
-            let listed: serde_json::Value = client.get(format!("{}/v1/projections", server.query)).bearer_auth(super::server::admin_token()).send().await?.json().await?;
-            // The read models and the index (the order process is set at the
-            // head above: it has nothing to do here).
-            for item in listed["items"].as_array().into_iter().flatten().filter(|item| item["kind"] != "process") {
-                let name = item["name"].as_str().unwrap_or_default().to_owned();
-                if item["position"].as_i64().unwrap_or(0) >= last && !done.contains_key(&name) {
-                    done.insert(name, started.elapsed().as_secs_f64());
-                }
-            }
-            if started.elapsed() > Duration::from_secs(1800) {
-                bail!("the projections did not catch up within 30 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let done = server.caught_up(&client, last, started, Duration::from_secs(1800)).await?;
         println!("(a) catching up from an empty read side (all six consumers run at once, sharing the cores; includes start-up)");
         for (name, secs) in &done {
             println!("    {name:<10} {secs:>7.1}s   {:>8.0} events/s", total as f64 / secs);

@@ -41,14 +41,21 @@ impl Drop for Server {
 const SECRET: &str = "bench-jwt-secret-0123456789abcdef";
 
 /// A role of `storekeeper` (release) on `url`, with its APIs on free ports.
-pub(super) struct Serve {
+pub(crate) struct Serve {
     _server: Server,
-    pub(super) command: String,
-    pub(super) query: String,
+    pub(crate) command: String,
+    pub(crate) query: String,
     _index: tempdir::Dir,
 }
 
 impl Serve {
+    /// Stops the process (SIGTERM, and waits), keeping its data directory.
+    pub(super) fn stop(self) -> tempdir::Dir {
+        let Serve { _server, _index, .. } = self;
+        drop(_server);
+        _index
+    }
+
     /// The process's resident memory now and at its peak, in MiB (Linux).
     pub(super) fn resident_mib(&self) -> Option<(f64, f64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self._server.0.id())).ok()?;
@@ -58,9 +65,41 @@ impl Serve {
         };
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
+
+    /// Waits until the read models and the search index have applied the
+    /// log up to `last` (the order process is left out: benches set it at
+    /// the head). Answers each one's seconds since `started`.
+    pub(super) async fn caught_up(
+        &self,
+        client: &reqwest::Client,
+        last: i64,
+        started: Instant,
+        within: Duration,
+    ) -> Result<std::collections::BTreeMap<String, f64>> {
+        let mut done = std::collections::BTreeMap::new();
+        loop {
+            let listed: serde_json::Value =
+                client.get(format!("{}/v1/projections", self.query)).bearer_auth(admin_token()).send().await?.json().await?;
+            let consumers: Vec<&serde_json::Value> =
+                listed["items"].as_array().into_iter().flatten().filter(|item| item["kind"] != "process").collect();
+            for item in &consumers {
+                let name = item["name"].as_str().unwrap_or_default().to_owned();
+                if item["position"].as_i64().unwrap_or(0) >= last && !done.contains_key(&name) {
+                    done.insert(name, started.elapsed().as_secs_f64());
+                }
+            }
+            if !consumers.is_empty() && done.len() == consumers.len() {
+                return Ok(done);
+            }
+            if started.elapsed() > within {
+                bail!("the projections did not catch up within {} s", within.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
-mod tempdir {
+pub(super) mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Drop for Dir {
         fn drop(&mut self) {
@@ -74,13 +113,42 @@ pub(super) async fn serve(url: &str, client: &reqwest::Client, kafka: Option<(&s
     start("serve", url, client, kafka).await
 }
 
-/// `storekeeper <role>` (`serve`, `command-api`, ...).
+/// `storekeeper <role>` (`serve`, `command-api`, ...), the release build.
 pub(super) async fn start(role: &str, url: &str, client: &reqwest::Client, kafka: Option<(&str, &str)>) -> Result<Serve> {
+    let binary = other_binary().unwrap_or_else(|| workspace_root().join("target/release/storekeeper"));
+    start_binary(&binary, role, url, client, kafka).await
+}
+
+/// `binary <role>` on `url`, with its APIs on free ports.
+pub(crate) async fn start_binary(
+    binary: &std::path::Path,
+    role: &str,
+    url: &str,
+    client: &reqwest::Client,
+    kafka: Option<(&str, &str)>,
+) -> Result<Serve> {
+    let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
+    launch(binary, role, url, client, kafka, dir).await
+}
+
+/// `serve` again in the data directory a stopped one left (`Serve::stop`):
+/// its search index goes on from where it was, as after a restart.
+pub(super) async fn serve_again(url: &str, client: &reqwest::Client, dir: tempdir::Dir) -> Result<Serve> {
+    let binary = other_binary().unwrap_or_else(|| workspace_root().join("target/release/storekeeper"));
+    launch(&binary, "serve", url, client, None, dir).await
+}
+
+async fn launch(
+    binary: &std::path::Path,
+    role: &str,
+    url: &str,
+    client: &reqwest::Client,
+    kafka: Option<(&str, &str)>,
+    dir: tempdir::Dir,
+) -> Result<Serve> {
     let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let (command, query) = (free()?, free()?);
-    let dir = tempdir::Dir(std::env::temp_dir().join(format!("storekeeper-bench-{}", Uuid::now_v7().simple())));
-    let binary = other_binary().unwrap_or_else(|| workspace_root().join("target/release/storekeeper"));
-    let mut command_line = Command::new(&binary);
+    let mut command_line = Command::new(binary);
     match kafka {
         Some((brokers, topic)) => command_line.env("KAFKA_BROKERS", brokers).env("STOREKEEPER_KAFKA_TOPIC", topic),
         None => command_line.env_remove("KAFKA_BROKERS"),
@@ -151,6 +219,6 @@ async fn wait_ready(base: &str, client: &reqwest::Client) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn admin_token() -> String {
+pub(crate) fn admin_token() -> String {
     edge::JwtKeys::new(SECRET.as_bytes()).mint("bench", edge::Role::Admin, chrono::Duration::hours(2))
 }

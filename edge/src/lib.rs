@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod body;
 pub mod consistency;
+mod cors;
 pub mod health;
 pub mod methods;
 pub mod metrics;

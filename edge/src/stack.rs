@@ -1,6 +1,6 @@
 //! The layer stack both APIs share, outermost first: request id, tracing
-//! span, metrics, problem+json for whatever the framework answers on its
-//! own, limits on the request line and headers, control characters in the
+//! span, metrics, CORS (`cors`), problem+json for whatever the framework
+//! answers on its own, methods a path does not have (405), limits on the request line and headers, control characters in the
 //! path and query, body size and read timeout, and the caller's token.
 
 use std::time::Duration;
@@ -41,6 +41,7 @@ pub fn stack(router: Router, api: &'static str, jwt: JwtKeys, openapi: &serde_js
         .layer(middleware::from_fn(guard))
         .layer(middleware::from_fn_with_state(crate::methods::Methods::from_openapi(openapi), crate::methods::refuse_undeclared))
         .layer(middleware::from_fn(problemify))
+        .layer(middleware::from_fn(crate::cors::cors))
         .layer(middleware::from_fn(move |request, next| crate::metrics::track_requests(api, request, next)))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {

@@ -23,6 +23,8 @@ pub enum ApiError {
     /// snapshot; it took snapshots on the way, so asking again goes on.
     #[error("reaching that point folds more than {0} events from the nearest snapshot; snapshots were taken on the way: ask again")]
     HistoryTooLong(u64),
+    #[error("the order process's parked steps send commands: retry them with `storekeeper projections retry order-process`")]
+    RetriedByTheCommandSide,
     #[error(transparent)]
     Internal(#[from] Internal),
 }
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),
+            ApiError::RetriedByTheCommandSide => (StatusCode::CONFLICT, "retried_by_the_command_side"),
             ApiError::HistoryTooLong(_) => (StatusCode::SERVICE_UNAVAILABLE, "history_too_long"),
         };
         Problem::new(status, code, self.to_string())

@@ -5,6 +5,8 @@
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
+use crate::events::{EventsQuery, sent_schema};
+use crate::operations::{ParkedEvent, ParkedQuery, Rebuild, RetryOutcome};
 use crate::responses::{AuditEntry, Customer, History, Order, Page, Product, Projection, SalesItem, SearchResults, Verified};
 use crate::time_travel::AtQuery;
 use crate::{audit::AuditQuery, history::HistoryQuery, sales::SalesQuery};
@@ -13,6 +15,7 @@ use crate::{orders::OrderFilter, products::ProductFilter, products::SearchQuery}
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
 struct Op {
+    method: &'static str,
     path: &'static str,
     summary: &'static str,
     /// Who may call it: `public`, `admin`, or `owner` (admin, or the customer it concerns).
@@ -21,6 +24,10 @@ struct Op {
     response: SchemaFn,
     /// Whether `X-Consistency-Token` makes it wait.
     consistent: bool,
+    /// Answered as Server-Sent Events, each event's data `response`.
+    event_stream: bool,
+    /// The status of a success.
+    ok: u16,
 }
 
 fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
@@ -32,7 +39,28 @@ fn inline<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
 }
 
 fn operations() -> Vec<Op> {
-    let op = |path, summary, auth, query, response, consistent| Op { path, summary, auth, query, response, consistent };
+    let op = |path, summary, auth, query, response, consistent| Op {
+        method: "get",
+        path,
+        summary,
+        auth,
+        query,
+        response,
+        consistent,
+        event_stream: false,
+        ok: 200,
+    };
+    let operation = |method, path, summary, response, ok| Op {
+        method,
+        path,
+        summary,
+        auth: "admin",
+        query: None,
+        response,
+        consistent: false,
+        event_stream: false,
+        ok,
+    };
     vec![
         op("/v1/products", "List products (keyset pagination)", "public", Some(inline::<ProductFilter>), schema::<Page<Product>>, true),
         op("/v1/products/{id}", "A product", "public", None, schema::<Product>, true),
@@ -68,6 +96,17 @@ fn operations() -> Vec<Op> {
             false,
         ),
         op("/v1/audit", "The audit trail across all streams", "admin", Some(inline::<AuditQuery>), schema::<Page<AuditEntry>>, true),
+        Op {
+            method: "get",
+            ok: 200,
+            path: "/v1/events",
+            summary: "The log as Server-Sent Events: from a position, then live (or to the head with until=head)",
+            auth: "admin",
+            query: Some(inline::<EventsQuery>),
+            response: sent_schema,
+            consistent: false,
+            event_stream: true,
+        },
         op("/v1/projections", "Every projection's version, position, lag and state", "admin", None, schema::<Page<Projection>>, false),
         op(
             "/v1/projections/{name}/verify",
@@ -77,6 +116,29 @@ fn operations() -> Vec<Op> {
             schema::<Verified>,
             false,
         ),
+        op(
+            "/v1/projections/{name}/parked",
+            "A consumer's parked events (read models, search, order-process), with their errors",
+            "admin",
+            Some(inline::<ParkedQuery>),
+            schema::<Page<ParkedEvent>>,
+            false,
+        ),
+        operation(
+            "post",
+            "/v1/projections/{name}/retry",
+            "Applies a read model's or the index's parked events again, in log order",
+            schema::<RetryOutcome>,
+            200,
+        ),
+        operation(
+            "post",
+            "/v1/projections/{name}/rebuild",
+            "Asks the workers to rebuild a read model beside its live tables (answers at once)",
+            schema::<Rebuild>,
+            202,
+        ),
+        operation("get", "/v1/projections/{name}/rebuild", "Where a read model's rebuild stands", schema::<Rebuild>, 200),
     ]
 }
 
@@ -138,7 +200,7 @@ fn links(path: &str) -> Option<Value> {
 /// Problems a read may answer with beside the edge's.
 const PROBLEMS: &[(u16, &[&str])] = &[
     (400, &["invalid_consistency_token"]),
-    (409, &["verify_in_progress"]),
+    (409, &["verify_in_progress", "retried_by_the_command_side"]),
     (503, &["not_yet_consistent", "projection_degraded", "history_too_long"]),
 ];
 
@@ -160,25 +222,38 @@ pub fn document() -> Value {
         if op.consistent {
             parameters.extend(edge::openapi::consistency_headers());
         }
+        if op.event_stream {
+            parameters.push(edge::openapi::header(
+                "Last-Event-ID",
+                "The id of the last event received, as a reconnecting EventSource sends it: the subscription goes on just after it (before `from`).",
+                false,
+                json!({ "type": "string", "pattern": crate::events::POSITION_PATTERN }),
+            ));
+        }
         let security = if op.auth == "public" { json!([]) } else { json!([{ "bearer": [] }]) };
         let response = (op.response)(&mut generator);
         let mut responses = edge::openapi::problem_responses(PROBLEMS);
-        let mut ok = json!({ "description": "OK", "content": { "application/json": { "schema": response } } });
+        let mut ok = if op.event_stream {
+            let description = "Server-Sent Events: each event's `id` is its position in the log and its `data` the event as JSON (this schema); \
+                               a finite read (`until=head`) ends with an event of type `end` whose data is `{\"head\": <position>}`. \
+                               Comments keep an idle subscription open.";
+            json!({ "description": description, "content": { "text/event-stream": { "schema": response } } })
+        } else {
+            json!({ "description": "OK", "content": { "application/json": { "schema": response } } })
+        };
         if let Some(links) = links(op.path) {
             ok["links"] = links;
         }
-        responses.insert("200".into(), ok);
-        paths.insert(
-            op.path.to_owned(),
-            json!({ "get": {
-                "operationId": edge::openapi::operation_id("get", op.path),
+        responses.insert(op.ok.to_string(), ok);
+        let path = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        path[op.method] = json!({
+                "operationId": edge::openapi::operation_id(op.method, op.path),
                 "summary": op.summary,
                 "description": format!("Allowed: {}.", op.auth),
                 "security": security,
                 "parameters": parameters,
                 "responses": responses
-            }}),
-        );
+        });
     }
     let schemas = generator.take_definitions(true);
     let (title, version, server) = ("storekeeper query API", env!("CARGO_PKG_VERSION"), "http://127.0.0.1:8081");

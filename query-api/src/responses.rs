@@ -142,7 +142,7 @@ pub struct History {
 /// fields opened (or `[redacted]` once forgotten).
 #[derive(JsonSchema)]
 #[allow(dead_code)]
-struct Envelope {
+pub struct Envelope {
     event_id: Uuid,
     stream_id: String,
     /// Its place in the stream, from 0.

@@ -51,6 +51,8 @@ pub struct Config {
     pub event_log: EventLogConfig,
     /// What each API server takes at once before it sheds load.
     pub limits: edge::serve::Limits,
+    /// The command API's URL for the console; none: this host's.
+    pub console_command_url: Option<String>,
 }
 
 /// How a process opens the event log and its vault: parsed once, by the
@@ -162,6 +164,9 @@ impl App {
                 Ok(())
             });
         }
+        // The console (on the query API) sends commands to this process's
+        // command API unless told otherwise.
+        let command_port = listeners.command.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
         if let Some(listener) = listeners.command {
             let passwords = match config.event_log.kurrentdb_url {
                 None => commands::PasswordStore::new(pool.clone()),
@@ -183,7 +188,9 @@ impl App {
                 indexer.await;
                 Ok(())
             });
-            let state = query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search);
+            let state = query_api::AppState::new(pool.clone(), log.clone(), jwt.clone(), search)
+                .stopping_with(stop_rx.clone())
+                .with_console(query_api::console::Settings { command_url: config.console_command_url.clone(), command_port });
             tracing::info!(addr = ?listener.local_addr().ok(), "query API listening");
             tasks.spawn(serve_until(listener, query_api::router(state), config.limits, stop_rx.clone(), "query API"));
         }

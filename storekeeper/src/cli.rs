@@ -365,6 +365,13 @@ pub struct QueryAddr {
     /// Address of the query API.
     #[arg(long, env = "STOREKEEPER_QUERY_ADDR", default_value = "127.0.0.1:8081")]
     pub query_addr: SocketAddr,
+    /// The command API's URL as a browser reaches it, for the console
+    /// (`/console`) to sign in and send commands to; `/` for the console's
+    /// own origin (a gateway in front of both APIs). Unset: `serve`'s own
+    /// command API on the console's host; `query-api` alone, port 8080 of
+    /// the console's host.
+    #[arg(long, env = "STOREKEEPER_CONSOLE_COMMAND_URL")]
+    pub console_command_url: Option<String>,
 }
 
 /// How much each API server takes at once; past it, 503 `overloaded` with

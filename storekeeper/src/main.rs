@@ -41,6 +41,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 limits: limits.limits(),
                 command_addr: Some(command.command_addr),
                 query_addr: Some(query.query_addr),
+                console_command_url: query.console_command_url,
                 jwt_secret: jwt.jwt_secret,
                 webhook_secret: webhook.webhook_secret,
                 kafka: Some(kafka),
@@ -62,6 +63,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             run(RoleArgs {
                 limits: limits.limits(),
                 query_addr: Some(query.query_addr),
+                console_command_url: query.console_command_url,
                 jwt_secret: jwt.jwt_secret,
                 kafka: Some(kafka),
                 ..RoleArgs::new(Roles { query: true, ..none }, db, log, vault, None)

@@ -27,6 +27,8 @@ pub struct RoleArgs {
     pub event_log: EventLogConfig,
     pub command_addr: Option<SocketAddr>,
     pub query_addr: Option<SocketAddr>,
+    /// Where the console sends its commands, if not to this host.
+    pub console_command_url: Option<String>,
     pub jwt_secret: Option<String>,
     pub webhook_secret: Option<String>,
     pub kafka: Option<KafkaArgs>,
@@ -46,6 +48,7 @@ impl RoleArgs {
             db,
             command_addr: None,
             query_addr: None,
+            console_command_url: None,
             jwt_secret: None,
             webhook_secret: None,
             kafka: None,
@@ -87,6 +90,7 @@ pub async fn run(args: RoleArgs) -> Result<()> {
         kafka: args.kafka.as_ref().and_then(KafkaArgs::config),
         event_log: args.event_log,
         limits: args.limits,
+        console_command_url: args.console_command_url,
     };
     let result = match App::start(config, pool.clone(), listeners).await {
         Ok(app) => app.run_until(shutdown_signal()).await,

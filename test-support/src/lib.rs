@@ -3,6 +3,8 @@
 //! the one way the binary starts it (`storekeeper::App`) on port 0, signed
 //! webhook calls and problem+json assertions. A dev-dependency only.
 
+pub mod sse;
+
 use std::sync::Arc;
 
 use commands::CommandService;
@@ -63,6 +65,7 @@ pub async fn spawn(pool: PgPool, roles: Roles) -> Spawned {
         kafka: None,
         event_log: EventLogConfig::default(),
         limits: edge::serve::Limits::default(),
+        console_command_url: None,
     };
     let app = App::start(config, pool, listeners).await.expect("start the app");
     Spawned { app, command, query }

@@ -3,6 +3,7 @@
 //! write path. Nothing here is needed at run time.
 
 mod bench;
+mod console;
 mod contract;
 mod deps;
 mod schemas;
@@ -24,10 +25,11 @@ fn main() -> ExitCode {
         ["bench", "scale", rest @ ..] => bench::scale(rest),
         ["bench", "all", rest @ ..] => bench::all(rest),
         ["contract"] => contract::standalone(),
+        ["console"] => console::standalone(),
         ["schemas"] => schemas::write(),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench overload [--quick]     `serve` under ten times the load it carries: shedding, latency, memory, recovery\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench scale [--quick|--events N]  an empty log against 10M events (1M quick): commands, catch-up, memory\n  cargo xtask bench all [--quick]          every benchmark above but scale, one after another\n  cargo xtask contract                     the OpenAPI, AsyncAPI and CloudEvents contract, checked by schemathesis and a Kafka client
+                "usage:\n  cargo xtask test [-- <nextest args>]   fmt, clippy and every test, on a throwaway PostgreSQL\n  cargo xtask bench write [--quick]        write-path benchmark (prints figures)\n  cargo xtask bench read [--quick]         read-side benchmark (prints figures)\n  cargo xtask bench decide [--quick]       decision latency against stream length (prints figures)\n  cargo xtask bench overload [--quick]     `serve` under ten times the load it carries: shedding, latency, memory, recovery\n  cargo xtask bench peer [--quick]         storekeeper beside a cqrs-es + postgres-es peer, in turn (prints figures)\n  cargo xtask bench scale [--quick|--events N]  an empty log against 10M events (1M quick): commands, catch-up, memory\n  cargo xtask bench all [--quick]          every benchmark above but scale, one after another\n  cargo xtask contract                     the OpenAPI, AsyncAPI and CloudEvents contract, checked by schemathesis and a Kafka client\n  cargo xtask console                      the operator console driven in Chromium through WebDriver (screenshots in target/console)
   cargo xtask schemas                      regenerate schemas/events, schemas/openapi and schemas/asyncapi"
             );
             return ExitCode::from(2);
@@ -82,16 +84,25 @@ fn ensure_postgres() -> Result<()> {
 /// when missing: `promtool` (prometheus), `docker-compose` (for `config`)
 /// and nginx (the gateway, run in front of the roles).
 fn ensure_deploy_tools() -> Result<()> {
-    let missing: Vec<&str> =
-        [("promtool", "--version", "prometheus"), ("docker-compose", "--version", "docker-compose"), ("nginx", "-v", "nginx")]
-            .into_iter()
-            .filter(|(tool, flag, _)| !Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success()))
-            .map(|(_, _, package)| package)
-            .collect();
+    ensure_packages(
+        "the deployment tests",
+        &[("promtool", "--version", "prometheus"), ("docker-compose", "--version", "docker-compose"), ("nginx", "-v", "nginx")],
+    )
+}
+
+/// Installs, from Debian's packages, those of `(tool, flag, package)`
+/// whose tool does not answer `flag`; updates the package lists first only
+/// if installing fails without.
+pub fn ensure_packages(purpose: &str, tools: &[(&str, &str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(tool, flag, _)| !Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success()))
+        .map(|(_, _, package)| *package)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's {} for the deployment tests", missing.join(" and "));
+    eprintln!("xtask: installing Debian's {} for {purpose}", missing.join(" and "));
     let install = || {
         let mut install = Command::new("apt-get");
         install.args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
@@ -229,6 +240,7 @@ fn test(rest: &[&str]) -> Result<()> {
         build.args(["build", "--quiet", "--package", "storekeeper"]);
         run(build).context("build storekeeper")?;
         contract::check(&db.url, &broker.brokers)?;
+        console::check(&db.url)?;
     }
     Ok(())
 }

@@ -5,6 +5,8 @@ mod support;
 
 mod consistency;
 mod edge;
+mod events;
+mod operations;
 mod reads;
 mod schema;
 mod search;

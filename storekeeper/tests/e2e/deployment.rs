@@ -269,6 +269,18 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
     d.start("worker-b", &["projections"]);
     d.wait_ready().await;
     scenario(&d).await;
+    // A subscriber on the query API node, from just after the head as it
+    // is now: it sees the load below live.
+    let subscribe = |query: String, last_event_id: Option<u64>| {
+        let mut request = d.http.get(format!("{}/v1/events{query}", d.query)).bearer_auth(&d.admin);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        async move { test_support::sse::Sse::new(request.send().await.unwrap()) }
+    };
+    let end = subscribe("?from=head&until=head".into(), None).await.rest().await;
+    let before_load = end.last().unwrap().json()["head"].as_u64().unwrap();
+    let mut live = subscribe(format!("?from={}", before_load + 1), None).await;
 
     // Load, with worker A killed (SIGKILL) in the middle of it and
     // started again.
@@ -343,6 +355,32 @@ async fn the_kafka_deployment_passes_the_scenario_and_a_killed_worker_leaves_rea
         assert_eq!(product["stock"], total, "{product}");
     }
     caught_up_through_kafka(&pool, &log).await;
+
+    // The subscriber saw every event of the load once, in the log's order;
+    // resumed from the middle with Last-Event-ID, the rest follows exactly.
+    let logged: Vec<u64> = log.read_all(before_load, usize::MAX).await.unwrap().iter().map(|e| e.global_position).collect();
+    let mut seen = Vec::new();
+    while seen.last() != logged.last() {
+        seen.push(live.next_within(Duration::from_secs(10)).await.expect("the subscription ended").position());
+    }
+    assert_eq!(seen, logged);
+    drop(live);
+    let middle = logged[logged.len() / 2];
+    let resumed: Vec<u64> = {
+        let d = d.lock().await;
+        let request =
+            d.http.get(format!("{}/v1/events?until=head", d.query)).bearer_auth(&d.admin).header("last-event-id", middle.to_string());
+        test_support::sse::Sse::new(request.send().await.unwrap())
+            .rest()
+            .await
+            .iter()
+            .filter(|e| e.id.is_some())
+            .map(|e| e.position())
+            .filter(|p| p <= logged.last().unwrap())
+            .collect()
+    };
+    assert_eq!(resumed, logged[logged.len() / 2 + 1..]);
+
     let live = read_models(&pool).await;
     // Verified while the workers still run, against each one's progress
     // through the partitions.

@@ -99,7 +99,7 @@ impl Serve {
     }
 }
 
-pub(super) mod tempdir {
+pub(crate) mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Drop for Dir {
         fn drop(&mut self) {

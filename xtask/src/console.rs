@@ -188,7 +188,8 @@ async fn scenario(d: &Driver, http: &reqwest::Client, command: &str, query: &str
         .await?;
     d.screenshot("03-search").await?;
     d.click(&d.find_by_text("#search-results a", "Walnut desk").await?).await?;
-    d.wait_until("the product's history", "document.querySelectorAll('#history tbody tr').length >= 2").await?;
+    d.wait_until("the product's history", "document.querySelector('h1').textContent.startsWith('Stream product-')").await?;
+    d.wait_until("its events", "document.querySelectorAll('#history tbody tr').length >= 2").await?;
     let version = d.wait_for("#at-version").await?;
     d.clear(&version).await?;
     d.type_into(&version, "0").await?;
@@ -199,6 +200,7 @@ async fn scenario(d: &Driver, http: &reqwest::Client, command: &str, query: &str
 
     // The order's correlation, as a causation tree across streams.
     d.go(&format!("{query}/console/#/stream/order-{}", seeded.order)).await?;
+    d.wait_until("the order's history", &format!("document.querySelector('h1').textContent === 'Stream order-{}'", seeded.order)).await?;
     d.click(&d.wait_for("#history tbody tr a").await?).await?;
     d.wait_until(
         "the order's causation tree",
@@ -237,6 +239,7 @@ async fn scenario(d: &Driver, http: &reqwest::Client, command: &str, query: &str
 
     // Forget a customer, confirmed in a dialog.
     d.go(&format!("{query}/console/#/customers/{}", seeded.customer)).await?;
+    d.wait_until("the customer's page", "document.querySelector('h1').textContent === 'Customers'").await?;
     d.click(&d.wait_for("#forget").await?).await?;
     d.wait_until("the confirmation dialog", "document.getElementById('forget-dialog').open").await?;
     d.screenshot("09-forget-confirm").await?;

@@ -50,6 +50,9 @@ pub struct Claims {
 pub struct Principal {
     pub sub: String,
     pub role: Role,
+    /// When the token ends (seconds since the epoch, leeway included): what
+    /// a request holds open (a subscription) ends then too.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -136,7 +139,7 @@ impl JwtKeys {
         if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES || sub.chars().any(char::is_control) || !in_window(claims.exp, claims.nbf) {
             return Err(invalid());
         }
-        let principal = Principal { sub, role: claims.role };
+        let principal = Principal { sub, role: claims.role, expires_at: claims.exp + LEEWAY };
         let mut verified = self.0.verified.lock().expect("token memory poisoned");
         if verified.len() >= VERIFIED_TOKENS {
             verified.clear();
@@ -211,7 +214,8 @@ mod tests {
     fn a_remembered_token_is_refused_once_its_window_closes() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
         let token = keys.mint("someone", Role::Customer, chrono::Duration::minutes(5));
-        assert_eq!(keys.verify(&token).unwrap(), Principal { sub: "someone".into(), role: Role::Customer });
+        let principal = keys.verify(&token).unwrap();
+        assert_eq!((principal.sub.as_str(), principal.role), ("someone", Role::Customer));
         assert!(keys.0.verified.lock().unwrap().contains_key(&token), "a verified token is remembered");
         // The remembered token expires (as if time passed): refused.
         keys.0.verified.lock().unwrap().get_mut(&token).unwrap().exp = chrono::Utc::now().timestamp() - LEEWAY - 1;

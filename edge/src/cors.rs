@@ -1,5 +1,6 @@
-//! Cross-origin requests from browsers: the console, served by the query
-//! API, signs in and sends commands to the command API on another port.
+//! Cross-origin requests from browsers to the command API's `/v1/`
+//! resources: the console, served by the query API, signs in and sends
+//! commands to the command API on another port.
 //!
 //! Any origin may call, without credentials: a token travels in the
 //! `Authorization` header, never in a cookie, so a page on another site
@@ -23,7 +24,8 @@ const EXPOSED_HEADERS: &str = "x-consistency-token, etag, location, retry-after,
 const MAX_AGE_SECONDS: &str = "600";
 
 pub(crate) async fn cors(request: Request, next: Next) -> Response {
-    if !request.headers().contains_key(header::ORIGIN) {
+    // The API's own resources only: not the metrics or the probes.
+    if !request.headers().contains_key(header::ORIGIN) || !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
     }
     if request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {

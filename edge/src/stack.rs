@@ -33,15 +33,18 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub fn stack(router: Router, api: &'static str, jwt: JwtKeys, openapi: &serde_json::Value) -> Router {
     crate::metrics::prometheus();
     crate::metrics::export_from_start(api);
-    router
+    let router = router
         .fallback(|| async { EdgeError::NotFound("route") })
         .layer(middleware::from_fn_with_state(jwt, authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(buffer_body))
         .layer(middleware::from_fn(guard))
         .layer(middleware::from_fn_with_state(crate::methods::Methods::from_openapi(openapi), crate::methods::refuse_undeclared))
-        .layer(middleware::from_fn(problemify))
-        .layer(middleware::from_fn(crate::cors::cors))
+        .layer(middleware::from_fn(problemify));
+    // Browsers on other origins call the command API (the console signs in
+    // and sends commands there); the query API serves the console itself.
+    let router = if api == "command" { router.layer(middleware::from_fn(crate::cors::cors)) } else { router };
+    router
         .layer(middleware::from_fn(move |request, next| crate::metrics::track_requests(api, request, next)))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {

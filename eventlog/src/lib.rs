@@ -136,6 +136,14 @@ pub trait EventLog: Send + Sync + 'static {
     async fn head(&self) -> Result<Option<u64>, EventLogError> {
         Ok(None)
     }
+
+    /// The highest position up to which every event is final: `read_all`
+    /// hands all of them out, and no append still under way can add one
+    /// at or below it. By default the head, for adapters whose appends are
+    /// final once their positions are taken.
+    async fn frontier(&self) -> Result<Option<u64>, EventLogError> {
+        self.head().await
+    }
 }
 
 /// A stream's folded state after its event at `version`, in the shape of

@@ -153,6 +153,12 @@ impl EventLog for PgEventLog {
         Ok(Some(head as u64))
     }
 
+    async fn frontier(&self) -> Result<Option<u64>, EventLogError> {
+        // Below the lowest position an append still holds (migration 10010).
+        let frontier: i64 = sqlx::query_scalar("SELECT events_frontier()").fetch_one(&self.pool).await?;
+        Ok(Some(frontier.max(0) as u64))
+    }
+
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
         let result: Option<serde_json::Value> = sqlx::query_scalar(
             "SELECT result FROM append_receipts WHERE actor = $1 AND key = $2 AND recorded_at > now() - interval '24 hours'",

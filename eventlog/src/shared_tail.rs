@@ -196,6 +196,10 @@ impl EventLog for SharedTail {
     async fn head(&self) -> Result<Option<u64>, EventLogError> {
         self.log.head().await
     }
+
+    async fn frontier(&self) -> Result<Option<u64>, EventLogError> {
+        self.log.frontier().await
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ async fn appends_get_gapless_versions_and_increasing_positions(log: Arc<dyn Even
     if let Some(head) = log.head().await.unwrap() {
         assert!(head >= second.position, "head {head} is behind a written position {}", second.position);
     }
+    // With no append under way, every written event is final.
+    if let Some(frontier) = log.frontier().await.unwrap() {
+        assert!(frontier >= second.position, "frontier {frontier} is behind a finished append's position {}", second.position);
+    }
 }
 
 async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(log: Arc<dyn EventLog>) {

@@ -233,6 +233,14 @@ impl EventLog for KurrentEventLog {
         Ok(self.read::<Stored>(after, limit).await?.into_iter().map(recorded).collect())
     }
 
+    /// The log stream's last position: every event in it is final once
+    /// written, so this is the frontier too.
+    async fn head(&self) -> Result<Option<u64>, EventLogError> {
+        let mut index = self.index.lock().await;
+        self.catch_up(&mut index).await?;
+        Ok(Some(index.next))
+    }
+
     async fn receipt(&self, receipt: Receipt<'_>) -> Result<Option<AppendResult>, EventLogError> {
         let mut index = self.index.lock().await;
         self.catch_up(&mut index).await?;

@@ -126,6 +126,12 @@ async function subscribe(path, onEvent, onState, signal) {
       const headers = { Authorization: `Bearer ${session.token}` };
       if (lastId) headers["Last-Event-ID"] = lastId;
       const response = await fetch(path, { headers, signal });
+      if (response.status === 401 || response.status === 403) {
+        // A token that expired (or lost its role) is not worth retrying.
+        session.token = null;
+        location.hash = "#/signin";
+        return;
+      }
       if (!response.ok) throw new Problem(response.status, await response.json().catch(() => null));
       onState("live");
       const reader = response.body.getReader();
@@ -267,7 +273,7 @@ const STATE_OF = { product: "products", customer: "customers", order: "orders" }
 
 async function stream(streamId, fromVersion) {
   const category = streamId.split("-")[0];
-  const page = await query(`/v1/streams/${encodeURIComponent(streamId)}/events?from_version=${fromVersion}&limit=50`);
+  const page = await query(`/v1/streams/${encodeURIComponent(streamId)}/events?from_version=${encodeURIComponent(fromVersion)}&limit=50`);
   const rows = page.events.map((event) => el("tr", { "data-version": event.stream_version },
     el("td", { class: "num" }, event.stream_version), el("td", { class: "num" }, event.global_position),
     el("td", {}, event.event_type), el("td", {}, when(event.recorded_at)), el("td", {}, event.metadata.actor),
@@ -288,7 +294,8 @@ async function stream(streamId, fromVersion) {
       el("form", { class: "bar", onsubmit: async (e) => {
         e.preventDefault();
         try {
-          fill(out, json(await query(`/v1/${STATE_OF[category]}/${streamId.slice(category.length + 1)}/at?version=${version.value}`)));
+          const id = encodeURIComponent(streamId.slice(category.length + 1));
+          fill(out, json(await query(`/v1/${STATE_OF[category]}/${id}/at?version=${encodeURIComponent(version.value)}`)));
         } catch (error) {
           fill(out, el("p", { class: "bad" }, error.message));
         }
@@ -301,7 +308,7 @@ async function correlation(id) {
   const entries = [];
   let cursor = "";
   do {
-    const page = await query(`/v1/audit?correlation_id=${id}&limit=500${cursor ? `&cursor=${cursor}` : ""}`);
+    const page = await query(`/v1/audit?correlation_id=${encodeURIComponent(id)}&limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
     entries.push(...page.items);
     cursor = page.next_cursor;
   } while (cursor && entries.length < 5000);
@@ -376,10 +383,10 @@ function projections() {
 }
 
 async function showParked(name, detail) {
-  const page = await query(`/v1/projections/${name}/parked?limit=500`);
+  const page = await query(`/v1/projections/${encodeURIComponent(name)}/parked?limit=500`);
   const retry = el("button", { type: "button", class: "primary", id: "retry-parked", onclick: async () => {
     try {
-      const outcome = await query(`/v1/projections/${name}/retry`, { method: "POST" });
+      const outcome = await query(`/v1/projections/${encodeURIComponent(name)}/retry`, { method: "POST" });
       say(`${name}: ${outcome.applied} applied, ${outcome.still_parked} still parked, ${outcome.discarded} dropped`);
       showParked(name, detail);
     } catch (error) {
@@ -399,13 +406,14 @@ async function rebuild(name, detail) {
   const text = el("p", { id: "rebuild-state" }, "asking the workers…");
   fill(detail, el("h2", {}, `Rebuild of ${name}`), bar, text);
   try {
-    let progress = await query(`/v1/projections/${name}/rebuild`, { method: "POST" });
+    let progress = await query(`/v1/projections/${encodeURIComponent(name)}/rebuild`, { method: "POST" });
     while (progress.requested) {
       bar.max = String(Math.max(1, progress.head));
       bar.value = String(progress.position || 0);
       text.textContent = progress.position === null ? "waiting for a worker to start it" : `at ${progress.position} of ${progress.head}`;
-      await new Promise((resolve) => setTimeout(resolve, 500));
-      progress = await query(`/v1/projections/${name}/rebuild`);
+      // Once a second: a gateway's rate limit (100 a minute) stays clear.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      progress = await query(`/v1/projections/${encodeURIComponent(name)}/rebuild`);
     }
     bar.max = "1";
     bar.value = "1";
@@ -419,7 +427,7 @@ async function rebuild(name, detail) {
 async function verify(name, detail) {
   fill(detail, el("h2", {}, `Verifying ${name}`), el("p", {}, "folding the log beside the live tables…"));
   try {
-    const found = await query(`/v1/projections/${name}/verify`);
+    const found = await query(`/v1/projections/${encodeURIComponent(name)}/verify`);
     const v = found;
     fill(detail, el("h2", {}, `Verification of ${name}`),
       el("p", { id: "verify-result", class: found.matches ? "ok" : "bad" },
@@ -470,7 +478,7 @@ function customers(id) {
   const dialog = el("dialog", { id: "forget-dialog", "aria-labelledby": "forget-title" });
   const show = async (customerId) => {
     try {
-      const customer = await query(`/v1/customers/${customerId}`);
+      const customer = await query(`/v1/customers/${encodeURIComponent(customerId)}`);
       fill(out, el("h2", {}, customer.name), el("p", {}, customer.email, " · ", customer.status),
         el("p", {}, streamLink(`customer-${customer.id}`)),
         el("button", { type: "button", class: "danger", id: "forget", onclick: () => dialog.showModal() }, "Forget this customer…"));
@@ -486,7 +494,7 @@ function customers(id) {
   dialog.addEventListener("close", async () => {
     if (dialog.returnValue !== "forget") return;
     try {
-      await command(`/v1/customers/${input.value.trim()}/forget`, { method: "POST", body: {} });
+      await command(`/v1/customers/${encodeURIComponent(input.value.trim())}/forget`, { method: "POST", body: {} });
       say("Forgotten.");
       show(input.value.trim());
     } catch (error) {

@@ -59,7 +59,8 @@ pub struct EventsQuery {
     #[schemars(regex(pattern = "^([0-9]{1,19}|head)$"))]
     from: Option<String>,
     /// `head`: stop at the log's head as it was when the request came
-    /// (a finite read, ended by an `end` event) instead of following it.
+    /// (the last position below which every event was final; a finite
+    /// read, ended by an `end` event) instead of following it.
     until: Option<Until>,
     /// Only streams of these categories, comma-separated. `claim` streams
     /// are the write side's bookkeeping of unique emails and SKUs.
@@ -193,97 +194,137 @@ fn event_types() -> HashSet<&'static str> {
     domain::events::all_schemas().into_iter().map(|s| s.event_type).collect()
 }
 
-/// Where to start: just after this position.
-fn start(q: &EventsQuery, headers: &HeaderMap, head: u64) -> Result<u64, ApiError> {
-    if let Some(value) = headers.get(LAST_EVENT_ID) {
+/// Where to start: just after this position. `frontier` is the log's
+/// last position below which every event is final (`from=head` starts
+/// there: an append still under way is sent once it commits), `head` the
+/// last position taken (nothing may start beyond it).
+fn start(q: &EventsQuery, headers: &HeaderMap, frontier: u64, head: u64) -> Result<u64, ApiError> {
+    let resumed = headers.contains_key(LAST_EVENT_ID);
+    let after = if let Some(value) = headers.get(LAST_EVENT_ID) {
         let text = value.to_str().ok().filter(|t| !t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()));
-        return text
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| ApiError::malformed("Last-Event-ID", "must be the id of an event sent before: its position"));
+        text.and_then(|t| t.parse().ok())
+            .ok_or_else(|| ApiError::malformed("Last-Event-ID", "must be the id of an event sent before: its position"))?
+    } else {
+        match q.from.as_deref() {
+            None => 0,
+            Some("head") => frontier,
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|_| text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()))
+                .map(|from| from.saturating_sub(1))
+                .ok_or_else(|| ApiError::malformed("from", "must be a position or head"))?,
+        }
+    };
+    if after > head {
+        // No event of this log was sent with that id: a log restored from
+        // an older backup, or a made-up position.
+        let field = if resumed { "Last-Event-ID" } else { "from" };
+        return Err(ApiError::malformed(field, format!("is beyond the head of the log ({head})")));
     }
-    match q.from.as_deref() {
-        None => Ok(0),
-        Some("head") => Ok(head),
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|_| text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()))
-            .map(|from| from.saturating_sub(1))
-            .ok_or_else(|| ApiError::malformed("from", "must be a position or head")),
-    }
+    Ok(after)
 }
 
 pub async fn subscribe(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(caller): Admin,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(&q)?;
-    let head = state.log.head().await?.unwrap_or(0);
-    let after = start(&q, &headers, head)?;
+    let (Some(frontier), Some(head)) = (state.log.frontier().await?, state.log.head().await?) else {
+        // Every adapter of this build says both.
+        return Err(ApiError::Edge(EdgeError::Unavailable));
+    };
+    let after = start(&q, &headers, frontier, head.max(frontier))?;
     let permit = state.subscribers.clone().try_acquire_owned().map_err(|_| {
         metrics::counter!("storekeeper_http_shed_total", "reason" => "subscribers").increment(1);
         ApiError::Edge(EdgeError::Overloaded)
     })?;
+    let reader = match q.until {
+        None => Reader::Live(Subscription::new(state.log.clone(), after).with_batch_size(BATCH)),
+        Some(Until::Head) => Reader::ToHead { log: state.log.clone(), position: after, until: frontier },
+    };
+    // A subscription lasts no longer than the token it was opened with:
+    // the client reconnects with a fresh one and its Last-Event-ID.
+    let lasts = u64::try_from(caller.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0);
     let feed = Feed {
-        subscription: Subscription::new(state.log.clone(), after).with_batch_size(BATCH),
+        reader,
         pending: VecDeque::new(),
         filter,
-        until: q.until.map(|Until::Head| head),
         ended: false,
         stop: state.stop.clone(),
+        expires: tokio::time::Instant::now() + Duration::from_secs(lasts),
         _open: Open::new(permit),
     };
     let events = futures::stream::unfold(feed, |mut feed| async move { feed.next().await.map(|event| (Ok::<_, Infallible>(event), feed)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
 
+/// How a subscription reads the log.
+enum Reader {
+    /// From a position, then following the log as it grows.
+    Live(Subscription),
+    /// Up to the frontier as it was when the request came: every event up
+    /// to it is final, so a read that finds none left (or only later
+    /// ones) is the end, even where the last positions were never used.
+    ToHead { log: std::sync::Arc<dyn eventlog::EventLog>, position: u64, until: u64 },
+}
+
 /// One subscriber's place in the log.
 struct Feed {
-    subscription: Subscription,
+    reader: Reader,
     /// Read, not yet sent or passed over.
     pending: VecDeque<RecordedEvent>,
     filter: Filter,
-    /// The last position to send, for a finite read.
-    until: Option<u64>,
     ended: bool,
     stop: watch::Receiver<bool>,
+    /// When the caller's token ends.
+    expires: tokio::time::Instant,
     _open: Open,
 }
 
 impl Feed {
     /// The next event to send; `None` ends the answer (the read is done,
-    /// the server is stopping, or the log failed: the client resumes with
-    /// `Last-Event-ID`).
+    /// the server is stopping, the token has expired, or the log failed:
+    /// the client resumes with `Last-Event-ID`).
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if self.ended {
+            if self.ended || tokio::time::Instant::now() >= self.expires {
                 return None;
             }
             if let Some(event) = self.pending.pop_front() {
-                if self.until.is_some_and(|until| event.global_position > until) {
-                    self.pending.clear();
-                    return Some(self.end());
-                }
                 if self.filter.admits(&event) {
                     return Some(frame(&event));
                 }
                 continue;
             }
-            if let Some(until) = self.until
-                && self.subscription.position() >= until
-            {
-                return Some(self.end());
-            }
-            let read = tokio::select! {
-                read = self.subscription.next_batch() => read,
-                _ = stopped(&mut self.stop) => return None,
+            let read = match &mut self.reader {
+                Reader::Live(subscription) => tokio::select! {
+                    read = subscription.next_batch() => read,
+                    _ = stopped(&mut self.stop) => return None,
+                    _ = tokio::time::sleep_until(self.expires) => return None,
+                },
+                Reader::ToHead { log, position, until } => {
+                    if *position >= *until {
+                        return Some(self.end());
+                    }
+                    let read = tokio::select! {
+                        read = log.read_all(*position, BATCH) => read,
+                        _ = stopped(&mut self.stop) => return None,
+                    };
+                    read.map(|batch| {
+                        let within: Vec<RecordedEvent> = batch.into_iter().take_while(|e| e.global_position <= *until).collect();
+                        // Nothing left at or below the frontier: done.
+                        *position = within.last().map_or(*until, |e| e.global_position);
+                        within
+                    })
+                }
             };
             match read {
                 Ok(batch) => self.pending.extend(batch),
                 Err(e) => {
-                    tracing::warn!(error = %e, position = self.subscription.position(), "a subscription could not read the log; ending it");
+                    tracing::warn!(error = %e, "a subscription could not read the log; ending it");
                     return None;
                 }
             }
@@ -293,7 +334,10 @@ impl Feed {
     /// The last event of a finite read.
     fn end(&mut self) -> Event {
         self.ended = true;
-        let head = self.until.unwrap_or_default();
+        let head = match &self.reader {
+            Reader::ToHead { until, .. } => *until,
+            Reader::Live(_) => 0,
+        };
         Event::default().event("end").data(serde_json::json!({ "head": head }).to_string())
     }
 }
@@ -371,14 +415,18 @@ mod tests {
     #[test]
     fn last_event_id_goes_before_from_and_from_counts_its_own_position() {
         let mut headers = HeaderMap::new();
-        assert_eq!(start(&query(""), &headers, 9).unwrap(), 0);
-        assert_eq!(start(&query("from=0"), &headers, 9).unwrap(), 0);
-        assert_eq!(start(&query("from=5"), &headers, 9).unwrap(), 4);
-        assert_eq!(start(&query("from=head"), &headers, 9).unwrap(), 9);
-        assert!(start(&query("from=-1"), &headers, 9).is_err());
+        assert_eq!(start(&query(""), &headers, 8, 9).unwrap(), 0);
+        assert_eq!(start(&query("from=0"), &headers, 8, 9).unwrap(), 0);
+        assert_eq!(start(&query("from=5"), &headers, 8, 9).unwrap(), 4);
+        assert_eq!(start(&query("from=head"), &headers, 8, 9).unwrap(), 8, "after what is final, not what is taken");
+        assert_eq!(start(&query("from=10"), &headers, 8, 9).unwrap(), 9, "the next position");
+        assert!(start(&query("from=11"), &headers, 8, 9).is_err(), "beyond the head");
+        assert!(start(&query("from=-1"), &headers, 8, 9).is_err());
         headers.insert(LAST_EVENT_ID, "7".parse().unwrap());
-        assert_eq!(start(&query("from=2"), &headers, 9).unwrap(), 7);
+        assert_eq!(start(&query("from=2"), &headers, 8, 9).unwrap(), 7);
+        headers.insert(LAST_EVENT_ID, "10".parse().unwrap());
+        assert!(start(&query(""), &headers, 8, 9).is_err(), "an id this log never sent");
         headers.insert(LAST_EVENT_ID, "7x".parse().unwrap());
-        assert!(start(&query(""), &headers, 9).is_err());
+        assert!(start(&query(""), &headers, 8, 9).is_err());
     }
 }

@@ -31,6 +31,11 @@ pub struct ParkedQuery {
     cursor: Option<String>,
 }
 
+/// No parameters: an unknown one is refused, as everywhere.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 /// An event a consumer could not apply, set aside with its error.
 #[derive(Debug, Serialize, JsonSchema, sqlx::FromRow)]
 pub struct ParkedEvent {
@@ -97,7 +102,12 @@ pub async fn parked(
     Ok(Json(Page::new(items, limit, |e| e.global_position.to_string())))
 }
 
-pub async fn retry(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<Json<RetryOutcome>, ApiError> {
+pub async fn retry(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    _: Query<NoQuery>,
+) -> Result<Json<RetryOutcome>, ApiError> {
     known(&name)?;
     if name == ORDER_PROCESS {
         return Err(ApiError::RetriedByTheCommandSide);
@@ -128,6 +138,7 @@ pub async fn request_rebuild(
     State(state): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
+    _: Query<NoQuery>,
 ) -> Result<(StatusCode, Json<Rebuild>), ApiError> {
     rebuildable(&name)?;
     if !projections::request_rebuild(&state.pool, &name).await? {
@@ -136,7 +147,12 @@ pub async fn request_rebuild(
     Ok((StatusCode::ACCEPTED, Json(progress(&state, &name).await?)))
 }
 
-pub async fn rebuild_progress(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<Json<Rebuild>, ApiError> {
+pub async fn rebuild_progress(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    _: Query<NoQuery>,
+) -> Result<Json<Rebuild>, ApiError> {
     rebuildable(&name)?;
     let started: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM projection_checkpoints WHERE projection = $1)")
         .bind(&name)

@@ -97,6 +97,10 @@ impl EventLog for VaultedLog {
     async fn head(&self) -> Result<Option<u64>, EventLogError> {
         self.inner.head().await
     }
+
+    async fn frontier(&self) -> Result<Option<u64>, EventLogError> {
+        self.inner.frontier().await
+    }
 }
 
 /// `sources` with every batch decrypted: for sources that hand out the

@@ -78,6 +78,36 @@ async fn a_subscription_sends_the_log_in_order_then_live_and_resumes_just_after_
     // A finite read of nothing: only its end.
     let (none, _) = read_to_head(&app, "?from=head&until=head", None).await;
     assert!(none.is_empty());
+    // Positions taken and never used (a rolled-back append) at the head:
+    // a finite read still ends, and a live one still waits for the next.
+    sqlx::query("SELECT nextval('events_position_seq')").execute(&app.pool).await.unwrap();
+    let (all, _) = tokio::time::timeout(WAIT, read_to_head(&app, "?until=head", None)).await.expect("a finite read ends");
+    assert_eq!(all.iter().map(SseEvent::position).collect::<Vec<_>>(), logged_positions(&app).await);
+}
+
+#[tokio::test]
+async fn a_subscription_ends_with_its_token_and_never_starts_beyond_the_head() {
+    let app = spawn_app().await;
+    app.add_product("SSE-T", "tools", 500, 3).await;
+    let head = *logged_positions(&app).await.last().unwrap();
+    for (query, last_event_id) in [(format!("?from={}", head + 2), None), (String::new(), Some(head + 1))] {
+        let mut request = app.http.get(format!("{}/v1/events{query}", app.query)).bearer_auth(&app.admin);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        problem(request.send().await.unwrap(), 400, "validation_failed").await;
+    }
+    // From the next position: allowed, it waits for it.
+    let mut next = subscribe(&app, &format!("?from={}", head + 1), None).await;
+    app.add_product("SSE-U", "tools", 500, 3).await;
+    assert!(next.next_within(WAIT).await.unwrap().position() > head);
+
+    // A token that ends in a second (and the edge's 5 s of leeway).
+    let short = app.jwt.mint("alice", edge::Role::Admin, chrono::Duration::seconds(1));
+    let response = app.http.get(format!("{}/v1/events?from=head", app.query)).bearer_auth(short).send().await.unwrap();
+    let mut live = Sse::new(response);
+    let ended = tokio::time::timeout(Duration::from_secs(15), live.rest()).await;
+    assert!(ended.is_ok(), "the subscription outlived its token");
 }
 
 #[tokio::test]

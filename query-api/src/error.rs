@@ -23,6 +23,10 @@ pub enum ApiError {
     /// snapshot; it took snapshots on the way, so asking again goes on.
     #[error("reaching that point folds more than {0} events from the nearest snapshot; snapshots were taken on the way: ask again")]
     HistoryTooLong(u64),
+    /// A subscription asked to start after a position no append has taken:
+    /// a `Last-Event-ID` from another (or an older, restored) log.
+    #[error("{0} is beyond the head of the log ({1}): no event of this log has that position")]
+    BeyondTheHead(&'static str, u64),
     #[error("the order process's parked steps send commands: retry them with `storekeeper projections retry order-process`")]
     RetriedByTheCommandSide,
     #[error(transparent)]
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::NotYetConsistent(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_consistent"),
             ApiError::ProjectionDegraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "projection_degraded"),
             ApiError::VerifyInProgress(_) => (StatusCode::CONFLICT, "verify_in_progress"),
+            ApiError::BeyondTheHead(..) => (StatusCode::CONFLICT, "beyond_the_head"),
             ApiError::RetriedByTheCommandSide => (StatusCode::CONFLICT, "retried_by_the_command_side"),
             ApiError::HistoryTooLong(_) => (StatusCode::SERVICE_UNAVAILABLE, "history_too_long"),
         };

@@ -220,7 +220,7 @@ fn start(q: &EventsQuery, headers: &HeaderMap, frontier: u64, head: u64) -> Resu
         // No event of this log was sent with that id: a log restored from
         // an older backup, or a made-up position.
         let field = if resumed { "Last-Event-ID" } else { "from" };
-        return Err(ApiError::malformed(field, format!("is beyond the head of the log ({head})")));
+        return Err(ApiError::BeyondTheHead(field, head));
     }
     Ok(after)
 }

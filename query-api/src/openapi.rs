@@ -200,7 +200,7 @@ fn links(path: &str) -> Option<Value> {
 /// Problems a read may answer with beside the edge's.
 const PROBLEMS: &[(u16, &[&str])] = &[
     (400, &["invalid_consistency_token"]),
-    (409, &["verify_in_progress", "retried_by_the_command_side"]),
+    (409, &["verify_in_progress", "retried_by_the_command_side", "beyond_the_head"]),
     (503, &["not_yet_consistent", "projection_degraded", "history_too_long"]),
 ];
 

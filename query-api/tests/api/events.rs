@@ -95,7 +95,7 @@ async fn a_subscription_ends_with_its_token_and_never_starts_beyond_the_head() {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
-        problem(request.send().await.unwrap(), 400, "validation_failed").await;
+        problem(request.send().await.unwrap(), 409, "beyond_the_head").await;
     }
     // From the next position: allowed, it waits for it.
     let mut next = subscribe(&app, &format!("?from={}", head + 1), None).await;

@@ -8,6 +8,7 @@ const session = {
   get token() { return sessionStorage.getItem("storekeeper.token"); },
   set token(value) { value ? sessionStorage.setItem("storekeeper.token", value) : sessionStorage.removeItem("storekeeper.token"); },
   get commandUrl() { return sessionStorage.getItem("storekeeper.command") || ""; },
+  written: null,
   set commandUrl(value) { sessionStorage.setItem("storekeeper.command", value); },
 };
 
@@ -97,6 +98,10 @@ async function call(base, path, { method = "GET", body, headers = {} } = {}) {
     location.hash = "#/signin";
   }
   if (!response.ok) throw new Problem(response.status, answer);
+  // A write's consistency token: the next read waits until the views
+  // that serve it have applied the write (read-your-writes).
+  const token = response.headers.get("x-consistency-token");
+  if (token) session.written = token;
   return answer;
 }
 
@@ -478,10 +483,12 @@ function customers(id) {
   const dialog = el("dialog", { id: "forget-dialog", "aria-labelledby": "forget-title" });
   const show = async (customerId) => {
     try {
-      const customer = await query(`/v1/customers/${encodeURIComponent(customerId)}`);
+      const headers = session.written ? { "X-Consistency-Token": session.written } : {};
+      const customer = await query(`/v1/customers/${encodeURIComponent(customerId)}`, { headers });
       fill(out, el("h2", {}, customer.name), el("p", {}, customer.email, " · ", customer.status),
         el("p", {}, streamLink(`customer-${customer.id}`)),
-        el("button", { type: "button", class: "danger", id: "forget", onclick: () => dialog.showModal() }, "Forget this customer…"));
+        customer.status === "forgotten" ? null
+          : el("button", { type: "button", class: "danger", id: "forget", onclick: () => dialog.showModal() }, "Forget this customer…"));
       fill(dialog, el("h2", { id: "forget-title" }, `Forget ${customer.name}?`),
         el("p", {}, "Their personal data is erased from every event for good (the key is destroyed); the log keeps the rest. This cannot be undone."),
         el("form", { method: "dialog", class: "bar" },

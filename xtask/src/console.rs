@@ -245,6 +245,7 @@ async fn scenario(d: &Driver, http: &reqwest::Client, command: &str, query: &str
     d.screenshot("09-forget-confirm").await?;
     d.click(&d.find("#forget-confirm").await?).await?;
     d.wait_until("the customer is forgotten", "document.getElementById('status').textContent === 'Forgotten.'").await?;
+    d.wait_until("the page shows it at once", "document.getElementById('customer').textContent.includes('[redacted] · forgotten')").await?;
     let stream = http
         .get(format!("{query}/v1/streams/customer-{}/events", seeded.customer))
         .bearer_auth(admin_token())

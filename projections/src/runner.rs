@@ -409,6 +409,8 @@ impl Consumer for ProjectionConsumer {
         self.rate.lock().expect("rate lock").start();
         if self.target.schema.is_none() {
             resumed(&*self.projection, resume.progress.position);
+        } else if resume.progress.position > 0 {
+            self.take_over_if_caught_up(true).await?;
         }
         Ok(resume)
     }
@@ -425,15 +427,29 @@ impl Consumer for ProjectionConsumer {
             }
         }
         if self.target.schema.is_some() {
-            // Caught up once it has applied all the live tables have: the
-            // swap then never shows readers an older view than before.
-            let both = progress(&self.pool, &[self.projection.name(), &self.target.checkpoint]).await?;
-            if let [live, Some(rebuilt)] = &both[..]
-                && live.as_ref().is_none_or(|live| rebuilt.includes(live))
-            {
-                take_over(&self.pool, &*self.projection).await?;
-                self.taken_over.send_replace(true);
-            }
+            self.take_over_if_caught_up(false).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ProjectionConsumer {
+    /// A rebuild has caught up once it has applied all the live tables
+    /// have: the swap then never shows readers an older view than before.
+    /// Checked after each batch, and again when the rebuild resumes: a
+    /// take-over that failed (a deadlock with the live run, a lost
+    /// connection) is tried again then, even if no event comes after.
+    async fn take_over_if_caught_up(&self, resuming: bool) -> Result<(), BoxError> {
+        let both = progress(&self.pool, &[self.projection.name(), &self.target.checkpoint]).await?;
+        if let [live, Some(rebuilt)] = &both[..]
+            && (if resuming {
+                live.as_ref().is_some_and(|live| rebuilt.includes(live))
+            } else {
+                live.as_ref().is_none_or(|live| rebuilt.includes(live))
+            })
+        {
+            take_over(&self.pool, &*self.projection).await?;
+            self.taken_over.send_replace(true);
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The layer stack both APIs share, outermost first: request id, tracing
-//! span, metrics, CORS (`cors`), problem+json for whatever the framework
-//! answers on its own, methods a path does not have (405), limits on the request line and headers, control characters in the
-//! path and query, body size and read timeout, and the caller's token.
+//! span, metrics, CORS (`cors`, the command API's), problem+json for
+//! whatever the framework answers on its own, methods a path does not have
+//! (405), limits on the request line and headers, control characters in
+//! the path and query, body size and read timeout, and the caller's token.
 
 use std::time::Duration;
 
